@@ -155,7 +155,12 @@ def load_tokenizer(ckpt_dir: Path):
     refuses we fall back to the fast tokenizer built from tokenizer.json.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
 
+    # AutoTokenizer peeks at config.json and warns that `llada` is not a transformers model type: true and
+    # irrelevant here (we only want the tokenizer), so keep that line off the user's console.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         return AutoTokenizer.from_pretrained(str(ckpt_dir), trust_remote_code=False)
     except Exception as exc:
@@ -170,6 +175,8 @@ def load_tokenizer(ckpt_dir: Path):
             if cfg.get("chat_template"):
                 special["chat_template"] = cfg["chat_template"]
         return PreTrainedTokenizerFast(tokenizer_file=str(tok_file), **special)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def load_model(

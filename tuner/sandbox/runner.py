@@ -1,0 +1,352 @@
+"""Running untrusted Python programs: one (:func:`run_program`) or many in parallel (:func:`run_programs`).
+
+The parent must survive anything the program does, so it never trusts the child for anything: output is read
+in bounded chunks with a hard cap (a print loop cannot exhaust our memory), the wall clock is enforced here
+(not by the child), on timeout the whole process group is SIGKILLed and then every process of the run's
+throw-away uid (children that called ``setsid`` included), and success is decided by a marker the bootstrap
+writes to a private pipe only after the program's last line.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+
+from .bootstrap import BOOT_NAME, MAIN_NAME, render_bootstrap
+from .isolation import BOX_DIR, SCRUBBED_ENV, Isolation, bwrap_command, resolve, subprocess_command
+from .limits import Limits
+from .procs import count_processes_of_uid, kill_uid
+from .result import ProgramResult, SandboxError
+from .uids import claim_uid
+
+#: processes bwrap itself keeps under the sandbox uid (the outer bwrap and the pid-namespace init).
+_BWRAP_OWN_PROCESSES = 2
+_EXIT_GRACE_S = 0.2
+
+
+class _Capture:
+    """Keeps the first and last ``keep`` bytes of a stream and counts the rest."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.keep - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > self.keep:
+                del self.tail[: len(self.tail) - self.keep]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.head) + len(self.tail)
+
+    def text(self) -> str:
+        head = self.head.decode("utf-8", "replace")
+        tail = self.tail.decode("utf-8", "replace")
+        if self.truncated:
+            omitted = self.total - len(self.head) - len(self.tail)
+            return f"{head}\n[... {omitted} bytes omitted ...]\n{tail}"
+        return head + tail
+
+
+def _read_nonblocking(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if len(out) > 4096:  # only a start byte and a marker are expected
+            break
+    return bytes(out)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _last_line(text: str, limit: int = 300) -> str:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line:
+            return line[:limit]
+    return ""
+
+
+def _signal_of(returncode: int, iso: Isolation) -> int | None:
+    """Signal that ended the program, if the exit status says so (bwrap reports 128 + signal)."""
+    if returncode < 0:
+        return -returncode
+    if iso.level == "bwrap" and 128 < returncode < 128 + 65:
+        return returncode - 128
+    return None
+
+
+def _classify(
+    *,
+    rc: int | None,
+    status_bytes: bytes,
+    marker: bytes,
+    timed_out: bool,
+    overflow: bool,
+    output: str,
+    limits: Limits,
+    iso: Isolation,
+) -> tuple[str, str | None]:
+    if overflow:
+        return "crashed", f"output limit exceeded ({limits.max_output_bytes} bytes)"
+    if timed_out:
+        return "timeout", f"wall-clock timeout after {limits.timeout_s:g}s"
+    assert rc is not None
+    if not status_bytes.startswith(b"S"):
+        sig = _signal_of(rc, iso)
+        how = f"signal {sig}" if sig else f"exit status {rc}"
+        return "crashed", f"sandbox or interpreter failed to start ({how}): {_last_line(output)}"
+    if rc == 0:
+        if marker in status_bytes:
+            return "passed", None
+        return "failed", "exited with status 0 before the end of the program (sys.exit/os._exit?)"
+    sig = _signal_of(rc, iso)
+    if sig is not None:
+        if sig == signal.SIGXCPU:
+            return "timeout", f"CPU time limit ({limits.cpu_seconds}s)"
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        return "crashed", f"killed by {name}"
+    last = _last_line(output)
+    if "MemoryError" in last:
+        return "crashed", f"memory limit ({limits.memory_mb} MiB): {last}"
+    if "File too large" in last or "Errno 27" in last:
+        return "crashed", f"file size limit ({limits.file_size_mb} MiB): {last}"
+    return "failed", last or f"exit status {rc}"
+
+
+def _prepare_dir(
+    source: str, iso: Isolation, uid: int | None, limits: Limits, status_fd: int, marker: bytes, nproc: int
+) -> tuple[str, str, list[str]]:
+    """Temporary folder with the program and the bootstrap; returns (folder, work dir, argv)."""
+    host_dir = tempfile.mkdtemp(prefix="dtune-sbx-")
+    os.chmod(host_dir, 0o755)  # the sandbox uid must be able to read the program
+    if iso.level == "bwrap":
+        main_inside = f"{BOX_DIR}/{MAIN_NAME}"
+        workdir = host_dir
+    else:
+        main_inside = os.path.join(host_dir, MAIN_NAME)
+        workdir = os.path.join(host_dir, "work")
+        os.mkdir(workdir, 0o700)
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+    boot = render_bootstrap(
+        fd=status_fd,
+        main_path=main_inside,
+        marker=marker,
+        limits=limits.rlimits(nproc),
+        pdeathsig=iso.level != "bwrap",
+    )
+    for name, text in ((MAIN_NAME, source), (BOOT_NAME, boot)):
+        path = Path(host_dir) / name
+        path.write_text(text, encoding="utf-8")
+        os.chmod(path, 0o644)
+    if iso.level == "bwrap":
+        argv = bwrap_command(iso, host_dir, limits.tmp_mb, BOOT_NAME)
+    else:
+        argv = subprocess_command(iso, host_dir, BOOT_NAME)
+    return host_dir, workdir, argv
+
+
+def _run_once(source: str, limits: Limits, iso: Isolation, uid: int | None) -> ProgramResult:
+    if uid is not None:
+        nproc = limits.max_processes + (_BWRAP_OWN_PROCESSES if iso.level == "bwrap" else 0)
+    else:  # we share the caller's uid: RLIMIT_NPROC counts the caller's processes too
+        nproc = count_processes_of_uid(os.getuid()) + limits.max_processes
+        nproc += _BWRAP_OWN_PROCESSES if iso.level == "bwrap" else 0
+    marker = b"DTUNE-OK-" + secrets.token_hex(16).encode()
+    status_r, status_w = os.pipe()
+    host_dir = None
+    proc: subprocess.Popen[bytes] | None = None
+    swept = False
+    try:
+        host_dir, workdir, argv = _prepare_dir(source, iso, uid, limits, status_w, marker, nproc)
+        ids = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(status_w,),
+                env=dict(SCRUBBED_ENV),
+                cwd=workdir,
+                start_new_session=True,
+                close_fds=True,
+                **ids,
+            )
+        except OSError as exc:
+            raise SandboxError(f"cannot start sandbox process {argv[0]!r}: {exc}") from exc
+        os.close(status_w)
+        status_w = -1
+        capture, timed_out, overflow = _pump(proc, limits, start)
+        if not (timed_out or overflow):
+            # EOF does not mean the program ended (it may have closed its stdout): wait for it, within budget
+            try:
+                proc.wait(timeout=max(0.0, start + limits.timeout_s - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        if timed_out or overflow:
+            _kill_group(proc.pid)
+        rc = proc.wait()
+        duration = time.monotonic() - start
+        if uid is not None:
+            kill_uid(uid)
+        else:
+            _kill_group(proc.pid)
+        swept = True
+        status_bytes = _read_nonblocking(status_r)
+        output = capture.text()
+        status, reason = _classify(
+            rc=rc,
+            status_bytes=status_bytes,
+            marker=marker,
+            timed_out=timed_out,
+            overflow=overflow,
+            output=output,
+            limits=limits,
+            iso=iso,
+        )
+        return ProgramResult(
+            status=status,  # type: ignore[arg-type]
+            output=output,
+            returncode=rc,
+            duration_s=duration,
+            reason=reason,
+            isolation=iso.level,
+            output_truncated=capture.truncated,
+        )
+    finally:
+        if proc is not None and proc.poll() is None:
+            _kill_group(proc.pid)
+            proc.wait()
+        if uid is not None and proc is not None and not swept:
+            kill_uid(uid)
+        for fd in (status_r, status_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+        if host_dir is not None:
+            shutil.rmtree(host_dir, ignore_errors=True)
+
+
+def _pump(proc: subprocess.Popen[bytes], limits: Limits, start: float) -> tuple[_Capture, bool, bool]:
+    """Read the merged stdout/stderr until EOF, the deadline or the output cap. Returns (capture, timed_out,
+    overflow)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    capture = _Capture(limits.excerpt_bytes)
+    deadline = start + limits.timeout_s
+    exit_grace_until: float | None = None
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return capture, True, False
+            if exit_grace_until is not None and now >= exit_grace_until:
+                return capture, False, False  # exited; something it left behind still holds the pipe
+            if sel.select(min(deadline - now, 0.1)):
+                while True:
+                    try:
+                        chunk = os.read(fd, 65536)
+                    except BlockingIOError:
+                        break
+                    if not chunk:
+                        return capture, False, False
+                    capture.add(chunk)
+                    if capture.total > limits.max_output_bytes:
+                        return capture, False, True
+            if exit_grace_until is None and proc.poll() is not None:
+                exit_grace_until = time.monotonic() + _EXIT_GRACE_S
+
+
+def run_program(
+    source: str,
+    timeout_s: float = 10.0,
+    *,
+    memory_mb: int = 1024,
+    file_size_mb: int = 16,
+    tmp_mb: int = 64,
+    max_processes: int = 16,
+    max_open_files: int = 256,
+    max_output_bytes: int = 1 << 20,
+    isolation: str | Isolation | None = None,
+) -> ProgramResult:
+    """Run ``source`` as ``__main__`` of a fresh, isolated Python interpreter and report how it ended.
+
+    ``isolation``: None (auto: bwrap when it works, else a plain subprocess with a warning), ``"bwrap"``,
+    ``"subprocess"``, or a resolved :class:`~tuner.sandbox.isolation.Isolation`. The program sees an empty
+    working directory, no environment from the caller, and (with bwrap) no network and no host files except
+    the Python installation. Never raises for anything the program does; raises :class:`SandboxError` only
+    when no sandbox can be started at all.
+    """
+    limits = Limits(
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        file_size_mb=file_size_mb,
+        tmp_mb=tmp_mb,
+        max_processes=max_processes,
+        max_open_files=max_open_files,
+        max_output_bytes=max_output_bytes,
+    )
+    iso = isolation if isinstance(isolation, Isolation) else resolve(isolation)
+    with claim_uid() if iso.drop_uid else nullcontext(None) as uid:
+        return _run_once(source, limits, iso, uid)
+
+
+def run_programs(
+    sources: Sequence[str],
+    timeout_s: float = 10.0,
+    *,
+    max_workers: int | None = None,
+    **kwargs,
+) -> list[ProgramResult]:
+    """Run many programs in parallel (bounded thread pool; each run is its own sandbox) and return the results
+    in the order of ``sources``. ``kwargs`` go to :func:`run_program`."""
+    if not sources:
+        return []
+    iso = kwargs.pop("isolation", None)
+    iso = iso if isinstance(iso, Isolation) else resolve(iso)  # probe once, before the threads start
+    workers = max_workers or min(len(sources), os.cpu_count() or 1)
+    workers = max(1, min(workers, len(sources)))
+    if workers == 1:
+        return [run_program(s, timeout_s, isolation=iso, **kwargs) for s in sources]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dtune-sandbox") as pool:
+        return list(pool.map(lambda s: run_program(s, timeout_s, isolation=iso, **kwargs), sources))
