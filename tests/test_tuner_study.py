@@ -1,0 +1,247 @@
+"""The tuner end to end on the bundled tiny model: a real SQLite study, a real local MLflow store, real exports.
+
+Studies here are small (a few trials over a few dozen validation items at gen length 64) so the file stays
+within a couple of minutes on two CPU cores; the full-size loop is `python -m tuner run --task arith`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from decoder import load_profile, read_profile
+from tuner.cli import main
+from tuner.spec import load_spec
+from tuner.study import default_study_name, open_storage
+
+MODEL = os.environ.get("DTUNE_TEST_MODEL", "dtune/tiny-arith")
+def small_args(tmp: Path, trials: int) -> list[str]:
+    overrides = ["validation_size=24", "test_size=24", "decode.gen_length=64", "batch_size=12", "chunk_size=8",
+                 "references=[{name: vanilla, mode: vanilla, steps: 32}, "
+                 "{name: fast-dllm, mode: streaming, window: null, threshold: 0.9, alpha: 0.0, early_exit: false}, "
+                 "{name: paper, mode: streaming, window: 32, threshold: 0.9, alpha: 0.3, early_exit: true}]",
+                 "search_space.window.choices=[16, 32, null]", f"trials={trials}"]
+    args = ["--task", "arith", "--model", MODEL, "--storage", f"sqlite:///{tmp}/study.db",
+            "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
+    for o in overrides:
+        args += ["--set", o]
+    return args
+
+
+def spec_for(tmp: Path, trials: int):
+    args = small_args(tmp, trials)
+    overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    return load_spec("arith", overrides + [f"model={json.dumps(MODEL)}"])
+
+
+def load(tmp: Path, trials: int) -> optuna.Study:
+    spec = spec_for(tmp, trials)
+    return optuna.load_study(study_name=default_study_name(spec), storage=open_storage(f"sqlite:///{tmp}/study.db"))
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """One 5-trial study shared by the tracking, show and export tests (the expensive part, done once)."""
+    tmp = tmp_path_factory.mktemp("study")
+    cwd = os.getcwd()
+    os.chdir(tmp)  # MLflow's local artifacts and the default profiles/ dir land here
+    try:
+        assert main(["run", *small_args(tmp, 5), "--no-progress"]) == 0
+    finally:
+        os.chdir(cwd)
+    return tmp
+
+
+def test_run_evaluates_references_first_and_fills_the_budget(finished_study):
+    study = load(finished_study, 5)
+    trials = study.get_trials()
+    assert [t.user_attrs.get("reference") for t in trials[:3]] == ["vanilla", "fast-dllm", "paper"]
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 5
+    base = study.user_attrs["baseline"]
+    assert base["reference"] == "vanilla" and base["trial"] == 0
+    fast, paper = trials[1], trials[2]
+    m_fast, m_paper = fast.user_attrs["metrics"], paper.user_attrs["metrics"]
+    # The streaming reference attends to fewer query x key pairs than Fast-dLLM on the same items.
+    assert m_paper["attended_pairs"] < m_fast["attended_pairs"]
+    assert all("accuracy" in t.constraints for t in finished)
+
+
+def test_mlflow_holds_one_parent_with_nested_trials_and_pareto_artifacts(finished_study):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{finished_study}/mlflow.db")
+    exp = client.get_experiment_by_name("dtune-arith")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 5
+    assert all("accuracy" in c.data.metrics and "nfe" in c.data.metrics for c in children)
+    assert parent.data.params["task"] == "arith" and "validation_hash" in parent.data.params
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.html", "pareto.png", "trials.csv"} <= artifacts
+
+
+def test_rerunning_resumes_without_losing_or_repeating_trials(finished_study):
+    before = {t.number: t.values for t in load(finished_study, 5).get_trials()}
+    args = small_args(finished_study, 5)
+    args[args.index("trials=5")] = "trials=6"
+    cwd = os.getcwd()
+    os.chdir(finished_study)
+    try:
+        assert main(["run", *args, "--no-progress"]) == 0
+        # Budget spent: a further run with the same budget exits cleanly without running anything.
+        assert main(["run", *args, "--no-progress"]) == 0
+    finally:
+        os.chdir(cwd)
+    after = load(finished_study, 6).get_trials()
+    assert len(after) == 6
+    assert {t.number: t.values for t in after[:5]} == before
+
+
+def test_show_prints_the_front(finished_study, capsys):
+    assert main(["show", *small_args(finished_study, 6)[:-2], "--set", "trials=6", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["trials"]) == 6 and out["front"]
+
+
+def test_export_confirms_on_test_and_writes_a_profile_decoder_loads(finished_study):
+    out = finished_study / "arith.profile.json"
+    args = small_args(finished_study, 6)
+    rc = main(["export", *args, "--pick", "knee", "--out", str(out), "--force"])
+    assert rc == 0
+    profile = read_profile(out)
+    config = load_profile(out)
+    assert config == profile.decode
+    meta = profile.meta
+    assert meta["task"]["test"]["used"] == 24 and len(meta["task"]["test"]["hash"]) == 64
+    assert meta["model"]["fingerprint"] and meta["study"]["trial"] >= 0
+    assert {"pick", "baseline", "paired_test"} <= set(meta["test"])
+    assert 0 <= meta["test"]["paired_test"]["p_value"] <= 1
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{finished_study}/mlflow.db")
+    exp = client.get_experiment_by_name("dtune-arith")
+    parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "profiles")] == [f"profiles/{out.name}"]
+
+
+def test_export_refuses_a_pick_that_fails_on_the_test_split(finished_study, capsys):
+    """A trial that looked perfect on validation (an overfit point) but decodes everything in one step."""
+    study = load(finished_study, 6)
+    spec = spec_for(finished_study, 6)
+    bad = spec.config_for({"mode": "streaming", "window": 16, "threshold": 0.01, "alpha": 0.7, "early_exit": True})
+    trial = optuna.trial.create_trial(
+        params={"mode": "streaming", "window": 16, "threshold": 0.5, "alpha": 0.7, "early_exit": True},
+        distributions={k: v for k, v in study.trials[3].distributions.items()},
+        values=[1.0, 1e9], user_attrs={"config": bad.to_dict(), "metrics": {"accuracy": 1.0}},
+        constraints={"accuracy": -1.0},
+    )
+    study.add_trial(trial)
+    out = finished_study / "refused.json"
+    rc = main(["export", *small_args(finished_study, 6), "--pick", "fastest", "--out", str(out)])
+    assert rc == 3
+    assert "refused:" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_pruning_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
+    from decoder import load_model
+    from tuner.evaluate import Evaluator
+    from tuner.run import load_task
+    from tuner.study import Objective
+
+    spec = spec_for(tmp_path, 3)
+    spec = type(spec)(**{**spec.__dict__, "constraint": type(spec.constraint)("vanilla", 0.0)})
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/p.db"), study_name="prune",
+                                directions=["maximize", "maximize"])
+    # A bar nothing can clear: the baseline got every item right and no drop is allowed.
+    study.set_user_attr("baseline", {"trial": -1, "accuracy": 1.0, "reference": "vanilla"})
+    task = load_task(spec, None)
+    items = task.load("validation")[:48]
+    model, tok = load_model(MODEL, device="cpu")
+    objective = Objective(spec, Evaluator(model, tok, task, batch_size=8), items)
+    # A reckless configuration: commits a whole block per step, so it gets items wrong from the first chunk.
+    study.enqueue_trial({"mode": "streaming", "window": 16, "threshold": 0.5, "alpha": 0.7, "early_exit": True})
+    study.optimize(objective, n_trials=1)
+    reckless = study.trials[0]
+    assert reckless.state == optuna.trial.TrialState.PRUNED
+    assert reckless.user_attrs["pruned_after"] < 48
+    assert reckless.constraints["accuracy"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--task", "nosuchtask"], "no study spec"),
+        (["run", "--task", "arith", "--set", "trails=3"], "unknown field"),
+        (["run", "--task", "arith", "--set", "search_space.alpha.low=2"], "search_space.alpha"),
+        (["run", "--task", "arith", "--storage", "postgresql+psycopg://u:secret@127.0.0.1:9/db"],
+         "can't open the study storage"),
+        (["run", "--task", "arith", "--tracking-uri", "http://127.0.0.1:9"], "127.0.0.1:9"),
+        (["eval", "--task", "arith", "--threshold", "3"], "threshold must be in"),
+        (["eval", "--task", "arith", "--model", "/no/such/model"], "neither a checkpoint directory"),
+        (["eval", "--task", "gsm8k"], "cannot be reached"),  # no hub here and no --data-dir
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "tuner", *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert "secret" not in proc.stderr
+
+
+def test_corrupt_profile_for_eval(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"dtune": {"format": "dtune-profile", "format_version": 7}}')
+    proc = subprocess.run([sys.executable, "-m", "tuner", "eval", "--task", "arith", "--profile", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "format_version 7" in proc.stderr
+
+
+def test_eval_json_reports_accuracy_speed_and_nfe(capsys):
+    rc = main(["eval", "--task", "arith", "--model", MODEL, "--split", "test", "--limit", "12", "--gen-length",
+               "64", "--mode", "streaming", "--window", "32", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 12 and 0 <= out["accuracy"] <= 1 and out["tokens_per_s"] > 0 and out["nfe"] > 0
+    assert out["split"] == "test" and len(out["split_hash"]) == 64
+
+
+def test_ctrl_c_keeps_finished_trials_and_the_rerun_resumes(tmp_path):
+    args = [sys.executable, "-m", "tuner", "run", *small_args(tmp_path, 4), "--no-progress"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    spec = spec_for(tmp_path, 4)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # wait until one trial has finished, then interrupt mid-study
+        time.sleep(1)
+        try:
+            study = optuna.load_study(study_name=default_study_name(spec), storage=f"sqlite:///{tmp_path}/study.db")
+            if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+                break
+        except Exception:
+            continue
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "finished trials are kept" in err
+    study = optuna.load_study(study_name=default_study_name(spec), storage=f"sqlite:///{tmp_path}/study.db")
+    kept = {t.number: t.values for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
+    assert kept
+    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name=default_study_name(spec), storage=f"sqlite:///{tmp_path}/study.db")
+    after = {t.number: t.values for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
+    assert all(after[n] == v for n, v in kept.items())
+    assert len([t for t in study.get_trials() if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                            optuna.trial.TrialState.PRUNED)]) == 4

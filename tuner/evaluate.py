@@ -1,0 +1,153 @@
+"""Evaluate one decode configuration on a list of task items: accuracy (with CI), honest throughput, cost counters.
+
+Items are decoded in chunks so a caller can stop a hopeless trial early (`should_stop`); within a chunk they are
+batched by prompt length (a batch equals its rows run alone, so this changes speed, never results).
+
+What tokens/s counts: for each completion, the answer tokens before the first stop id (EOS / `<|eot_id|>`), then
+cut at the task's first stop sequence and re-tokenised — the reference code's convention, so EOS padding is never
+counted as output. Time: the decoder's own wall time (device synchronised), prompts pre-tokenised, after one
+untimed warm-up generation; scoring (and any sandboxed code) is excluded and reported separately.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from decoder import Counters, DecodeConfig, generate
+
+from .stats import wilson_interval
+from .tasks import Item, Task
+
+
+@dataclass
+class EvalResult:
+    n: int
+    correct: int
+    total_items: int
+    counted_tokens: int
+    counters: Counters
+    scoring_time_s: float
+    outcomes: list[bool] = field(default_factory=list)
+    item_ids: list[str] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return wilson_interval(self.correct, self.n)
+
+    @property
+    def tokens_per_s(self) -> float:
+        t = self.counters.wall_time_s
+        return self.counted_tokens / t if t > 0 else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numbers for Optuna user attrs, MLflow metrics and `--json` output."""
+        n = max(self.n, 1)
+        c = self.counters
+        lo, hi = self.ci
+        return {
+            "accuracy": self.accuracy,
+            "accuracy_ci_low": lo,
+            "accuracy_ci_high": hi,
+            "n": self.n,
+            "correct": self.correct,
+            "tokens_per_s": self.tokens_per_s,
+            "nfe": c.row_forwards / n,
+            "nfe_total": c.row_forwards,
+            "forward_calls": c.nfe,
+            "attended_pairs": c.attended_pairs / n,
+            "query_tokens": c.query_tokens / n,
+            "generated_tokens": c.generated_tokens / n,
+            "counted_tokens": self.counted_tokens / n,
+            "latency_s": c.wall_time_s / n,
+            "decode_time_s": c.wall_time_s,
+            "scoring_time_s": self.scoring_time_s,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.metrics(), "stopped_early": self.stopped_early, "total_items": self.total_items,
+                "counters": asdict(self.counters)}
+
+
+StopRule = Callable[[int, int, int], bool]  # (correct, seen, total) -> stop now?
+
+
+class Evaluator:
+    """Holds a model, its tokenizer and a task; decodes and scores items under any DecodeConfig."""
+
+    def __init__(self, model, tokenizer, task: Task, *, chat_template: bool = False, batch_size: int = 1):
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.chat_template = chat_template
+        self.batch_size = max(1, int(batch_size))
+        self._prompt_ids: dict[str, list[int]] = {}
+
+    def prompt_ids(self, item: Item) -> list[int]:
+        """Token ids of an item's prompt, with the model's chat template when asked (cached)."""
+        if item.id not in self._prompt_ids:
+            text = self.task.prompt(item)
+            if self.chat_template:
+                text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                          add_generation_prompt=True)
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            else:
+                ids = self.tokenizer(text)["input_ids"]
+            self._prompt_ids[item.id] = list(ids)
+        return self._prompt_ids[item.id]
+
+    def count_tokens(self, completion: str) -> int:
+        cut = self.task.cut(completion)
+        return len(self.tokenizer(cut, add_special_tokens=False)["input_ids"]) if cut else 0
+
+    def evaluate(
+        self,
+        items: Sequence[Item],
+        config: DecodeConfig,
+        *,
+        chunk_size: int | None = None,
+        should_stop: StopRule | None = None,
+        warmup: bool = True,
+        on_progress: Callable[[int, int, int], None] | None = None,
+    ) -> EvalResult:
+        """Decode and score `items` in order, chunk by chunk; stop early when `should_stop` says so."""
+        items = list(items)
+        total = len(items)
+        if warmup and items:
+            generate(self.model, [self.prompt_ids(items[0])], config)
+        counters, counted, scoring = Counters(), 0, 0.0
+        outcomes: list[bool] = []
+        ids: list[str] = []
+        chunk = chunk_size or total or 1
+        stopped = False
+        for start in range(0, total, chunk):
+            part = items[start : start + chunk]
+            # Batch similar prompt lengths together (less padding); results don't depend on the grouping.
+            order = sorted(range(len(part)), key=lambda i: len(self.prompt_ids(part[i])))
+            completions: dict[int, str] = {}
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b : b + self.batch_size]
+                result = generate(self.model, [self.prompt_ids(part[i]) for i in idx], config, tokenizer=self.tokenizer)
+                counters += result.counters
+                for i, text in zip(idx, result.texts or [], strict=True):
+                    completions[i] = text
+                    counted += self.count_tokens(text)
+            t0 = time.perf_counter()
+            scores = self.task.score_batch(part, [completions[i] for i in range(len(part))])
+            scoring += time.perf_counter() - t0
+            outcomes.extend(bool(s.correct) for s in scores)
+            ids.extend(item.id for item in part)
+            if on_progress is not None:
+                on_progress(len(outcomes), total, sum(outcomes))
+            if should_stop is not None and len(outcomes) < total and should_stop(sum(outcomes), len(outcomes), total):
+                stopped = True
+                break
+        # generate() sums counters but not the generated-token count per call wall time: recompute the pieces.
+        return EvalResult(n=len(outcomes), correct=sum(outcomes), total_items=total, counted_tokens=counted,
+                          counters=counters, scoring_time_s=scoring, outcomes=outcomes, item_ids=ids,
+                          stopped_early=stopped)

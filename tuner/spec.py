@@ -1,0 +1,368 @@
+"""Study specs: the declarative, versioned description of one tuning study (`studies/<task>.yaml`).
+
+A spec fixes what is *not* searched (model, generation length, block size, data, budget), what is (the search
+space over DecodeConfig knobs), the reference points every front is judged against, and the accuracy constraint.
+It is validated on load — unknown keys, wrong types, empty or out-of-range spaces, references outside the space —
+so a typo fails in a second, not after an hour of tuning. Any field can be overridden from the CLI with
+`--set dotted.key=value` (YAML syntax for the value).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from decoder import ConfigError, DecodeConfig
+
+SPEC_VERSION = 1
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
+SAMPLERS = ("gp", "tpe", "nsga2", "random")
+# Knobs a search space may name, with their valid range (numbers) or kind.
+SEARCHABLE = {
+    "window": "categorical",
+    "threshold": (0.0, 1.0),
+    "alpha": (0.0, 1.0),
+    "early_exit": "categorical",
+    "block_size": "categorical",
+}
+
+
+class SpecError(ValueError):
+    """A study spec (file or override) is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched knob: a float/int range or a list of choices (None = e.g. 'no pruning' for window)."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.choices is not None
+
+    def contains(self, value: Any) -> bool:
+        if self.is_categorical:
+            return value in self.choices
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def default(self) -> Any:
+        """A neutral value for trials (vanilla) that don't read this knob but must report one to the sampler."""
+        return self.choices[0] if self.is_categorical else self.high
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference configuration enqueued before any sampled trial (e.g. vanilla, Fast-dLLM, the paper's)."""
+
+    name: str
+    knobs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    baseline: str = "vanilla"  # name of the reference whose accuracy is the bar
+    max_drop: float = 1.0  # accuracy points (percent) a configuration may lose against the baseline
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    task: str
+    model: str
+    version: int = SPEC_VERSION
+    description: str = ""
+    chat_template: bool = False
+    task_options: dict[str, Any] = field(default_factory=dict)
+    few_shot: int | None = None
+    decode: dict[str, Any] = field(default_factory=dict)  # fixed knobs: gen_length, block_size, temperature, …
+    validation_size: int | None = None  # first N validation items (None = the whole split)
+    test_size: int | None = None  # first N test items for export's confirmation (None = all)
+    search_space: tuple[Knob, ...] = ()
+    references: tuple[Reference, ...] = ()
+    objectives: tuple[str, ...] = ("accuracy", "tokens_per_s")
+    constraint: Constraint = Constraint()
+    trials: int = 30
+    sampler: str = "gp"
+    seed: int | None = 0
+    batch_size: int = 1
+    chunk_size: int = 50
+
+    # --------------------------------------------------------------------------------------- derived
+    def fixed_knobs(self) -> dict[str, Any]:
+        return dict(self.decode)
+
+    def knob(self, name: str) -> Knob:
+        for k in self.search_space:
+            if k.name == name:
+                return k
+        raise KeyError(name)
+
+    def reference(self, name: str) -> Reference:
+        for r in self.references:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def reference_config(self, ref: Reference) -> DecodeConfig:
+        return DecodeConfig.from_dict({**self.fixed_knobs(), **ref.knobs})
+
+    def config_for(self, params: dict[str, Any]) -> DecodeConfig:
+        """The DecodeConfig a sampled point stands for: fixed knobs + params; vanilla ignores streaming knobs."""
+        mode = params.get("mode", "streaming")
+        knobs = {**self.fixed_knobs(), **{k: v for k, v in params.items() if k != "mode"}, "mode": mode}
+        if mode == "vanilla":
+            knobs = {k: v for k, v in knobs.items() if k not in {"window", "alpha", "threshold"}}
+        return DecodeConfig.from_dict(knobs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec in its YAML shape (round-trips through `spec_from_dict`)."""
+        d = dataclasses.asdict(self)
+        d["search_space"] = {k.name: _knob_to_dict(k) for k in self.search_space}
+        d["references"] = [{"name": r.name, **r.knobs} for r in self.references]
+        d["objectives"] = list(self.objectives)
+        return d
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that changes results, used in the default study name (so re-running the
+        same command resumes, and changing the spec starts a new study)."""
+        d = self.to_dict()
+        for volatile in ("description", "trials"):
+            d.pop(volatile, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _knob_to_dict(k: Knob) -> dict[str, Any]:
+    if k.is_categorical:
+        return {"choices": list(k.choices)}
+    out: dict[str, Any] = {"low": k.low, "high": k.high}
+    if k.step is not None:
+        out["step"] = k.step
+    if k.log:
+        out["log"] = True
+    return out
+
+
+# ------------------------------------------------------------------------------------------- loading
+_FIELDS = {f.name for f in dataclasses.fields(StudySpec)}
+
+
+def spec_path(task_or_path: str | Path) -> Path:
+    """`studies/<task>.yaml` for a task name, or the path itself."""
+    p = Path(task_or_path)
+    if p.suffix in {".yaml", ".yml"}:
+        return p
+    return STUDIES_DIR / f"{task_or_path}.yaml"
+
+
+def load_spec(task_or_path: str | Path, overrides: list[str] | None = None) -> StudySpec:
+    path = spec_path(task_or_path)
+    if not path.is_file():
+        known = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+        raise SpecError(f"no study spec {path} (specs in {STUDIES_DIR}: {', '.join(known)})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path} must hold a mapping of fields")
+    data = apply_overrides(raw, overrides or [])
+    try:
+        return spec_from_dict(data)
+    except SpecError as exc:
+        raise SpecError(f"{path.name}: {exc}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`key=value` / `a.b=value` assignments (values in YAML syntax) applied to a copy of the spec dict."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"override {item!r} must look like field=value (e.g. trials=40, constraint.max_drop=2)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise SpecError(f"override {item!r}: value is not valid YAML") from None
+        parts = key.strip().split(".")
+        if parts[0] not in _FIELDS:
+            raise SpecError(f"override {item!r}: unknown field {parts[0]!r}; fields: {', '.join(sorted(_FIELDS))}")
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def spec_from_dict(data: dict[str, Any]) -> StudySpec:
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise SpecError(f"unknown field(s) {', '.join(sorted(unknown))}; fields: {', '.join(sorted(_FIELDS))}")
+    for required in ("task", "model"):
+        if not isinstance(data.get(required), str) or not data[required]:
+            raise SpecError(f"{required} must be a non-empty string")
+    if data.get("version", SPEC_VERSION) != SPEC_VERSION:
+        raise SpecError(f"version {data.get('version')!r} is not supported (this dtune reads version {SPEC_VERSION})")
+    kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in {"search_space", "references", "constraint",
+                                                                          "objectives"}}
+    _check_types(kwargs)
+    kwargs["search_space"] = _parse_space(data.get("search_space") or {})
+    kwargs["references"] = _parse_references(data.get("references") or [])
+    kwargs["constraint"] = _parse_constraint(data.get("constraint") or {})
+    objectives = tuple(data.get("objectives") or ("accuracy", "tokens_per_s"))
+    if objectives != ("accuracy", "tokens_per_s"):
+        raise SpecError(f"objectives must be [accuracy, tokens_per_s] (both maximised), got {list(objectives)}")
+    kwargs["objectives"] = objectives
+    spec = StudySpec(**kwargs)
+    _check_consistency(spec)
+    return spec
+
+
+def _check_types(kw: dict[str, Any]) -> None:
+    def want(name: str, types: tuple[type, ...], lo: int | None = None, optional: bool = False) -> None:
+        if name not in kw:
+            return
+        v = kw[name]
+        if v is None and optional:
+            return
+        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+            raise SpecError(f"{name} must be {' or '.join(t.__name__ for t in types)}, got {v!r}")
+        if lo is not None and v < lo:
+            raise SpecError(f"{name} must be >= {lo}, got {v}")
+
+    want("chat_template", (bool,))
+    want("description", (str,))
+    want("task_options", (dict,))
+    want("decode", (dict,))
+    want("few_shot", (int,), 0, optional=True)
+    want("validation_size", (int,), 1, optional=True)
+    want("test_size", (int,), 1, optional=True)
+    want("trials", (int,), 1)
+    want("seed", (int,), 0, optional=True)
+    want("batch_size", (int,), 1)
+    want("chunk_size", (int,), 1)
+    if kw.get("sampler", "gp") not in SAMPLERS:
+        raise SpecError(f"sampler must be one of {', '.join(SAMPLERS)}, got {kw.get('sampler')!r}")
+    searchable_fixed = set(kw.get("decode", {})) & {"mode", "window", "threshold", "alpha"}
+    if searchable_fixed:
+        raise SpecError(f"decode fixes {', '.join(sorted(searchable_fixed))}: set these per reference or search them")
+
+
+def _parse_space(space: dict[str, Any]) -> tuple[Knob, ...]:
+    if not isinstance(space, dict) or not space:
+        raise SpecError("search_space must map knob names to ranges or choices")
+    knobs = []
+    for name, body in space.items():
+        if name not in SEARCHABLE:
+            raise SpecError(f"search_space: {name!r} is not a searchable knob ({', '.join(SEARCHABLE)})")
+        if not isinstance(body, dict):
+            raise SpecError(f"search_space.{name} must be a mapping with low/high or choices")
+        extra = set(body) - {"low", "high", "step", "log", "choices"}
+        if extra:
+            raise SpecError(f"search_space.{name}: unknown key(s) {', '.join(sorted(extra))}")
+        if "choices" in body:
+            choices = body["choices"]
+            if not isinstance(choices, list) or not choices or len(set(map(repr, choices))) != len(choices):
+                raise SpecError(f"search_space.{name}.choices must be a non-empty list of distinct values")
+            for c in choices:
+                _check_choice(name, c)
+            knobs.append(Knob(name, choices=tuple(choices)))
+            continue
+        if SEARCHABLE[name] == "categorical":
+            raise SpecError(f"search_space.{name} takes choices, not a range")
+        lo_ok, hi_ok = SEARCHABLE[name]
+        low, high = body.get("low"), body.get("high")
+        for key, v in (("low", low), ("high", high)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise SpecError(f"search_space.{name}.{key} must be a number, got {v!r}")
+        if not lo_ok <= low < high <= hi_ok:
+            raise SpecError(f"search_space.{name} needs {lo_ok} <= low < high <= {hi_ok}, got [{low}, {high}]")
+        step = body.get("step")
+        if step is not None and (not isinstance(step, (int, float)) or step <= 0 or step > high - low):
+            raise SpecError(f"search_space.{name}.step must be in (0, high - low], got {step!r}")
+        log = bool(body.get("log", False))
+        if log and (low <= 0 or step is not None):
+            raise SpecError(f"search_space.{name}: log scale needs low > 0 and no step")
+        knobs.append(Knob(name, float(low), float(high), None if step is None else float(step), log))
+    return tuple(knobs)
+
+
+def _check_choice(name: str, c: Any) -> None:
+    if name == "window" and not (c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 1)):
+        raise SpecError(f"search_space.window choices must be positive integers or null (no pruning), got {c!r}")
+    if name == "early_exit" and not isinstance(c, bool):
+        raise SpecError(f"search_space.early_exit choices must be true/false, got {c!r}")
+    if name == "block_size" and not (isinstance(c, int) and not isinstance(c, bool) and c >= 1):
+        raise SpecError(f"search_space.block_size choices must be positive integers, got {c!r}")
+
+
+def _parse_references(refs: list[Any]) -> tuple[Reference, ...]:
+    if not isinstance(refs, list):
+        raise SpecError("references must be a list of {name: ..., <knobs>}")
+    out, seen = [], set()
+    for r in refs:
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str):
+            raise SpecError(f"each reference needs a name, got {r!r}")
+        if r["name"] in seen:
+            raise SpecError(f"duplicate reference name {r['name']!r}")
+        seen.add(r["name"])
+        out.append(Reference(r["name"], {k: v for k, v in r.items() if k != "name"}))
+    return tuple(out)
+
+
+def _parse_constraint(c: dict[str, Any]) -> Constraint:
+    if not isinstance(c, dict):
+        raise SpecError("constraint must be a mapping {baseline, max_drop}")
+    extra = set(c) - {"baseline", "max_drop"}
+    if extra:
+        raise SpecError(f"constraint: unknown key(s) {', '.join(sorted(extra))}")
+    max_drop = c.get("max_drop", 1.0)
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 100:
+        raise SpecError(f"constraint.max_drop must be accuracy points in [0, 100], got {max_drop!r}")
+    return Constraint(str(c.get("baseline", "vanilla")), float(max_drop))
+
+
+def _check_consistency(spec: StudySpec) -> None:
+    """Decode knobs valid, references valid and inside the space, the baseline a reference."""
+    fixed = spec.fixed_knobs()
+    try:
+        DecodeConfig.from_dict({**fixed, "mode": "streaming"})
+    except ConfigError as exc:
+        raise SpecError(f"decode: {exc}") from None
+    names = [r.name for r in spec.references]
+    if spec.constraint.baseline not in names:
+        raise SpecError(f"constraint.baseline {spec.constraint.baseline!r} is not a reference ({', '.join(names)})")
+    searched = {k.name for k in spec.search_space}
+    for ref in spec.references:
+        try:
+            cfg = spec.reference_config(ref)
+        except ConfigError as exc:
+            raise SpecError(f"reference {ref.name!r}: {exc}") from None
+        if cfg.mode == "fast":
+            raise SpecError(f"reference {ref.name!r}: express Fast-dLLM as mode streaming with window null, alpha 0 "
+                            "and early_exit false (the same decoding) so it is a point of the search space")
+        if cfg.mode == "streaming":
+            for name in searched:
+                value = getattr(cfg, name)
+                if not spec.knob(name).contains(value):
+                    raise SpecError(f"reference {ref.name!r} has {name}={value!r}, outside search_space.{name}")
+    # Every streaming point of the space must be a valid DecodeConfig (e.g. block_size choices divide gen_length).
+    for k in spec.search_space:
+        for value in k.choices or ():
+            try:
+                spec.config_for({"mode": "streaming", k.name: value})
+            except ConfigError as exc:
+                raise SpecError(f"search_space.{k.name} choice {value!r}: {exc}") from None
