@@ -7,7 +7,8 @@ Counters are exact and hardware-independent, so this table shows what each mode 
     python benchmarks/decoder_counters.py --model DIR --prompt "..."
 
 Vanilla runs steps = gen_length (one token per step). Streaming runs with tau0 = 0.9, alpha = 0.3 and early exit,
-Fast-dLLM with threshold 0.9; "streaming w=full" is streaming without pruning (dynamic threshold + early exit only).
+Fast-dLLM with threshold 0.9; "streaming w=full" is streaming without pruning (dynamic threshold + early exit only);
+"no exit" rows show pruning's share alone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def configs(gen: int, block: int) -> list[tuple[str, DecodeConfig]]:
     for w in (32, 64, None):
         out.append((f"streaming w={w or 'full'}", DecodeConfig(mode="streaming", gen_length=gen, block_size=block,
                                                                window=w, threshold=0.9, alpha=0.3)))
+    # Pruning's share alone: the same window without early exit.
+    out.append(("streaming w=32, no exit", DecodeConfig(mode="streaming", gen_length=gen, block_size=block, window=32,
+                                                        threshold=0.9, alpha=0.3, early_exit=False)))
     return out
 
 

@@ -208,7 +208,8 @@ class DiffusionLM(nn.Module):
 
         cache:        keys/values of a prefix that the fed tokens attend to (in addition to each other).
         key_mask:     (B, cache.length + T) bool, False at padding keys; None when nothing is padded.
-        keep_prefix:  return a new PrefixCache holding this call's keys/values of fed positions [0, keep_prefix).
+        keep_prefix:  return a new PrefixCache that extends `cache` (if any) with this call's keys/values of fed
+                      positions [0, keep_prefix).
         logits_index: (n,) indices into the fed tokens whose logits are wanted; the LM head (the largest matmul
                       for a 126k vocabulary) runs only there. None = all positions.
         Returns (logits (B, n or T, vocab), new cache or None).
@@ -228,8 +229,11 @@ class DiffusionLM(nn.Module):
             past_v = cache.values[i] if cache is not None else None
             x, k, v = layer(x, cos, sin, attn_mask, past_k, past_v)
             if keep_prefix:
-                kept_k.append(k[:, :, :keep_prefix].contiguous())
-                kept_v.append(v[:, :, :keep_prefix].contiguous())
+                k, v = k[:, :, :keep_prefix], v[:, :, :keep_prefix]
+                if past_k is not None:
+                    k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+                kept_k.append(k.contiguous())
+                kept_v.append(v.contiguous())
         if logits_index is not None:
             x = x[:, logits_index]
         logits = self.lm_head(self.norm(x))
@@ -238,6 +242,6 @@ class DiffusionLM(nn.Module):
             prefix_mask = None
             if key_mask is not None:
                 offset = cache.length if cache is not None else 0
-                prefix_mask = key_mask[:, offset : offset + keep_prefix]
+                prefix_mask = key_mask[:, : offset + keep_prefix]
             new_cache = PrefixCache(kept_k, kept_v, prefix_mask)
         return logits, new_cache
