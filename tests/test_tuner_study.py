@@ -245,3 +245,38 @@ def test_ctrl_c_keeps_finished_trials_and_the_rerun_resumes(tmp_path):
     assert all(after[n] == v for n, v in kept.items())
     assert len([t for t in study.get_trials() if t.state in (optuna.trial.TrialState.COMPLETE,
                                                             optuna.trial.TrialState.PRUNED)]) == 4
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+
+
+def test_gsm8k_path_runs_end_to_end_on_local_files(tmp_path):
+    """The real-benchmark path (local model dir + --data-dir) works; the tiny model's GSM8K accuracy is ~0."""
+    from decoder import load_model as load
+    from decoder import save_checkpoint
+
+    model, tokenizer = load(MODEL, device="cpu")
+    local = save_checkpoint(model, tmp_path / "local-model", tokenizer=tokenizer)  # a plain local checkpoint dir
+    args = ["--task", "gsm8k", "--model", str(local), "--data-dir", str(FIXTURES), "--storage",
+            f"sqlite:///{tmp_path}/study.db", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    for o in ["chat_template=false", "few_shot=0", "task_options={metric: strict, validation_size: 8}",
+              "decode.gen_length=64", "batch_size=8", "trials=3", "test_size=8",
+              "references=[{name: vanilla, mode: vanilla, steps: 16}, {name: fast-dllm, mode: streaming, "
+              "window: null, threshold: 0.9, alpha: 0.0, early_exit: false}, {name: paper, mode: streaming, "
+              "window: 32, threshold: 0.9, alpha: 0.3, early_exit: true}]"]:
+        args += ["--set", o]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["run", *args, "--no-progress"]) == 0
+        assert main(["export", *args, "--out", str(tmp_path / "gsm8k.json"), "--force"]) == 0
+    finally:
+        os.chdir(cwd)
+    meta = read_profile(tmp_path / "gsm8k.json").meta
+    assert meta["task"]["name"] == "gsm8k" and meta["task"]["validation"]["used"] == 8
+
+
+def test_chat_template_without_a_template_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tuner", "eval", "--task", "arith", "--model", MODEL, "--set",
+                           "chat_template=true", "--limit", "2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no chat template" in proc.stderr

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from decoder import Counters, DecodeConfig, generate
+from decoder import ConfigError, Counters, DecodeConfig, generate
 
 from .stats import wilson_interval
 from .tasks import Item, Task
@@ -93,6 +93,9 @@ class Evaluator:
         if item.id not in self._prompt_ids:
             text = self.task.prompt(item)
             if self.chat_template:
+                if not getattr(self.tokenizer, "chat_template", None):
+                    raise ConfigError("the model's tokenizer has no chat template: set chat_template: false "
+                                      "(--set chat_template=false)")
                 text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                           add_generation_prompt=True)
                 ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -147,7 +150,6 @@ class Evaluator:
             if should_stop is not None and len(outcomes) < total and should_stop(sum(outcomes), len(outcomes), total):
                 stopped = True
                 break
-        # generate() sums counters but not the generated-token count per call wall time: recompute the pieces.
         return EvalResult(n=len(outcomes), correct=sum(outcomes), total_items=total, counted_tokens=counted,
                           counters=counters, scoring_time_s=scoring, outcomes=outcomes, item_ids=ids,
                           stopped_early=stopped)

@@ -114,7 +114,10 @@ def export(spec: StudySpec, opts: RunOptions, *, rule: str = "knee", max_drop: f
         "model": {"id": spec.model, **{k: v for k, v in model.source.items() if k != "path"}},
         "task": {"name": spec.task, "options": spec.task_options, "few_shot": spec.few_shot,
                  "chat_template": spec.chat_template,
-                 "validation": {"size": split_val.size, "used": spec.validation_size or split_val.size,
+                 # "used" = the first N items of the split whose hash is given (tuning and confirmation runs may
+                 # take a prefix of the split).
+                 "validation": {"size": split_val.size, "used": min(spec.validation_size or split_val.size,
+                                                                    split_val.size),
                                 "hash": split_val.content_hash, "source": split_val.source},
                  "test": {"size": split_test.size, "used": len(items), "hash": split_test.content_hash,
                           "source": split_test.source}},
