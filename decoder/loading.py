@@ -277,7 +277,21 @@ def save_checkpoint(model: DiffusionLM, out_dir: str | os.PathLike, *, tokenizer
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+        _portable_tokenizer_config(out / "tokenizer_config.json")
     return out
+
+
+def _portable_tokenizer_config(path: Path) -> None:
+    """transformers 5 writes its own backend class name and load-time state into tokenizer_config.json; the
+    generic fast class loads under transformers 4 and 5 alike, and the state would be written back on reload."""
+    if not path.exists():
+        return
+    cfg = json.loads(path.read_text())
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("is_local", "local_files_only"):
+        cfg.pop(key, None)
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 def _rope_for(model: DiffusionLM, device: torch.device):

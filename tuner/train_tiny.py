@@ -327,14 +327,7 @@ def train(cfg: TrainConfig, out_dir: Path | None, *, progress: bool = True, log_
 
 
 def _save(model: DiffusionLM, tokenizer, cfg: TrainConfig, out: Path, history: dict[str, Any]) -> None:
-    save_checkpoint(model, out, tokenizer=tokenizer)
-    # transformers 5 writes its own class name; the generic fast class also loads under transformers 4.
-    tok_cfg_path = out / "tokenizer_config.json"
-    tok_cfg = json.loads(tok_cfg_path.read_text())
-    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    for key in ("is_local", "local_files_only"):  # load-time state that a reload (--init) writes back
-        tok_cfg.pop(key, None)
-    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2) + "\n")
+    save_checkpoint(model, out, tokenizer=tokenizer)  # also makes tokenizer_config.json load under transformers 4
     record = asdict(cfg) | {"init": history["init"]}
     (out / "training_config.json").write_text(json.dumps(record, indent=2) + "\n")
     summary = {k: history[k] for k in ("params", "evals")} | {"final_loss": history["losses"][-1]}
