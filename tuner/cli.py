@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -49,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sampler", choices=["gp", "tpe", "nsga2", "random"])
     run.add_argument("--seed", type=int)
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--n-workers", default="1", metavar="N|auto",
+                     help="start N worker processes on this machine (auto: one per CUDA GPU); each takes --device "
+                          "cuda:i round-robin when CUDA is present. Workers on other machines just run the same "
+                          "command against the same --storage")
+    run.add_argument("--worker-index", type=int, metavar="I",
+                     help="sampler seed offset of this worker (default: the next free index the study hands out)")
+    run.add_argument("--heartbeat-interval", type=int, default=10, metavar="S",
+                     help="seconds between a running trial's heartbeats; a trial silent for 3 intervals is failed "
+                          "and retried by another worker (default: 10)")
+    run.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)  # started by --n-workers
 
     ev = sub.add_parser("eval", help="evaluate one configuration (a profile or knobs) on a split")
     _common(ev, study=False)
@@ -75,11 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `run --n-workers` hands the same command to its workers
     console = Console(stderr=True)
     from decoder import DecoderError
 
     from .export import ExportError, ExportRefused
+    from .run import WorkerError
     from .spec import SpecError
     from .study import StorageError
     from .tasks import TaskError
@@ -90,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    except (SpecError, TaskError, DecoderError, StorageError, TrackingError, ExportError) as exc:
+    except (SpecError, TaskError, DecoderError, StorageError, TrackingError, ExportError, WorkerError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -122,16 +136,42 @@ def _opts(args: argparse.Namespace, **kw: Any):
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from .run import run
+    from .run import _interrupted, request_interrupt, run
     from .study import front
+    from .workers import parse_n_workers, run_workers
 
     extra = [f"{field}={value}" for field, value in (("trials", args.trials), ("validation_size", args.validation_size),
                                                      ("batch_size", args.batch_size), ("sampler", args.sampler),
                                                      ("seed", args.seed)) if value is not None]
     spec = _spec(args, extra)
-    study = run(spec, _opts(args, show_progress=not args.no_progress), console)
-    print_front(Console(), study.study_name, front(study), study.user_attrs.get("baseline"))
-    return EXIT_OK
+    if args.heartbeat_interval < 1:
+        raise _usage_error("--heartbeat-interval must be at least 1 second")
+    n_workers = parse_n_workers(args.n_workers)
+    if n_workers is None:
+        raise _usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
+    opts = _opts(args, show_progress=not (args.no_progress or args.worker_child), worker=args.worker_index,
+                 heartbeat_interval=args.heartbeat_interval, log_trials=args.worker_child)
+    # SIGTERM (a scheduler preempting, `kill`, the --n-workers parent forwarding) ends a run like Ctrl-C: the
+    # running trial is re-queued rather than left running until its heartbeat goes stale.
+    _interrupted.clear()
+    previous = {sig: signal.signal(sig, request_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if n_workers > 1:
+            code, study = run_workers(spec, opts, args.argv, n_workers, console)
+        else:
+            code, study = EXIT_OK, run(spec, opts, console)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if study is not None and not args.worker_child:
+        print_front(Console(), study.study_name, front(study), study.user_attrs.get("baseline"))
+    return code
+
+
+def _usage_error(message: str) -> Exception:
+    from .spec import SpecError
+
+    return SpecError(message)
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:

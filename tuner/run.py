@@ -1,13 +1,23 @@
 """`tuner run`: load a spec, the model and the validation split, then run (or resume) the study with progress bars,
-MLflow tracking after every trial, and the Pareto table at the end."""
+MLflow tracking after every trial, and the Pareto table at the end.
+
+One process is one worker. Any number of workers, on any machines, can run the same command against one shared
+storage (README "Scale out"): each claims one trial at a time under the study lock until the study holds its
+budget of finished trials, waits (retrying dead workers' trials) while the last ones run, then exits.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -17,19 +27,48 @@ from . import hardware
 from .evaluate import Evaluator
 from .spec import StudySpec
 from .study import (
+    DEFAULT_HEARTBEAT_S,
     DEFAULT_STORAGE,
-    FINISHED,
     Objective,
+    StorageError,
+    StudyLock,
+    _first_line,
+    _is_transient,
+    _redact,
+    budget_counts,
     create_study,
     default_study_name,
+    fail_stale_trials,
     finished_count,
     open_storage,
+    requeue,
+    stale_handler,
     trial_points,
 )
 from .tasks import get_task
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+
+_interrupted = threading.Event()
+
+
+def request_interrupt(signum: int | None = None, frame: Any = None) -> None:
+    """SIGINT/SIGTERM handler: raise KeyboardInterrupt now, and remember it. Python swallows a KeyboardInterrupt
+    that lands inside a finalizer (`Exception ignored in ... __del__`), so the worker also checks the flag after
+    every evaluated chunk and between trials, and a Ctrl-C is never lost."""
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def _check_interrupt() -> None:
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
+
+
+class WorkerError(RuntimeError):
+    """This worker can't go on (its trials keep failing); the study and its finished trials are intact."""
 
 
 @dataclass
@@ -39,10 +78,19 @@ class RunOptions:
     study_name: str | None = None
     device: str | None = None
     data_dir: str | None = None
-    heartbeat_interval: int | None = None
+    # Seconds between a running trial's heartbeats; a trial without one for `grace_period` (default 3
+    # intervals) is failed and retried by another worker. 10 s costs one tiny write per running trial every
+    # 10 s and retries a dead worker's trial after ~30 s. Also on for SQLite: it frees a killed run's trial.
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_S
+    grace_period: int | None = None
     refresh_every: int = 1
-    worker: int = 0
+    # Sampler seed offset; None: the study allocates the next free index (distinct seeds on every machine).
+    worker: int | None = None
     show_progress: bool = True
+    # Print one line per finished trial (workers started by --n-workers, whose progress bars would interleave).
+    log_trials: bool = False
+    # Stop this worker after this many of its own trials failed in a row (say, CUDA out of memory every time).
+    max_consecutive_failures: int = 3
 
 
 def load_task(spec: StudySpec, data_dir: str | None):
@@ -54,6 +102,32 @@ def load_task(spec: StudySpec, data_dir: str | None):
 
 def experiment_name(spec: StudySpec) -> str:
     return f"dtune-{spec.task}"
+
+
+def open_tracker(tracking_uri: str | None, experiment: str) -> Tracker:
+    """Tracker.open, one process at a time for a SQLite tracking store: MLflow migrates a fresh file on first use,
+    and several workers doing it at once leave it broken for good (`table _alembic_tmp_experiments already
+    exists`; daizutabi/hydraflow#245). The lock is the one Tracker already takes beside the file."""
+    import fcntl
+
+    import mlflow
+
+    from .tracking import _sqlite_lock_path
+
+    path = _sqlite_lock_path(tracking_uri or mlflow.get_tracking_uri())
+    if path is None:
+        return Tracker.open(tracking_uri, experiment)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    break  # a hung holder; Tracker.open still retries
+                time.sleep(0.05)
+        return Tracker.open(tracking_uri, experiment)
 
 
 def study_params(spec: StudySpec, model, task, split_info, hw: dict[str, str]) -> tuple[dict, dict]:
@@ -72,16 +146,27 @@ def study_params(spec: StudySpec, model, task, split_info, hw: dict[str, str]) -
 
 
 def run(spec: StudySpec, opts: RunOptions, console: Console | None = None) -> optuna.Study:
-    """Run the study until `spec.trials` trials are finished (complete or pruned), resuming if it exists."""
+    """Work on the study until it holds `spec.trials` finished (complete or pruned) trials, creating or resuming it.
+
+    Safe to start any number of times against one storage: a worker started after the budget is spent exits at
+    once, and one started while the last trials run waits for them (retrying a dead worker's trial) before exiting.
+    """
     console = console or Console(stderr=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = opts.study_name or default_study_name(spec)
     # Fail fast on bad services before loading a multi-GB model.
-    tracker = Tracker.open(opts.tracking_uri, experiment_name(spec))
-    storage = open_storage(opts.storage, heartbeat_interval=opts.heartbeat_interval)
-    # Workers of one study need distinct seeds, or they propose the same points (optuna#1547).
-    seed = None if spec.seed is None else spec.seed + opts.worker
-    study = create_study(spec, storage, name, seed)
+    tracker = open_tracker(opts.tracking_uri, experiment_name(spec))
+    storage = open_storage(opts.storage, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.grace_period)
+    lock = StudyLock(storage, name)
+    try:
+        return _run(spec, opts, console, name, tracker, storage, lock)
+    finally:
+        lock.close()
+
+
+def _run(spec: StudySpec, opts: RunOptions, console: Console, name: str, tracker: Tracker,
+         storage: optuna.storages.RDBStorage, lock: StudyLock) -> optuna.Study:
+    study, worker = create_study(spec, storage, name, spec.seed, worker=opts.worker, lock=lock)
     done = finished_count(study)
     if done >= spec.trials:
         console.print(f"study {name}: budget of {spec.trials} trials already spent ({done} finished); nothing to do")
@@ -97,11 +182,13 @@ def run(spec: StudySpec, opts: RunOptions, console: Console | None = None) -> op
     evaluator = Evaluator(model, tokenizer, task, chat_template=spec.chat_template, batch_size=spec.batch_size)
     params, tags = study_params(spec, model, task, split, hw)
     params["validation_items_used"] = len(items)
-    parent = tracker.parent_run(name, params=params, tags={**tags, "dtune.storage": _storage_tag(opts.storage)})
-    if parent and study.user_attrs.get("mlflow_parent_run_id") != parent:
-        study.set_user_attr("mlflow_parent_run_id", parent)
+    with lock:  # one parent run however many workers start together (the server has no create-if-absent)
+        parent = tracker.parent_run(name, params=params, tags={**tags, "dtune.storage": _redact(opts.storage)})
+        if parent and study.user_attrs.get("mlflow_parent_run_id") != parent:
+            study.set_user_attr("mlflow_parent_run_id", parent)
+    label = f"worker {worker} ({socket.gethostname()}:{os.getpid()})"
     console.print(f"study [bold]{name}[/] · {spec.task} on {spec.model} · {len(items)} validation items · "
-                  f"{hardware.summary(hw)} · {done}/{spec.trials} trials finished")
+                  f"{hardware.summary(hw)} · {finished_count(study)}/{spec.trials} trials finished · {label}")
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), console=console, disable=not opts.show_progress, transient=False)
@@ -114,22 +201,121 @@ def run(spec: StudySpec, opts: RunOptions, console: Console | None = None) -> op
         progress.reset(items_bar, total=len(items), info=f"trial {number}: {knobs}")
 
     def on_progress(seen: int, total: int, correct: int) -> None:
+        _check_interrupt()
         progress.update(items_bar, completed=seen, info=f"acc {correct / max(seen, 1):.1%}")
 
+    failures = [0]
+
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failures[0] = failures[0] + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
         progress.update(trials_bar, completed=finished_count(study))
+        if opts.log_trials:
+            m = trial.user_attrs.get("metrics", {})
+            console.print(f"{label}: trial {trial.number} {trial.state.name}"
+                          + (f" · accuracy {m['accuracy']:.1%} · {m['tokens_per_s']:.1f} tokens/s" if m else ""))
         _log_trial(tracker, parent, trial)
         if parent and (trial.number % opts.refresh_every == 0):
             tracker.refresh_study_artifacts(parent, trial_points(study), title=name)
 
+    handler = stale_handler(study._storage)
+    if handler is not None:  # the worker that notices a dead worker's trial logs it as failed
+        handler.listeners.append(lambda trial: _log_trial(tracker, parent, trial))
     objective = Objective(spec, evaluator, items, on_progress=on_progress, on_trial_start=on_trial_start)
-    stop_at_budget = optuna.study.MaxTrialsCallback(spec.trials, states=FINISHED)
+
+    def claimed(trial: optuna.Trial) -> tuple[float, float]:
+        lock.release()  # the trial exists now and counts as running: let the next worker claim
+        trial.set_user_attr("worker", label)
+        return objective(trial)
+
     with progress:
-        study.optimize(objective, n_trials=spec.trials - done, callbacks=[after_trial, stop_at_budget],
-                       catch=(RuntimeError,), gc_after_trial=False)
+        _work(study, spec.trials, claimed, after_trial, lock, opts, console, failures)
     if parent:
         tracker.refresh_study_artifacts(parent, trial_points(study), title=name)
     return study
+
+
+def _work(study: optuna.Study, budget: int, objective, after_trial, lock: StudyLock, opts: RunOptions,
+          console: Console, failures: list[int]) -> None:
+    """Claim and run trials one at a time until the study holds `budget` finished trials.
+
+    A claim is atomic under the study lock: count finished + running trials and, if they leave room, ask Optuna
+    for a trial (a re-queued or enqueued WAITING trial first). When the running trials of other workers fill
+    the budget, wait and look again: one of them may die and be re-queued, and must not be left behind.
+    """
+    poll_s = max(1.0, min(5.0, float(opts.heartbeat_interval or 5)))
+    waiting_since: float | None = None
+    mine: list[int] = []  # the number of the trial this worker claimed last
+
+    def numbered(trial: optuna.Trial) -> tuple[float, float]:
+        mine[:] = [trial.number]
+        return objective(trial)
+
+    while True:
+        _check_interrupt()
+        mine.clear()
+        try:
+            lock.acquire()
+            try:
+                fail_stale_trials(study)
+                finished, running = budget_counts(study)
+                if finished >= budget:
+                    return
+                if finished + running < budget:
+                    waiting_since = None
+                    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                    try:
+                        study.optimize(numbered, n_trials=1, callbacks=[after_trial], catch=(RuntimeError,),
+                                       gc_after_trial=False)
+                    except KeyboardInterrupt:
+                        # Ctrl-C/SIGTERM in the middle of a trial, or before it even started (while the sampler
+                        # proposed it): queue it again rather than leave it failed or, worse, running.
+                        _requeue_mine(study, mine, before)
+                        raise
+                    if failures[0] >= opts.max_consecutive_failures:
+                        raise WorkerError(f"{failures[0]} trials in a row failed on this worker (see the warnings "
+                                          "above); stopping it — the study and its finished trials are kept")
+                    continue
+            finally:
+                lock.release()
+        except (ValueError, RuntimeError) as exc:
+            if isinstance(exc, WorkerError) or not _taken_over(study, mine):
+                raise
+            # Its heartbeat went stale while it ran (a stalled machine, a long storage outage): another worker
+            # failed and re-queued it, so its retry will hold the result (optuna#5470's "Cannot tell a FAIL trial").
+            console.print(f"trial {mine[0]} was failed and re-queued by another worker while this one ran it; "
+                          "going on")
+            continue
+        except Exception as exc:
+            if _is_transient(exc):
+                raise StorageError(f"lost the study storage {_redact(opts.storage)}: {_first_line(exc)}") from None
+            raise
+        if waiting_since is None:
+            waiting_since = time.monotonic()
+            console.print(f"{budget - finished} trial(s) still running on other workers; waiting for them "
+                          "(a dead worker's trial is re-queued once its heartbeat is stale)")
+        time.sleep(poll_s)
+
+
+def _requeue_mine(study: optuna.Study, mine: list[int], before: set[int]) -> None:
+    """Re-queue this worker's interrupted trial: the one its objective ran, or else the trial its claim created
+    (claims are serialised by the study lock, so a trial that appeared during it is this worker's)."""
+    numbers = list(mine) or [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                             if t.number not in before]
+    for number in numbers[:1]:
+        try:
+            requeue(study, number)
+        except Exception as exc:  # noqa: BLE001 - best effort on the way out; a stale trial is retried anyway
+            log.warning("could not re-queue interrupted trial %d: %s", number, _first_line(exc))
+
+
+def _taken_over(study: optuna.Study, numbers: list[int]) -> bool:
+    """Did this worker's trial end up finished by someone else (stale-failed) while it was still running it?"""
+    if not numbers:
+        return False
+    for t in study.get_trials(deepcopy=False):
+        if t.number == numbers[0]:
+            return t.state.is_finished()
+    return False
 
 
 def _log_trial(tracker: Tracker, parent: str | None, trial: optuna.trial.FrozenTrial) -> None:
@@ -139,12 +325,7 @@ def _log_trial(tracker: Tracker, parent: str | None, trial: optuna.trial.FrozenT
     metrics.update({f"constraint_{k}": v for k, v in (trial.constraints or {}).items()})
     tags = {"state": trial.state.name, "reference": trial.user_attrs.get("reference") or "",
             "config_key": trial.user_attrs.get("config_key", ""),
-            "duplicate_of": str(trial.user_attrs.get("duplicate_of", ""))}
+            "duplicate_of": str(trial.user_attrs.get("duplicate_of", "")),
+            "retry_of": str(trial.system_attrs.get("failed_trial", "")), "worker": trial.user_attrs.get("worker", "")}
     params = {**trial.params, **{f"config.{k}": v for k, v in trial.user_attrs.get("config", {}).items()}}
     tracker.log_trial(parent, trial.number, params=params, metrics=metrics, tags=tags, state=trial.state.name)
-
-
-def _storage_tag(url: str) -> str:
-    from .study import _redact
-
-    return _redact(url)

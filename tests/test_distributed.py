@@ -1,0 +1,454 @@
+"""Many workers on one study: PostgreSQL + an MLflow server, the SQLite defaults, crashes, outages, `--n-workers`.
+
+The integration tests start real worker processes (`python -m tuner run`) on the bundled tiny model with the small
+settings of test_tuner_study.py, a throw-away PostgreSQL cluster (tests/pg_server.py; skipped without Debian's
+server binaries) and an `mlflow server` subprocess, SIGKILL one worker in the middle of a trial and check what
+the study and the tracking server hold afterwards. Heartbeats are every 2 s (stale after 6 s) to keep them short.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from optuna.trial import TrialState
+
+from tuner.study import (
+    FINISHED,
+    Objective,
+    StorageError,
+    create_study,
+    distributions,
+    fail_stale_trials,
+    open_storage,
+    suggest,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pg_server import PostgresServer, PostgresUnavailable, wait_until  # noqa: E402
+from test_tuner_study import MODEL, spec_for  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")]
+REPO = Path(__file__).resolve().parents[1]
+HEARTBEAT = "2"  # seconds; stale after 3 intervals
+REFERENCES = ("vanilla", "fast-dllm", "paper")
+
+
+def tiny_args(trials: int, validation_size: int = 16) -> list[str]:
+    """test_tuner_study.small_args, smaller still (4 workers share 2 cores), and no accuracy bar: the tiny model's
+    accuracy is noise at this size, and without pruning every finished trial is COMPLETE, which the checks count."""
+    sets = ["decode.gen_length=64", "batch_size=16", "chunk_size=8", f"validation_size={validation_size}",
+            "references=[{name: vanilla, mode: vanilla, steps: 32}, "
+            "{name: fast-dllm, mode: streaming, window: null, threshold: 0.9, alpha: 0.0, early_exit: false}, "
+            "{name: paper, mode: streaming, window: 32, threshold: 0.9, alpha: 0.3, early_exit: true}]",
+            "search_space.window.choices=[16, 32, null]", "constraint.max_drop=100", f"trials={trials}"]
+    args = ["--task", "arith", "--model", MODEL, "--no-progress", "--heartbeat-interval", HEARTBEAT]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+    env["OMP_NUM_THREADS"] = "1"  # one thread per worker: the machine's cores are shared
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_workers(n: int, args: list[str], cwd: Path, tag: str) -> list[subprocess.Popen]:
+    procs = []
+    for i in range(n):
+        out = open(cwd / f"{tag}-{i}.out", "w")  # noqa: SIM115 - closed when the process is reaped
+        procs.append(subprocess.Popen([sys.executable, "-m", "tuner", "run", *args], cwd=cwd, env=child_env(),
+                                      stdout=out, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def logs(cwd: Path, tag: str) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(cwd.glob(f"{tag}-*.out")))
+
+
+def load(storage: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(storage))
+
+
+def worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:
+    match = re.search(r":(\d+)\)$", trial.user_attrs.get("worker", ""))
+    return int(match.group(1)) if match else None
+
+
+def kill_one_mid_trial(storage: str, name: str, procs: list[subprocess.Popen], timeout_s: float = 150) -> int:
+    """SIGKILL the worker running the baseline (vanilla, the slowest trial) once its evaluation has started;
+    returns the killed trial's number. Killing the baseline also checks that its retry stays the baseline."""
+    by_pid = {p.pid: p for p in procs}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError("a worker exited before any was killed")
+        try:
+            running = load(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except Exception:  # the study may not exist yet
+            running = []
+        candidates = [t for t in running if worker_pid(t) in by_pid and "config_key" in t.user_attrs]
+        candidates.sort(key=lambda t: t.user_attrs.get("reference") != "vanilla")
+        if candidates:
+            victim = candidates[0]
+            by_pid[worker_pid(victim)].send_signal(signal.SIGKILL)
+            return victim.number
+        time.sleep(0.2)
+    raise AssertionError("no trial was seen running")
+
+
+def wait_all(procs: list[subprocess.Popen], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    return codes
+
+
+def check_study(storage: str, name: str, budget: int, killed: int | None) -> optuna.Study:
+    """Exactly `budget` finished trials, none lost, none evaluated twice, the killed one retried."""
+    study = load(storage, name)
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == budget, [(t.number, t.state.name) for t in trials]
+    assert all(t.state == TrialState.COMPLETE for t in finished)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # Each reference evaluated to completion exactly once.
+    for ref in REFERENCES:
+        assert [t.user_attrs.get("reference") for t in finished].count(ref) == 1, ref
+    # Every failed trial (a killed worker's) was re-queued and its retry finished: nothing lost.
+    retries = [t for t in trials if "failed_trial" in t.system_attrs]
+    retry_of = {t.system_attrs["failed_trial"]: t for t in retries}
+    assert len(retry_of) == len(retries)  # each failed trial re-queued once, not by every worker that noticed
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert t.number in retry_of and retry_of[t.number].state == TrialState.COMPLETE, t.number
+    if killed is not None:
+        original, retry = trials[killed], retry_of.get(killed)
+        assert original.state == TrialState.FAIL
+        assert retry is not None and retry.state == TrialState.COMPLETE
+        assert retry.params == original.params
+        assert retry.user_attrs.get("reference") == original.user_attrs.get("reference")
+        assert retry.user_attrs["worker"] != original.user_attrs["worker"]
+    baseline = study.user_attrs["baseline"]
+    assert trials[baseline["trial"]].user_attrs["reference"] == "vanilla"
+    assert trials[baseline["trial"]].state == TrialState.COMPLETE
+    return study
+
+
+def check_mlflow(uri: str, name: str, study: optuna.Study, killed: int | None) -> None:
+    """One parent run (none created and deleted either), one nested run per trial, all under it."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("dtune-arith")
+    parents = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL,
+                                 filter_string=f"tags.`dtune.run_type` = 'study' AND tags.`dtune.study` = '{name}'")
+    assert len(parents) == 1
+    parent = parents[0].info.run_id
+    assert study.user_attrs["mlflow_parent_run_id"] == parent
+    children = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000,
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    numbers = [int(c.data.tags["dtune.trial_number"]) for c in children]
+    assert len(numbers) == len(set(numbers))  # one nested run per trial
+    finished = {t.number for t in study.get_trials(states=FINISHED)}
+    assert finished <= set(numbers)
+    if killed is not None:  # the worker that noticed the dead one's trial logged it as failed
+        run = next(c for c in children if int(c.data.tags["dtune.trial_number"]) == killed)
+        assert run.data.tags["dtune.state"] == "FAIL" and run.info.status == "FAILED"
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"pareto.html", "trials.csv", "front.json"} <= artifacts
+
+
+# ---------------------------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="module")
+def pg():
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL server unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` with a SQL backend and an artifact root, as README "Scale out" sets it up."""
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            cwd=root, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    try:
+        if not wait_until(lambda: proc.poll() is not None or healthy(), 240, poll_s=1.0) or proc.poll() is not None:
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+# ---------------------------------------------------------------------------------------------- fast checks
+
+
+def _stale_storage(url: str):
+    return open_storage(url, heartbeat_interval=1, grace_period=1)
+
+
+def test_a_retried_trial_keeps_its_params_and_reference(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    spec = spec_for(tmp_path, 4)
+    storage = _stale_storage(url)
+    study, _ = create_study(spec, storage, "retry", 0)
+    vanilla = study.ask()  # the first enqueued reference; its worker "dies": only one heartbeat, ever
+    for name, dist in distributions(spec).items():
+        suggest(vanilla, name, dist)
+    storage.record_heartbeat(vanilla._trial_id)
+    time.sleep(2.5)
+    fail_stale_trials(study)
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
+    assert retry.state == TrialState.WAITING and retry.user_attrs["reference"] == "vanilla"
+    assert retry.params == trials[0].params
+    # A retry that somehow lost the attr still finds its reference through the original trial.
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trials[0].params,
+                                              distributions=trials[0].distributions,
+                                              system_attrs={"failed_trial": 0}))
+    picked = [study.ask() for _ in range(3)]  # WAITING trials come first: fast-dllm, paper, then the retries
+    assert [Objective.reference_of(t) for t in picked] == ["fast-dllm", "paper", "vanilla"]
+    assert Objective.reference_of(study.ask()) == "vanilla"
+
+
+def test_a_running_trial_without_any_heartbeat_is_an_orphan_and_retried(tmp_path):
+    storage = _stale_storage(f"sqlite:///{tmp_path}/s.db")
+    storage.orphan_after_s = 1
+    study, _ = create_study(spec_for(tmp_path, 4), storage, "orphan", 0)
+    study.ask()  # created, never heartbeated: a worker killed before its first heartbeat
+    time.sleep(1.5)
+    fail_stale_trials(study)
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    assert any(t.system_attrs.get("failed_trial") == 0 and t.state == TrialState.WAITING for t in trials)
+
+
+def test_sqlite_on_a_network_file_system_is_refused(tmp_path, monkeypatch):
+    import tuner.study as study_mod
+
+    monkeypatch.setattr(study_mod, "_fs_type", lambda path: "nfs4")
+    with pytest.raises(StorageError, match="network file system"):
+        open_storage(f"sqlite:///{tmp_path}/s.db")
+
+
+def test_worker_command_lines():
+    from tuner.workers import child_argv, parse_n_workers, worker_devices
+
+    argv = ["run", "--task", "arith", "--n-workers", "4", "--device=cuda", "--no-progress", "--worker-index", "7",
+            "--set", "trials=8"]
+    assert child_argv(argv, "cuda:2", 9) == ["run", "--task", "arith", "--set", "trials=8", "--worker-child",
+                                             "--device", "cuda:2", "--worker-index", "9"]
+    assert child_argv(["run", "--n-workers=2"], None, None) == ["run", "--worker-child"]
+    assert parse_n_workers("3") == 3 and parse_n_workers("0") is None and parse_n_workers("x") is None
+    assert worker_devices(3, "cpu") == ["cpu"] * 3 and worker_devices(2, "cuda:1") == ["cuda:1"] * 2
+
+
+CLAIM_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from rich.console import Console
+    from tuner.run import RunOptions, _work
+    from tuner.study import StudyLock, create_study, open_storage
+    from tuner.spec import load_spec
+
+    url, budget = sys.argv[1], int(sys.argv[2])
+    spec = load_spec("arith", [f"trials={budget}", "sampler=random"])
+    storage = open_storage(url, heartbeat_interval=2)
+    lock = StudyLock(storage, "claims")
+    study, worker = create_study(spec, storage, "claims", 0, worker=None, lock=lock)
+
+    def objective(trial):
+        lock.release()
+        for name in ("mode", "window", "threshold", "alpha", "early_exit"):
+            trial.suggest_float(name, 0, 1) if name in ("threshold", "alpha") else trial.suggest_categorical(
+                name, {"mode": ["streaming", "vanilla"], "window": [16, 32, 64, None],
+                       "early_exit": [True, False]}[name])
+        time.sleep(0.3)
+        return 0.5, float(trial.number)
+
+    _work(study, budget, objective, lambda s, t: None, lock, RunOptions(storage=url, heartbeat_interval=2),
+          Console(stderr=True), [0])
+    print("worker", worker)
+""")
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_concurrent_workers_create_one_study_and_claim_exactly_the_budget(backend, request, tmp_path):
+    """4 processes on a fresh database: one schema, one study, references enqueued once, distinct worker
+    indices, and exactly the budget of finished trials (the claim is atomic under the study lock)."""
+    if backend == "postgresql":
+        url = request.getfixturevalue("pg").create_database("claims")
+    else:
+        url = f"sqlite:///{tmp_path}/claims.db"
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIM_SCRIPT, url, "12"], env=child_env(), cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
+    indices = sorted(int(r[0].split()[-1]) for r in results)
+    assert indices == list(range(4))
+    study = load(url, "claims")
+    trials = study.get_trials()
+    assert len([t for t in trials if t.state in FINISHED]) == 12 and len(trials) == 12
+    assert [t.user_attrs.get("reference") for t in trials[:3]] == list(REFERENCES)
+    assert [t.user_attrs.get("reference") for t in trials].count("vanilla") == 1
+
+
+# ---------------------------------------------------------------------------------------------- 4 workers, SIGKILL
+
+
+def test_four_workers_on_postgresql_and_an_mlflow_server_survive_a_sigkill(pg, mlflow_server, tmp_path):
+    storage = pg.create_database("study4")
+    name, budget = "four-workers-pg", 8
+    args = [*tiny_args(budget), "--storage", storage, "--tracking-uri", mlflow_server, "--study-name", name]
+    procs = start_workers(4, args, tmp_path, "w")
+    try:
+        killed = kill_one_mid_trial(storage, name, procs)
+        codes = wait_all(procs, 300)
+    except BaseException:
+        for p in procs:
+            p.kill()
+        print(logs(tmp_path, "w"))
+        raise
+    assert sorted(codes) == [-signal.SIGKILL, 0, 0, 0], logs(tmp_path, "w")
+    study = check_study(storage, name, budget, killed)
+    check_mlflow(mlflow_server, name, study, killed)
+    # A worker started after the budget is spent exits at once, cleanly.
+    late = subprocess.run([sys.executable, "-m", "tuner", "run", *args], cwd=tmp_path, env=child_env(),
+                          capture_output=True, text=True, timeout=180)
+    assert late.returncode == 0 and "already spent" in late.stderr, late.stderr[-2000:]
+
+
+def test_four_workers_on_the_sqlite_defaults_survive_a_sigkill(tmp_path):
+    """The default stores (./dtune.db, ./mlflow.db) with 4 local workers: they work — the study lock is a file
+    lock beside the database, writes wait for SQLite's lock (30 s) and retry — and neither file is damaged."""
+    name, budget = "four-workers-sqlite", 8
+    args = [*tiny_args(budget), "--study-name", name]
+    procs = start_workers(4, args, tmp_path, "w")
+    storage = f"sqlite:///{tmp_path}/dtune.db"
+    try:
+        killed = kill_one_mid_trial(storage, name, procs)
+        codes = wait_all(procs, 300)
+    except BaseException:
+        for p in procs:
+            p.kill()
+        print(logs(tmp_path, "w"))
+        raise
+    assert sorted(codes) == [-signal.SIGKILL, 0, 0, 0], logs(tmp_path, "w")
+    study = check_study(storage, name, budget, killed)
+    check_mlflow(f"sqlite:///{tmp_path}/mlflow.db", name, study, killed)
+    for db in ("dtune.db", "mlflow.db"):
+        with sqlite3.connect(tmp_path / db) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# ---------------------------------------------------------------------------------------------- --n-workers, outages
+
+
+def test_n_workers_forwards_ctrl_c_and_the_rerun_finishes(tmp_path):
+    name, budget = "n-workers", 6
+    args = [sys.executable, "-m", "tuner", "run", *tiny_args(budget), "--study-name", name, "--n-workers", "2"]
+    parent = subprocess.Popen(args, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    storage = f"sqlite:///{tmp_path}/dtune.db"
+
+    def one_complete() -> bool:
+        try:
+            return bool(load(storage, name).get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        except Exception:
+            return False
+
+    assert wait_until(one_complete, 240, poll_s=0.5)
+    parent.send_signal(signal.SIGINT)
+    out, err = parent.communicate(timeout=120)
+    assert parent.returncode == 130, err[-3000:]
+    study = load(storage, name)
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # the workers stopped their trials cleanly
+    kept = {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert kept
+    rerun = subprocess.run(args, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "started 2 workers" in rerun.stderr
+    assert rerun.stdout.count("Pareto front of") == 1  # printed by the parent only
+    study = load(storage, name)
+    assert len(study.get_trials(states=FINISHED)) == budget
+    assert all(study.trials[n].values == v for n, v in kept.items())
+
+
+def test_a_postgresql_outage_mid_run_is_waited_out(pg, tmp_path):
+    storage = pg.create_database("outage")
+    name, budget = "outage", 5
+    args = [sys.executable, "-m", "tuner", "run", *tiny_args(budget), "--storage", storage, "--study-name", name,
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    worker = subprocess.Popen(args, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+
+    def mid_trial() -> bool:  # a trial finished, and the next one is evaluating
+        try:
+            trials = load(storage, name).get_trials(deepcopy=False)
+        except Exception:
+            return False
+        return any(t.state == TrialState.COMPLETE for t in trials) and any(
+            t.state == TrialState.RUNNING and "config_key" in t.user_attrs for t in trials)
+
+    assert wait_until(mid_trial, 240, poll_s=0.2)
+    pg.halt("fast")  # drops every connection: heartbeats and the trial's writes fail until it is back
+    time.sleep(8)  # longer than the heartbeat grace period (6 s)
+    pg.resume()
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err[-3000:]
+    assert "unreachable" in err and "is back" in err
+    study = load(storage, name)
+    assert len(study.get_trials(states=FINISHED)) == budget

@@ -1,0 +1,155 @@
+"""`tuner run --n-workers N`: N worker processes of one study on this machine, one per GPU when there are GPUs.
+
+Each worker is an ordinary `python -m tuner run` process (the same command minus `--n-workers`), so what the
+workers do here is exactly what workers started by hand on other machines do against the same storage. The
+parent only prepares and supervises:
+
+* it creates the study (and the MLflow experiment) before any worker starts, so the workers just load them;
+* it gives worker i `--device cuda:i` (round-robin over the visible GPUs), or on a CPU machine an equal share of
+  the cores through OMP_NUM_THREADS (N processes each using every core thrash);
+* it forwards SIGINT/SIGTERM to the workers (they run in their own session, so a terminal's Ctrl-C reaches them
+  once, through here) and waits for all of them;
+* its exit code sums them up: 130 if interrupted, 0 if the study holds its budget (a worker that died did not
+  cost a trial: its trial was retried by the others), else 2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from types import FrameType
+
+import optuna
+from rich.console import Console
+
+from .run import RunOptions, experiment_name, open_tracker
+from .spec import StudySpec
+from .study import StudyLock, create_study, default_study_name, finished_count, open_storage
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+
+# Options of the parent command that each worker gets in its own form (or not at all).
+_PARENT_ONLY = {"--n-workers": True, "--worker-index": True, "--device": True, "--no-progress": False,
+                "--worker-child": False}
+
+
+def cuda_count() -> int:
+    """Visible CUDA devices (CUDA_VISIBLE_DEVICES applies); 0 without CUDA."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def parse_n_workers(value: str | int) -> int | None:
+    """`auto` is one worker per visible GPU (1 without CUDA); None for anything that isn't a positive count."""
+    if str(value).strip().lower() == "auto":
+        return max(1, cuda_count())
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n >= 1 else None
+
+
+def worker_devices(n: int, device: str | None) -> list[str | None]:
+    """The `--device` of each worker: an explicit `cuda:K` or `cpu` is shared by all; otherwise (none, or plain
+    `cuda`) worker i gets `cuda:i mod #GPUs` when CUDA is present, else the loader's default."""
+    if device not in (None, "cuda"):
+        return [device] * n
+    gpus = cuda_count()
+    if gpus == 0:
+        return [device] * n
+    return [f"cuda:{i % gpus}" for i in range(n)]
+
+
+def child_argv(argv: list[str], device: str | None, worker_index: int | None) -> list[str]:
+    """The parent's `run` command line for one worker: parent-only options out, its device and index in."""
+    out: list[str] = []
+    skip = 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _PARENT_ONLY:
+            skip = 1 if (_PARENT_ONLY[name] and "=" not in arg) else 0
+            continue
+        out.append(arg)
+    out.append("--worker-child")
+    if device is not None:
+        out += ["--device", device]
+    if worker_index is not None:
+        out += ["--worker-index", str(worker_index)]
+    return out
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def run_workers(spec: StudySpec, opts: RunOptions, argv: list[str], n: int,
+                console: Console) -> tuple[int, optuna.Study | None]:
+    """Prepare the study, start `n` workers, forward signals, wait; returns (exit code, the study)."""
+    name = opts.study_name or default_study_name(spec)
+    open_tracker(opts.tracking_uri, experiment_name(spec))  # fail fast, and create the experiment/DB once
+    storage = open_storage(opts.storage, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.grace_period)
+    lock = StudyLock(storage, name)
+    try:
+        study, _ = create_study(spec, storage, name, spec.seed, worker=0, lock=lock)
+    finally:
+        lock.close()
+    done = finished_count(study)
+    if done >= spec.trials:
+        console.print(f"study {name}: budget of {spec.trials} trials already spent ({done} finished); nothing to do")
+        return EXIT_OK, study
+
+    devices = worker_devices(n, opts.device)
+    env = dict(os.environ)
+    on_cpu = not any(d and d.startswith("cuda") for d in devices)
+    if on_cpu and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, _cpu_count() // n))
+    procs: list[subprocess.Popen] = []
+    for i, device in enumerate(devices):
+        index = None if opts.worker is None else opts.worker + i
+        cmd = [sys.executable, "-m", "tuner", *child_argv(argv, device, index)]
+        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+    where = ", ".join(sorted({d or "default device" for d in devices}))
+    threads = f", OMP_NUM_THREADS={env['OMP_NUM_THREADS']}" if on_cpu and "OMP_NUM_THREADS" in env else ""
+    console.print(f"study {name}: started {n} workers (pids {', '.join(str(p.pid) for p in procs)}) on {where}"
+                  f"{threads}; {done}/{spec.trials} trials finished")
+
+    interrupted = [False]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        interrupted[0] = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    finished = finished_count(study)
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    for i, c in failed:
+        why = f"was killed by signal {-c}" if c < 0 else f"exited with code {c}"
+        console.print(f"worker {i} (pid {procs[i].pid}) {why}")
+    if interrupted[0] or any(c == EXIT_INTERRUPTED for c in codes):
+        return EXIT_INTERRUPTED, study
+    if finished >= spec.trials:
+        if failed:
+            console.print(f"the study holds its {spec.trials} trials all the same (the others retried what was lost)")
+        return EXIT_OK, study
+    console.print(f"study {name}: {finished}/{spec.trials} trials finished; run the same command to go on")
+    return (EXIT_ERROR if failed else EXIT_OK), study
