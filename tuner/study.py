@@ -43,7 +43,7 @@ from decoder import DecodeConfig
 
 from .evaluate import EvalResult, Evaluator
 from .pareto import TrialPoint, pareto_front
-from .spec import Knob, StudySpec
+from .spec import StudySpec
 from .stats import cannot_reach
 
 log = logging.getLogger(__name__)
@@ -512,17 +512,12 @@ def make_sampler(spec: StudySpec, seed: int | None) -> optuna.samplers.BaseSampl
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def distributions(spec: StudySpec, reference: str | None = None) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The search space as Optuna distributions, plus `mode`.
-
-    Sampled trials get `mode` from ["streaming"] only: the sampler must not spend trials proposing vanilla again
-    (a duplicate of the baseline). The vanilla reference gets ["streaming", "vanilla"]; the distributions then
-    differ, so Optuna leaves `mode` out of the space the GP models, while every other knob stays shared.
-    """
-    mode = "streaming" if reference is None else spec.reference_config(spec.reference(reference)).mode
-    choices = ["streaming"] if mode == "streaming" else ["streaming", mode]
-    dists: dict[str, optuna.distributions.BaseDistribution] = {
-        "mode": optuna.distributions.CategoricalDistribution(choices)}
+def distributions(spec: StudySpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The search space as Optuna distributions, plus `mode` (streaming, and vanilla for its reference)."""
+    dists: dict[str, optuna.distributions.BaseDistribution] = {}
+    modes = sorted({spec.reference_config(r).mode for r in spec.references} | {"streaming"})
+    if len(modes) > 1:
+        dists["mode"] = optuna.distributions.CategoricalDistribution(modes)
     for k in spec.search_space:
         if k.is_categorical:
             dists[k.name] = optuna.distributions.CategoricalDistribution(list(k.choices))
@@ -531,29 +526,16 @@ def distributions(spec: StudySpec, reference: str | None = None) -> dict[str, op
     return dists
 
 
-def _most_conservative(k: Knob) -> Any:
-    """The streaming value closest to vanilla decoding: no pruning, the highest fixed threshold, no early exit."""
-    if k.name == "window":
-        return None if None in k.choices else max(k.choices)
-    if k.name == "threshold":
-        return k.high
-    if k.name == "alpha":
-        return k.low
-    if k.name == "early_exit":
-        return False if False in k.choices else k.choices[0]
-    return k.choices[0] if k.is_categorical else k.low
-
-
 def reference_params(spec: StudySpec, name: str) -> dict[str, Any]:
-    """A reference's point in the space. Vanilla doesn't read the streaming knobs, but every trial must report all
-    of them (the GP models only the space that all complete trials share): it takes the most vanilla-like
-    streaming corner (no pruning, highest fixed threshold, no early exit), where its results are a fair guess."""
+    """A reference's point in the space. Vanilla doesn't read the streaming knobs; it reports each knob's neutral
+    value so every trial covers the whole space (the GP models only the space that all complete trials share)."""
     ref = spec.reference(name)
     cfg = spec.reference_config(ref)
-    params: dict[str, Any] = {"mode": cfg.mode}
+    params: dict[str, Any] = {}
+    if "mode" in distributions(spec):
+        params["mode"] = cfg.mode
     for k in spec.search_space:
-        vanilla_only = cfg.mode != "streaming" and k.name != "block_size"
-        params[k.name] = _most_conservative(k) if vanilla_only else getattr(cfg, k.name)
+        params[k.name] = getattr(cfg, k.name) if cfg.mode == "streaming" or k.name == "block_size" else k.default()
     return params
 
 
@@ -666,11 +648,11 @@ class Objective:
                  on_trial_start: Callable[[int, DecodeConfig], None] | None = None):
         self.spec, self.evaluator, self.items = spec, evaluator, items
         self.on_progress, self.on_trial_start = on_progress, on_trial_start
+        self.dists = distributions(spec)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        params = {name: suggest(trial, name, dist) for name, dist in self.dists.items()}
         reference = self.reference_of(trial)
-        dists = distributions(self.spec, reference)
-        params = {name: suggest(trial, name, dist) for name, dist in dists.items()}
         if reference is not None:
             config = self.spec.reference_config(self.spec.reference(reference))
         else:
