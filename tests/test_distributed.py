@@ -246,7 +246,7 @@ def test_a_retried_trial_keeps_its_params_and_reference(tmp_path):
     storage = _stale_storage(url)
     study, _ = create_study(spec, storage, "retry", 0)
     vanilla = study.ask()  # the first enqueued reference; its worker "dies": only one heartbeat, ever
-    for name, dist in distributions(spec, "vanilla").items():
+    for name, dist in distributions(spec).items():
         suggest(vanilla, name, dist)
     storage.record_heartbeat(vanilla._trial_id)
     time.sleep(2.5)
