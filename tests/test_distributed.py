@@ -297,6 +297,33 @@ def test_worker_command_lines():
     assert worker_devices(3, "cpu") == ["cpu"] * 3 and worker_devices(2, "cuda:1") == ["cuda:1"] * 2
 
 
+def test_an_objective_error_surfaces_and_is_not_taken_for_a_stale_take_over(tmp_path):
+    """Only Optuna's refusal to finish a trial another worker failed ("Cannot tell a FAIL trial") means "taken
+    over, go on"; the objective's own errors stop the worker at once (they once made it fail trials forever)."""
+    from rich.console import Console
+
+    from tuner.run import RunOptions, _taken_over, _work
+    from tuner.study import StudyLock
+
+    assert _taken_over(ValueError("Cannot tell a FAIL trial."))
+    assert _taken_over(optuna.exceptions.UpdateFinishedTrialError("Trial#3 has already finished"))
+    assert not _taken_over(ValueError("CategoricalDistribution does not support dynamic value space."))
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = open_storage(url, heartbeat_interval=1)
+    lock = StudyLock(storage, "bug")
+    study, _ = create_study(spec_for(tmp_path, 4), storage, "bug", 0, lock=lock)
+
+    def broken(trial):
+        lock.release()
+        raise ValueError("a bug in the objective")
+
+    with pytest.raises(ValueError, match="a bug"):
+        _work(study, 4, broken, lambda s, t: None, lock, RunOptions(storage=url, heartbeat_interval=1),
+              Console(stderr=True), [0])
+    assert len(study.get_trials(states=(TrialState.FAIL,))) == 1 and len(study.get_trials()) == 3  # + 2 queued refs
+    lock.close()
+
+
 CLAIM_SCRIPT = textwrap.dedent("""
     import sys, time
     from rich.console import Console

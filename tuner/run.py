@@ -277,8 +277,8 @@ def _work(study: optuna.Study, budget: int, objective, after_trial, lock: StudyL
                     continue
             finally:
                 lock.release()
-        except (ValueError, RuntimeError) as exc:
-            if isinstance(exc, WorkerError) or not _taken_over(study, mine):
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+            if not (_taken_over(exc) and mine):
                 raise
             # Its heartbeat went stale while it ran (a stalled machine, a long storage outage): another worker
             # failed and re-queued it, so its retry will hold the result (optuna#5470's "Cannot tell a FAIL trial").
@@ -308,14 +308,15 @@ def _requeue_mine(study: optuna.Study, mine: list[int], before: set[int]) -> Non
             log.warning("could not re-queue interrupted trial %d: %s", number, _first_line(exc))
 
 
-def _taken_over(study: optuna.Study, numbers: list[int]) -> bool:
-    """Did this worker's trial end up finished by someone else (stale-failed) while it was still running it?"""
-    if not numbers:
-        return False
-    for t in study.get_trials(deepcopy=False):
-        if t.number == numbers[0]:
-            return t.state.is_finished()
-    return False
+def _taken_over(exc: BaseException) -> bool:
+    """Did Optuna refuse to finish this worker's trial because another worker already failed it as stale?
+
+    Optuna then raises "Cannot tell a FAIL trial." from its tell (optuna#5470), or UpdateFinishedTrialError from
+    a write; any other error is the objective's own and must surface.
+    """
+    if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+        return True
+    return isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")
 
 
 def _log_trial(tracker: Tracker, parent: str | None, trial: optuna.trial.FrozenTrial) -> None:
