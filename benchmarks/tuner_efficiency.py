@@ -43,7 +43,7 @@ from tuner.evaluate import EvalResult, Evaluator
 from tuner.pareto import TrialPoint, hypervolume_2d, pareto_front
 from tuner.run import load_task
 from tuner.spec import StudySpec, load_spec
-from tuner.study import Objective, create_study, distributions, open_storage, trial_points
+from tuner.study import Objective, create_study, open_storage, trial_points
 
 BUDGETS = (10, 20, 40)
 SEEDS = (0, 1, 2)
@@ -74,20 +74,18 @@ def make_spec(args: argparse.Namespace) -> StudySpec:
 def grid_configs(spec: StudySpec) -> list[DecodeConfig]:
     """Every distinct configuration of the space (the grid = the 100% mark), the baseline reference first.
 
-    `mode` includes vanilla as in a real study; vanilla ignores window/threshold/alpha but not early_exit, so it
-    adds one configuration per early_exit value.
+    The references are evaluated as in a real study (vanilla among them, outside the searched space), then every
+    streaming combination of the space.
     """
     axes = []
     for k in spec.search_space:
         axes.append([(k.name, v) for v in (k.choices if k.is_categorical else stepped(k.low, k.high, k.step))])
-    modes = distributions(spec).get("mode")
     out = {}
     for cfg in [spec.reference_config(r) for r in spec.references]:
         out[key(cfg)] = cfg
-    for mode in (modes.choices if modes is not None else ["streaming"]):
-        for combo in itertools.product(*axes):
-            cfg = spec.config_for({"mode": mode, **dict(combo)})
-            out.setdefault(key(cfg), cfg)
+    for combo in itertools.product(*axes):
+        cfg = spec.config_for(dict(combo))
+        out.setdefault(key(cfg), cfg)
     baseline = spec.reference_config(spec.reference(spec.constraint.baseline))
     return [baseline, *(c for k, c in out.items() if k != key(baseline))]
 

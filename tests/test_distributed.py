@@ -339,10 +339,8 @@ CLAIM_SCRIPT = textwrap.dedent("""
 
     def objective(trial):
         lock.release()
-        for name in ("mode", "window", "threshold", "alpha", "early_exit"):
-            trial.suggest_float(name, 0, 1) if name in ("threshold", "alpha") else trial.suggest_categorical(
-                name, {"mode": ["streaming", "vanilla"], "window": [16, 32, 64, None],
-                       "early_exit": [True, False]}[name])
+        for name, dist in distributions(spec).items():
+            suggest(trial, name, dist)
         time.sleep(0.3)
         return 0.5, float(trial.number)
 

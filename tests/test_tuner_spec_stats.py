@@ -25,6 +25,11 @@ def test_every_shipped_spec_is_valid_and_holds_its_references(task):
         assert set(params) == set(dists)
         for name, value in params.items():
             assert dists[name]._contains(dists[name].to_internal_repr(value))
+    # the sampler never proposes vanilla (a duplicate of the baseline); vanilla reports the most vanilla-like corner
+    assert "mode" not in dists
+    corner = reference_params(spec, "vanilla")
+    assert corner.get("window", None) is None and corner.get("early_exit", False) is False
+    assert corner["threshold"] == spec.knob("threshold").high and corner["alpha"] == spec.knob("alpha").low
 
 
 def _base():

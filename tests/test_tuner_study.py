@@ -140,7 +140,7 @@ def test_export_refuses_a_pick_that_fails_on_the_test_split(finished_study, caps
     spec = spec_for(finished_study, 6)
     bad = spec.config_for({"mode": "streaming", "window": 16, "threshold": 0.01, "alpha": 0.7, "early_exit": True})
     trial = optuna.trial.create_trial(
-        params={"mode": "streaming", "window": 16, "threshold": 0.5, "alpha": 0.7, "early_exit": True},
+        params={"window": 16, "threshold": 0.5, "alpha": 0.7, "early_exit": True},
         distributions={k: v for k, v in study.trials[3].distributions.items()},
         values=[1.0, 1e9], user_attrs={"config": bad.to_dict(), "metrics": {"accuracy": 1.0}},
         constraints={"accuracy": -1.0},
@@ -170,7 +170,7 @@ def test_pruning_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
     model, tok = load_model(MODEL, device="cpu")
     objective = Objective(spec, Evaluator(model, tok, task, batch_size=8), items)
     # A reckless configuration: commits a whole block per step, so it gets items wrong from the first chunk.
-    study.enqueue_trial({"mode": "streaming", "window": 16, "threshold": 0.5, "alpha": 0.7, "early_exit": True})
+    study.enqueue_trial({"window": 16, "threshold": 0.5, "alpha": 0.7, "early_exit": True})
     study.optimize(objective, n_trials=1)
     reckless = study.trials[0]
     assert reckless.state == optuna.trial.TrialState.PRUNED

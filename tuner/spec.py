@@ -58,9 +58,21 @@ class Knob:
             return value in self.choices
         return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
 
-    def default(self) -> Any:
-        """A neutral value for trials (vanilla) that don't read this knob but must report one to the sampler."""
-        return self.choices[0] if self.is_categorical else self.high
+    def most_vanilla_like(self) -> Any:
+        """The value closest to vanilla decoding: no pruning, the highest fixed threshold, no early exit.
+
+        The vanilla reference doesn't read the streaming knobs but must report a point of the space to the sampler
+        (the GP models only the space all complete trials share); at this corner its results are a fair guess.
+        """
+        if self.name == "window":
+            return None if None in self.choices else max(self.choices)
+        if self.name == "threshold":
+            return self.high
+        if self.name == "alpha":
+            return self.low
+        if self.name == "early_exit":
+            return False if False in self.choices else self.choices[0]
+        return self.choices[0] if self.is_categorical else self.low
 
 
 @dataclass(frozen=True)

@@ -513,11 +513,14 @@ def make_sampler(spec: StudySpec, seed: int | None) -> optuna.samplers.BaseSampl
 
 
 def distributions(spec: StudySpec) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The search space as Optuna distributions, plus `mode` (streaming, and vanilla for its reference)."""
+    """The search space as Optuna distributions: the streaming knobs only.
+
+    `mode` is not searched: vanilla is a reference point, evaluated once, never a configuration the sampler
+    should propose again (a constrained GP favours it, being the most accurate point, and spent most of its
+    trials on vanilla duplicates when it could). Optuna refuses a categorical whose choices change within a study,
+    so the mode can't be offered to the reference alone either.
+    """
     dists: dict[str, optuna.distributions.BaseDistribution] = {}
-    modes = sorted({spec.reference_config(r).mode for r in spec.references} | {"streaming"})
-    if len(modes) > 1:
-        dists["mode"] = optuna.distributions.CategoricalDistribution(modes)
     for k in spec.search_space:
         if k.is_categorical:
             dists[k.name] = optuna.distributions.CategoricalDistribution(list(k.choices))
@@ -527,15 +530,13 @@ def distributions(spec: StudySpec) -> dict[str, optuna.distributions.BaseDistrib
 
 
 def reference_params(spec: StudySpec, name: str) -> dict[str, Any]:
-    """A reference's point in the space. Vanilla doesn't read the streaming knobs; it reports each knob's neutral
-    value so every trial covers the whole space (the GP models only the space that all complete trials share)."""
-    ref = spec.reference(name)
-    cfg = spec.reference_config(ref)
+    """A reference's point in the space. A streaming reference is its own knobs; vanilla reads none of them except
+    block_size and sits at the most vanilla-like streaming corner (see Knob.most_vanilla_like)."""
+    cfg = spec.reference_config(spec.reference(name))
     params: dict[str, Any] = {}
-    if "mode" in distributions(spec):
-        params["mode"] = cfg.mode
     for k in spec.search_space:
-        params[k.name] = getattr(cfg, k.name) if cfg.mode == "streaming" or k.name == "block_size" else k.default()
+        own = cfg.mode == "streaming" or k.name == "block_size"
+        params[k.name] = getattr(cfg, k.name) if own else k.most_vanilla_like()
     return params
 
 
