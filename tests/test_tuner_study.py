@@ -187,6 +187,7 @@ def test_pruning_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
         (["run", "--task", "arith", "--storage", "postgresql+psycopg://u:secret@127.0.0.1:9/db"],
          "can't open the study storage"),
         (["run", "--task", "arith", "--tracking-uri", "http://127.0.0.1:9"], "127.0.0.1:9"),
+        (["run", "--task", "arith", "--refresh-every", "0"], "--refresh-every must be at least 1"),
         (["eval", "--task", "arith", "--threshold", "3"], "threshold must be in"),
         (["eval", "--task", "arith", "--model", "/no/such/model"], "neither a checkpoint directory"),
         (["eval", "--task", "gsm8k"], "cannot be reached"),  # no hub here and no --data-dir

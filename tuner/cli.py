@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heartbeat-interval", type=int, default=10, metavar="S",
                      help="seconds between a running trial's heartbeats; a trial silent for 3 intervals is failed "
                           "and retried by another worker (default: 10)")
+    run.add_argument("--refresh-every", type=int, default=5, metavar="N",
+                     help="refresh the study's MLflow artifacts (Pareto plots, trials table) every N finished trials "
+                          "and at the end (default: 5; 1 = after every trial, which costs ~5%% of a short trial)")
     run.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)  # started by --n-workers
 
     ev = sub.add_parser("eval", help="evaluate one configuration (a profile or knobs) on a split")
@@ -149,8 +152,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     n_workers = parse_n_workers(args.n_workers)
     if n_workers is None:
         raise _usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
+    if args.refresh_every < 1:
+        raise _usage_error(f"--refresh-every must be at least 1, not {args.refresh_every}")
     opts = _opts(args, show_progress=not (args.no_progress or args.worker_child), worker=args.worker_index,
-                 heartbeat_interval=args.heartbeat_interval, log_trials=args.worker_child)
+                 heartbeat_interval=args.heartbeat_interval, log_trials=args.worker_child,
+                 refresh_every=args.refresh_every)
     # SIGTERM (a scheduler preempting, `kill`, the --n-workers parent forwarding) ends a run like Ctrl-C: the
     # running trial is re-queued rather than left running until its heartbeat goes stale.
     _interrupted.clear()
