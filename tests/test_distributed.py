@@ -328,7 +328,7 @@ CLAIM_SCRIPT = textwrap.dedent("""
     import sys, time
     from rich.console import Console
     from tuner.run import RunOptions, _work
-    from tuner.study import StudyLock, create_study, open_storage
+    from tuner.study import StudyLock, create_study, distributions, open_storage, suggest
     from tuner.spec import load_spec
 
     url, budget = sys.argv[1], int(sys.argv[2])
