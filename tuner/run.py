@@ -106,32 +106,6 @@ def experiment_name(spec: StudySpec) -> str:
     return f"dtune-{spec.task}"
 
 
-def open_tracker(tracking_uri: str | None, experiment: str) -> Tracker:
-    """Tracker.open, one process at a time for a SQLite tracking store: MLflow migrates a fresh file on first use,
-    and several workers doing it at once leave it broken for good (`table _alembic_tmp_experiments already
-    exists`; daizutabi/hydraflow#245). The lock is the one Tracker already takes beside the file."""
-    import fcntl
-
-    import mlflow
-
-    from .tracking import _sqlite_lock_path
-
-    path = _sqlite_lock_path(tracking_uri or mlflow.get_tracking_uri())
-    if path is None:
-        return Tracker.open(tracking_uri, experiment)
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    break  # a hung holder; Tracker.open still retries
-                time.sleep(0.05)
-        return Tracker.open(tracking_uri, experiment)
-
-
 def study_params(spec: StudySpec, model, task, split_info, hw: dict[str, str]) -> tuple[dict, dict]:
     """Parent-run params (what the study searched and on what) and tags (where it ran)."""
     params: dict[str, Any] = {
@@ -157,7 +131,7 @@ def run(spec: StudySpec, opts: RunOptions, console: Console | None = None) -> op
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = opts.study_name or default_study_name(spec)
     # Fail fast on bad services before loading a multi-GB model.
-    tracker = open_tracker(opts.tracking_uri, experiment_name(spec))
+    tracker = Tracker.open(opts.tracking_uri, experiment_name(spec))
     storage = open_storage(opts.storage, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.grace_period)
     lock = StudyLock(storage, name)
     try:

@@ -41,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from decoder import DecodeConfig
 
+from . import file_lock
 from .evaluate import EvalResult, Evaluator
 from .pareto import TrialPoint, pareto_front
 from .spec import StudySpec
@@ -309,22 +310,8 @@ def _schema_lock(url: str, connect_args: dict[str, Any]) -> Iterator[None]:
     Also where an unreachable PostgreSQL server is first reported: the same one-line error either way.
     """
     if url.startswith("sqlite"):
-        path = _sqlite_lock_path(url)
-        if path is None:
-            yield
-            return
-        import fcntl
-
-        with open(path, "a+") as fh:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError:
-                    if time.monotonic() >= deadline:
-                        break  # a hung holder: go on, the caller retries a failed creation
-                    time.sleep(0.02)
+        # Not held after 60 s (a hung holder): go on, the caller retries a failed creation.
+        with file_lock.held_lock(_sqlite_lock_path(url), timeout_s=60):
             yield
         return
     if not url.startswith(("postgresql", "postgres")):
@@ -345,11 +332,7 @@ def _schema_lock(url: str, connect_args: dict[str, Any]) -> Iterator[None]:
 
 def _sqlite_lock_path(url: str) -> Path | None:
     """`<db>.dtune-study.lock` beside a SQLite file (None in memory): the schema and study lock of its studies."""
-    db = sqlalchemy.engine.make_url(url).database
-    if not db or db == ":memory:" or db.startswith("file:"):
-        return None
-    path = Path(db).expanduser().absolute()
-    return path.with_name(path.name + ".dtune-study.lock")
+    return file_lock.lock_path_beside(url, ".dtune-study.lock")
 
 
 def _lock_key(name: str) -> int:
@@ -417,11 +400,7 @@ class StudyLock:
                 conn.close()
         if self._fh is not None:
             fh, self._fh = self._fh, None
-            with contextlib.suppress(Exception):
-                import fcntl
-
-                fcntl.flock(fh, fcntl.LOCK_UN)
-            fh.close()
+            file_lock.release(fh)
 
     def close(self) -> None:
         self.release()
@@ -480,21 +459,13 @@ class StudyLock:
                 conn.close()
 
     def _acquire_file(self) -> bool:
-        import fcntl
-
         fh = open(self._path, "a+")  # noqa: SIM115 - kept open while held, closed by release()
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._fh = fh
-                return True
-            except OSError:
-                if time.monotonic() >= deadline:
-                    fh.close()
-                    log.warning("study lock %s not obtained in %.0f s; going on without", self._path, self.timeout_s)
-                    return False
-                time.sleep(0.02)
+        if file_lock.acquire(fh, self.timeout_s):
+            self._fh = fh
+            return True
+        fh.close()
+        log.warning("study lock %s not obtained in %.0f s; going on without", self._path, self.timeout_s)
+        return False
 
 
 def _redact(url: str) -> str:

@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
+from . import file_lock
 from .pareto import (
     TrialPoint,
     front_table,
@@ -46,11 +47,6 @@ from .pareto import (
     pick_knee,
     save_pareto_png,
 )
-
-try:  # POSIX only; elsewhere parent-run creation falls back to the settle-and-re-read path
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["Tracker", "TrackingError"]
 
@@ -215,13 +211,7 @@ def _sqlite_lock_path(uri: str) -> Path | None:
     """Lock file beside a sqlite database file (None for other stores and in-memory databases)."""
     if _uri_scheme(uri) != "sqlite":
         return None
-    from sqlalchemy.engine import make_url
-
-    db = make_url(uri).database
-    if not db or db == ":memory:" or db.startswith("file:"):
-        return None
-    path = Path(db).expanduser().absolute()  # fixed now: a later chdir must not move the lock
-    return path.with_name(path.name + ".dtune-lock")
+    return file_lock.lock_path_beside(uri, ".dtune-lock")
 
 
 class Tracker:
@@ -274,21 +264,25 @@ class Tracker:
             for name, value in _HTTP_ENV_DEFAULTS.items():
                 os.environ.setdefault(name, value)
         last: BaseException | None = None
-        for attempt in range(max(0, retries) + 1):
-            if attempt:
-                time.sleep(backoff_s * 2 ** (attempt - 1))
-            try:
-                client = MlflowClient(tracking_uri=uri)
-                exp_id = cls._get_or_create_experiment(client, experiment, artifact_location)
-                return cls(client, uri, exp_id, experiment, retries, backoff_s, settle_s)
-            except TrackingError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any start-up failure becomes one clear TrackingError
-                last = exc
-                # Concurrent first use of a fresh sqlite file ("database is locked", migration races) and a
-                # server that is still starting are worth a retry; a refused request is not.
-                if not _retryable(exc):
-                    break
+        # One process at a time on a sqlite store: MLflow migrates a fresh file on first use, and several workers
+        # doing it at once leave it broken for good (`table _alembic_tmp_experiments already exists`;
+        # daizutabi/hydraflow#245). A holder hung for 5 minutes is gone round; the retries below still apply.
+        with file_lock.held_lock(_sqlite_lock_path(uri), timeout_s=300):
+            for attempt in range(max(0, retries) + 1):
+                if attempt:
+                    time.sleep(backoff_s * 2 ** (attempt - 1))
+                try:
+                    client = MlflowClient(tracking_uri=uri)
+                    exp_id = cls._get_or_create_experiment(client, experiment, artifact_location)
+                    return cls(client, uri, exp_id, experiment, retries, backoff_s, settle_s)
+                except TrackingError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any start-up failure becomes one clear TrackingError
+                    last = exc
+                    # Concurrent first use of a fresh sqlite file ("database is locked", migration races) and a
+                    # server that is still starting are worth a retry; a refused request is not.
+                    if not _retryable(exc):
+                        break
         assert last is not None
         raise TrackingError(
             f"cannot use MLflow tracking store {_redact(uri)} ({_one_line(last)}); {_fix_hint(uri)}"
@@ -446,38 +440,11 @@ class Tracker:
 
         return self._attempt(f"parent run of study {study_name!r}", work)
 
-    @contextlib.contextmanager
-    def _creation_lock(self, timeout_s: float = 30.0) -> Iterator[bool]:
-        """Exclusive inter-process lock for sqlite stores; yields whether it is held.
-
-        ``flock`` is released by the kernel when a holder dies, so a killed worker cannot wedge the others;
-        after ``timeout_s`` (a holder stuck on a locked database) we go on unlocked and rely on the re-read.
-        """
-        if self._lock_path is None or fcntl is None:
-            yield False
-            return
-        try:
-            fh = open(self._lock_path, "a+")  # noqa: SIM115 - closed in the finally below
-        except OSError:
-            yield False
-            return
-        held = False
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    held = True
-                    break
-                except OSError:
-                    if time.monotonic() >= deadline:
-                        break
-                    time.sleep(0.02)
-            yield held
-        finally:
-            if held:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-            fh.close()
+    def _creation_lock(self, timeout_s: float = 30.0) -> contextlib.AbstractContextManager[bool]:
+        """Exclusive inter-process lock for sqlite stores; yields whether it is held. After ``timeout_s`` (a
+        holder stuck on a locked database) we go on unlocked and rely on the re-read; elsewhere (servers,
+        no flock) the settle-and-re-read path applies."""
+        return file_lock.held_lock(self._lock_path, timeout_s)
 
     # ------------------------------------------------------------------------------------------ trial runs
 

@@ -24,9 +24,10 @@ from types import FrameType
 import optuna
 from rich.console import Console
 
-from .run import RunOptions, experiment_name, open_tracker
+from .run import RunOptions, experiment_name
 from .spec import StudySpec
 from .study import StudyLock, create_study, default_study_name, finished_count, open_storage
+from .tracking import Tracker
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -98,7 +99,7 @@ def run_workers(spec: StudySpec, opts: RunOptions, argv: list[str], n: int,
                 console: Console) -> tuple[int, optuna.Study | None]:
     """Prepare the study, start `n` workers, forward signals, wait; returns (exit code, the study)."""
     name = opts.study_name or default_study_name(spec)
-    open_tracker(opts.tracking_uri, experiment_name(spec))  # fail fast, and create the experiment/DB once
+    Tracker.open(opts.tracking_uri, experiment_name(spec))  # fail fast, and create the experiment/DB once
     storage = open_storage(opts.storage, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.grace_period)
     lock = StudyLock(storage, name)
     try:
