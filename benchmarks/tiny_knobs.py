@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decoder import Counters, DecodeConfig, generate, load_model  # noqa: E402
+from tuner.stats import wilson_interval  # noqa: E402
 from tuner.tasks import get_task  # noqa: E402
 
 GEN, BLOCK = 128, 32
@@ -64,17 +64,6 @@ def configurations(quick: bool) -> list[tuple[str, DecodeConfig]]:
     return rows
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (sensible near 0 and 1, unlike the normal one)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return centre - half, centre + half
-
-
 def run(name: str, config: DecodeConfig, model, tok, task, items, batch_size: int) -> Row:
     row = Row(name, config, counters=Counters(), per_item=[])
     for i in range(0, len(items), batch_size):
@@ -96,7 +85,7 @@ def table(rows: list[Row]) -> str:
     ]
     for r in rows:
         c = r.counters
-        lo, hi = wilson(r.correct, r.n)
+        lo, hi = wilson_interval(r.correct, r.n)
         lines.append(
             f"| {r.name} | {r.correct / r.n:.1%} ({lo:.1%}-{hi:.1%}) | {r.row_nfe / r.n:.1f} | "
             f"{c.attended_pairs / r.n:,.0f} | {c.generated_tokens / r.n:.1f} | {c.tokens_per_s:.0f} |"

@@ -374,10 +374,8 @@ def test_concurrent_workers_create_one_study_and_claim_exactly_the_budget(backen
 # ---------------------------------------------------------------------------------------------- 4 workers, SIGKILL
 
 
-def test_four_workers_on_postgresql_and_an_mlflow_server_survive_a_sigkill(pg, mlflow_server, tmp_path):
-    storage = pg.create_database("study4")
-    name, budget = "four-workers-pg", 8
-    args = [*tiny_args(budget), "--storage", storage, "--tracking-uri", mlflow_server, "--study-name", name]
+def run_four_and_kill_one(args: list[str], storage: str, name: str, tmp_path: Path) -> int:
+    """Start 4 workers, SIGKILL one mid-trial, wait for the others to finish cleanly; the killed trial's number."""
     procs = start_workers(4, args, tmp_path, "w")
     try:
         killed = kill_one_mid_trial(storage, name, procs)
@@ -388,6 +386,14 @@ def test_four_workers_on_postgresql_and_an_mlflow_server_survive_a_sigkill(pg, m
         print(logs(tmp_path, "w"))
         raise
     assert sorted(codes) == [-signal.SIGKILL, 0, 0, 0], logs(tmp_path, "w")
+    return killed
+
+
+def test_four_workers_on_postgresql_and_an_mlflow_server_survive_a_sigkill(pg, mlflow_server, tmp_path):
+    storage = pg.create_database("study4")
+    name, budget = "four-workers-pg", 8
+    args = [*tiny_args(budget), "--storage", storage, "--tracking-uri", mlflow_server, "--study-name", name]
+    killed = run_four_and_kill_one(args, storage, name, tmp_path)
     study = check_study(storage, name, budget, killed)
     check_mlflow(mlflow_server, name, study, killed)
     # A worker started after the budget is spent exits at once, cleanly.
@@ -401,17 +407,8 @@ def test_four_workers_on_the_sqlite_defaults_survive_a_sigkill(tmp_path):
     lock beside the database, writes wait for SQLite's lock (30 s) and retry — and neither file is damaged."""
     name, budget = "four-workers-sqlite", 8
     args = [*tiny_args(budget), "--study-name", name]
-    procs = start_workers(4, args, tmp_path, "w")
     storage = f"sqlite:///{tmp_path}/dtune.db"
-    try:
-        killed = kill_one_mid_trial(storage, name, procs)
-        codes = wait_all(procs, 300)
-    except BaseException:
-        for p in procs:
-            p.kill()
-        print(logs(tmp_path, "w"))
-        raise
-    assert sorted(codes) == [-signal.SIGKILL, 0, 0, 0], logs(tmp_path, "w")
+    killed = run_four_and_kill_one(args, storage, name, tmp_path)
     study = check_study(storage, name, budget, killed)
     check_mlflow(f"sqlite:///{tmp_path}/mlflow.db", name, study, killed)
     for db in ("dtune.db", "mlflow.db"):
