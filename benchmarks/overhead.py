@@ -11,7 +11,7 @@ the main thread only (heartbeats run on their own thread and block nothing):
 * storage     — every public method of Optuna's RDBStorage and its caching wrapper (including the study lock's
                 and the sampler's reads, which go through them);
 * MLflow      — `Tracker.log_trial` (one nested run per trial) and `Tracker.refresh_study_artifacts` (Pareto
-                plots, CSV/JSON re-rendered after each trial), reported apart;
+                plots, CSV/JSON re-rendered every `--refresh-every` trials and at the end), reported apart;
 * sampler     — the sampler's own methods minus the storage reads inside them (GP fitting);
 * other       — the rest of the trial loop (progress bars, Python).
 The loop is `tuner.run._work` (model loading and study creation excluded). PostgreSQL: a throw-away server from
@@ -48,6 +48,8 @@ class Attribution:
     def __init__(self) -> None:
         self.totals: dict[str, float] = defaultdict(float)
         self._stack: list[list[Any]] = []  # [category, time the category last (re)started]
+        # Inclusive time and count per outermost call of a category (which storage methods cost the most).
+        self.calls: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         self._undo: list[Callable[[], None]] = []
 
     def wrap(self, owner: Any, name: str, category: str) -> None:
@@ -58,6 +60,7 @@ class Attribution:
             if threading.current_thread() is not threading.main_thread():
                 return fn(*args, **kw)
             now = time.perf_counter()
+            outermost = not self._stack or self._stack[-1][0] != category
             if self._stack:
                 self.totals[self._stack[-1][0]] += now - self._stack[-1][1]
             self._stack.append([category, now])
@@ -69,6 +72,10 @@ class Attribution:
                 self.totals[cat] += end - start
                 if self._stack:
                     self._stack[-1][1] = end
+                if outermost:
+                    call = self.calls[f"{category}: {name}"]
+                    call[0] += end - now
+                    call[1] += 1
 
         original = owner.__dict__[name] if isinstance(owner, type) else fn
         setattr(owner, name, timed)
@@ -102,7 +109,7 @@ def measure(backend: str, storage: str, tracking: str, args: argparse.Namespace,
     spec = load_spec("arith", [f"model={args.model}", f"trials={args.trials}", f"validation_size={args.items}",
                                f"batch_size={args.batch_size}", f"chunk_size={args.items}"])
     opts = tuner_run.RunOptions(storage=storage, tracking_uri=tracking, study_name=f"overhead-{backend}",
-                                show_progress=False, worker=0)
+                                show_progress=False, worker=0, refresh_every=args.refresh_every)
     att = Attribution()
     instrument(att)
     cwd = os.getcwd()
@@ -112,7 +119,7 @@ def measure(backend: str, storage: str, tracking: str, args: argparse.Namespace,
     finally:
         os.chdir(cwd)
         att.restore()
-    return dict(att.totals)
+    return {**att.totals, "calls": dict(att.calls)}
 
 
 def postgres(args: argparse.Namespace):
@@ -139,6 +146,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=25)
     ap.add_argument("--pg-url", default=None, help="SQLAlchemy URL of a PostgreSQL database to use for both stores")
     ap.add_argument("--no-pg", action="store_true")
+    ap.add_argument("--refresh-every", type=int, default=tuner_run.RunOptions.refresh_every,
+                    help="refresh the Pareto artifacts every N trials, as `tuner run --refresh-every` (default: 5)")
     ap.add_argument("--quick", action="store_true", help="8 trials of 32 items")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -146,7 +155,7 @@ def main() -> None:
         args.trials, args.items, args.batch_size = 8, 32, 16
 
     report = Report(args.out)
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -170,7 +179,8 @@ def main() -> None:
     report(f"command: `{command_line()}`")
     if (warn := threads_warning()) is not None:
         report(warn)
-    report("\nexclusive wall time per trial, main thread; the trial loop is `tuner.run._work`\n")
+    report(f"\nexclusive wall time per trial, main thread; the trial loop is `tuner.run._work`; artifacts refreshed "
+           f"every {args.refresh_every} trials and at the end\n")
     cats = ["evaluation", "storage", "mlflow log_trial", "mlflow artifacts", "sampler", "other"]
     rows = []
     for backend, t in results.items():
@@ -183,6 +193,14 @@ def main() -> None:
                      f"{(t.get('storage', 0.0) + t.get('mlflow log_trial', 0.0)) / total:.1%}"])
     report(md_table(["backend", "trial s", *(f"{c} ms (%)" for c in cats), "storage + MLflow",
                      "storage + MLflow without artifact refresh"], rows))
+    report("\nThe storage calls that cost the most (inclusive ms per trial, calls per trial; outermost calls only)\n")
+    rows = []
+    for backend, t in results.items():
+        calls = sorted(((k, v) for k, v in t["calls"].items() if k.startswith("storage: ")), key=lambda kv: -kv[1][0])
+        for name, (secs, count) in calls[:6]:
+            rows.append([backend, name.removeprefix("storage: "), f"{secs / args.trials * 1e3:.0f}",
+                         f"{count / args.trials:.1f}"])
+    report(md_table(["backend", "storage method", "ms / trial", "calls / trial"], rows))
     for note in notes:
         report(f"\n{note}")
     report.save()

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import Report, command_line, machine_line, md_table
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -76,6 +78,7 @@ def main() -> None:
     p.add_argument("--sampler", default="gp", help="the spec's GP by default (fitted under the study lock)")
     p.add_argument("--sqlite", action="store_true", help="use a SQLite file even when PostgreSQL is available")
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--out", help="also write the markdown report to this file")
     args = p.parse_args()
     args.trials = args.trials or (8 if args.quick else 16)
     args.validation_size = args.validation_size or (16 if args.quick else 96)
@@ -101,14 +104,17 @@ def main() -> None:
             server.stop()
 
     base = rows[0]["wall_s"]
-    print(f"{args.trials} trials x {args.validation_size} items, gen length 64, {args.sampler} sampler, {args.model}, "
-          f"{'PostgreSQL' if server else 'SQLite'} storage, {os.cpu_count()} CPUs, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} per worker\n")
-    print("| workers | wall time (s) | speed-up | trial phase (s) | mean trial (s) | worker CPU (s) | load at start |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['workers']} | {r['wall_s']:.1f} | {base / r['wall_s']:.2f}× | {r['trial_phase_s']:.1f} | "
-              f"{r['mean_trial_s']:.1f} | {r['cpu_s']:.0f} | {r['load_at_start']:.1f} |")
+    report = Report(args.out)
+    report(f"### Scaling — {args.trials} trials x {args.validation_size} items, {args.model}, gen length 64\n")
+    report(machine_line())
+    report(f"command: `{command_line()}`\n")
+    report(f"{args.sampler} sampler, {'PostgreSQL' if server else 'SQLite'} storage, {os.cpu_count()} CPUs, "
+           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} per worker\n")
+    report(md_table(["workers", "wall time (s)", "speed-up", "trial phase (s)", "mean trial (s)", "worker CPU (s)",
+                     "load at start"],
+                    [[r["workers"], f"{r['wall_s']:.1f}", f"{base / r['wall_s']:.2f}×", f"{r['trial_phase_s']:.1f}",
+                      f"{r['mean_trial_s']:.1f}", f"{r['cpu_s']:.0f}", f"{r['load_at_start']:.1f}"] for r in rows]))
+    report.save()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
