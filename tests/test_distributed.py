@@ -449,6 +449,46 @@ def test_n_workers_forwards_ctrl_c_and_the_rerun_finishes(tmp_path):
     assert all(study.trials[n].values == v for n, v in kept.items())
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has exited; only its reaping is left
+
+
+def test_workers_stop_when_the_n_workers_parent_is_killed(tmp_path):
+    """A parent SIGKILLed (OOM killer, scheduler) can't forward anything: its workers get SIGTERM from the kernel
+    (PR_SET_PDEATHSIG), re-queue their running trials and exit instead of running on unseen."""
+    name = "orphans"
+    # A budget the workers can't spend before the deadline below: only the parent's death can stop them.
+    args = [sys.executable, "-m", "tuner", "run", *tiny_args(500, validation_size=64), "--study-name", name,
+            "--n-workers", "2"]
+    parent = subprocess.Popen(args, cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    storage = f"sqlite:///{tmp_path}/dtune.db"
+
+    def worker_pids() -> set[int]:
+        try:
+            trials = load(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except Exception:
+            return set()
+        return {int(m.group(1)) for t in trials if (m := re.search(r":(\d+)\)", t.user_attrs.get("worker", "")))}
+
+    assert wait_until(lambda: len(worker_pids()) == 2, 240, poll_s=0.3)
+    pids = worker_pids()
+    parent.kill()
+    parent.wait()
+    try:
+        assert wait_until(lambda: not any(_alive(p) for p in pids), 60, poll_s=0.5)
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    study = load(storage, name)
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # both trials were re-queued, not left running
+
+
 def test_a_postgresql_outage_mid_run_is_waited_out(pg, tmp_path):
     storage = pg.create_database("outage")
     name, budget = "outage", 5

@@ -141,7 +141,7 @@ def _opts(args: argparse.Namespace, **kw: Any):
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from .run import _interrupted, request_interrupt, run
     from .study import front
-    from .workers import parse_n_workers, run_workers
+    from .workers import parse_n_workers, run_workers, stop_with_parent
 
     extra = [f"{field}={value}" for field, value in (("trials", args.trials), ("validation_size", args.validation_size),
                                                      ("batch_size", args.batch_size), ("sampler", args.sampler),
@@ -161,6 +161,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     # running trial is re-queued rather than left running until its heartbeat goes stale.
     _interrupted.clear()
     previous = {sig: signal.signal(sig, request_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if args.worker_child:
+        stop_with_parent()
     try:
         if n_workers > 1:
             code, study = run_workers(spec, opts, args.argv, n_workers, console)

@@ -88,6 +88,30 @@ def child_argv(argv: list[str], device: str | None, worker_index: int | None) ->
     return out
 
 
+PARENT_PID_ENV = "DTUNE_WORKER_PARENT_PID"
+
+
+def stop_with_parent() -> None:
+    """In a worker started by `--n-workers`: get SIGTERM when the parent dies (Linux), so a parent killed with
+    SIGKILL (an OOM kill, a scheduler) doesn't leave its workers running on; SIGTERM re-queues the running trial.
+
+    The parent's pid comes from the environment: had the parent died before this call, the request would
+    never fire, so that case ends the worker at once.
+    """
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+        return
+    if os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -112,7 +136,7 @@ def run_workers(spec: StudySpec, opts: RunOptions, argv: list[str], n: int,
         return EXIT_OK, study
 
     devices = worker_devices(n, opts.device)
-    env = dict(os.environ)
+    env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
     on_cpu = not any(d and d.startswith("cuda") for d in devices)
     if on_cpu and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, _cpu_count() // n))
