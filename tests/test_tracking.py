@@ -239,3 +239,31 @@ def test_two_processes_end_with_one_parent(store):
         active = client.search_runs([exp.experiment_id], f"tags.`{STUDY_TAG}` = 'raced-{i}'")
         assert [r.info.run_id for r in active] == list(got[i])
         assert active[0].data.params == {"p": str(i)}
+
+
+def test_backlog_runs_calls_in_order_survives_errors_and_drains_on_close(caplog):
+    import threading
+    import time
+
+    from tuner.tracking import Backlog
+
+    done, threads = [], set()
+
+    def slow(i):
+        time.sleep(0.05)
+        threads.add(threading.current_thread().name)
+        done.append(i)
+
+    def broken():
+        raise RuntimeError("server said no")
+
+    backlog = Backlog()
+    backlog.submit(slow, 0)
+    backlog.submit(broken)
+    for i in range(1, 4):
+        backlog.submit(slow, i)
+    assert len(done) < 4  # submit doesn't wait for the work
+    backlog.close()
+    assert done == [0, 1, 2, 3] and threads == {"dtune-tracking"}
+    assert "server said no" in caplog.text
+    backlog.close()  # idempotent

@@ -46,7 +46,7 @@ from .study import (
     trial_points,
 )
 from .tasks import get_task
-from .tracking import Tracker
+from .tracking import Backlog, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +190,14 @@ def _run(spec: StudySpec, opts: RunOptions, console: Console, name: str, tracker
             m = trial.user_attrs.get("metrics", {})
             console.print(f"{label}: trial {trial.number} {trial.state.name}"
                           + (f" · accuracy {m['accuracy']:.1%} · {m['tokens_per_s']:.1f} tokens/s" if m else ""))
-        _log_trial(tracker, parent, trial)
+        backlog.submit(_log_trial, tracker, parent, trial)
         if parent and finished % opts.refresh_every == 0:
-            tracker.refresh_study_artifacts(parent, trial_points(study), title=name)
+            backlog.submit(tracker.refresh_study_artifacts, parent, trial_points(study), title=name)
 
+    backlog = Backlog()  # MLflow logging off the trial loop's thread
     handler = stale_handler(study._storage)
     if handler is not None:  # the worker that notices a dead worker's trial logs it as failed
-        handler.listeners.append(lambda trial: _log_trial(tracker, parent, trial))
+        handler.listeners.append(lambda trial: backlog.submit(_log_trial, tracker, parent, trial))
     objective = Objective(spec, evaluator, items, on_progress=on_progress, on_trial_start=on_trial_start)
 
     def claimed(trial: optuna.Trial) -> tuple[float, float]:
@@ -204,10 +205,13 @@ def _run(spec: StudySpec, opts: RunOptions, console: Console, name: str, tracker
         trial.set_user_attr("worker", label)
         return objective(trial)
 
-    with progress:
-        _work(study, spec.trials, claimed, after_trial, lock, opts, console, failures)
-    if parent:
-        tracker.refresh_study_artifacts(parent, trial_points(study), title=name)
+    try:
+        with progress:
+            _work(study, spec.trials, claimed, after_trial, lock, opts, console, failures)
+        if parent:
+            backlog.submit(tracker.refresh_study_artifacts, parent, trial_points(study), title=name)
+    finally:
+        backlog.close()  # interrupted or not, what finished is logged before the run returns
     return study
 
 
