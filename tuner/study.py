@@ -624,7 +624,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         params = {name: suggest(trial, name, dist) for name, dist in self.dists.items()}
-        reference = self.reference_of(trial)
+        trials = trial.study.get_trials(deepcopy=False)  # one read for the reference and duplicate look-ups
+        reference = self.reference_of(trial, trials)
         if reference is not None:
             config = self.spec.reference_config(self.spec.reference(reference))
         else:
@@ -632,7 +633,7 @@ class Objective:
         key = config_key(config)
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("config_key", key)
-        earlier = self._earlier(trial.study, key, trial.number)
+        earlier = self._earlier(trials, key, trial.number)
         if earlier is not None:
             return self._reuse(trial, earlier)
 
@@ -665,18 +666,18 @@ class Objective:
         return result.accuracy, result.tokens_per_s
 
     @staticmethod
-    def reference_of(trial: optuna.Trial) -> str | None:
+    def reference_of(trial: optuna.Trial, trials: list[FrozenTrial] | None = None) -> str | None:
         """The reference this trial evaluates, if any. A retry of a stale trial is a copy that keeps the original's
         params and user attrs (Optuna's RetryHeartbeatStaleTrialCallback); should an attr be missing, the
         original trial (`system_attrs["failed_trial"]`) still knows, so a retried baseline stays the baseline."""
         reference = trial.user_attrs.get("reference")
         if reference is not None:
             return reference
-        trials = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
-        me = trials.get(trial.number)
+        by_number = {t.number: t for t in (trial.study.get_trials(deepcopy=False) if trials is None else trials)}
+        me = by_number.get(trial.number)
         original = None if me is None else me.system_attrs.get("failed_trial")
-        if original is not None and original in trials:
-            reference = trials[original].user_attrs.get("reference")
+        if original is not None and original in by_number:
+            reference = by_number[original].user_attrs.get("reference")
             if reference is not None:
                 trial.set_user_attr("reference", reference)
         return reference
@@ -687,9 +688,9 @@ class Objective:
         return None if base is None else float(base["accuracy"])
 
     @staticmethod
-    def _earlier(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.number != number and t.user_attrs.get("config_key") == key:
+    def _earlier(trials: list[FrozenTrial], key: str, number: int) -> FrozenTrial | None:
+        for t in trials:
+            if t.state == TrialState.COMPLETE and t.number != number and t.user_attrs.get("config_key") == key:
                 return t
         return None
 
