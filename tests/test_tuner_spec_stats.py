@@ -85,6 +85,7 @@ def test_overrides_reach_any_field_and_reject_unknown_ones(tmp_path):
 def test_fingerprint_changes_with_results_relevant_fields_only():
     a = load_spec("arith")
     assert load_spec("arith", ["trials=99"]).fingerprint() == a.fingerprint()
+    assert load_spec("arith", ["test_size=50"]).fingerprint() == a.fingerprint()  # export-only
     assert load_spec("arith", ["validation_size=50"]).fingerprint() != a.fingerprint()
 
 

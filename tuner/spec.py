@@ -152,6 +152,7 @@ class StudySpec:
         d = self.to_dict()
         for volatile in ("description", "trials"):
             d.pop(volatile, None)
+        d["test_size"] = None  # export's confirmation only: `export --set test_size=N` must find the same study
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
