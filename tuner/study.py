@@ -725,10 +725,19 @@ def trial_points(study: optuna.Study) -> list[TrialPoint]:
             feasible = all(v <= 0 for v in (t.constraints or {}).values())
         points.append(TrialPoint(
             number=t.number, accuracy=float(acc), tokens_per_s=float(tps), feasible=feasible, state=t.state.name,
-            params=dict(t.params), label=t.user_attrs.get("reference"), nfe=m.get("nfe"),
+            params=_shown_params(t), label=t.user_attrs.get("reference"), nfe=m.get("nfe"),
             ci_low=m.get("accuracy_ci_low"), ci_high=m.get("accuracy_ci_high"),
         ))
     return points
+
+
+def _shown_params(t: FrozenTrial) -> dict[str, Any]:
+    """The knobs a trial ran with. A vanilla reference reports placeholder streaming knobs to the sampler
+    (Knob.most_vanilla_like); people looking at a front or a trials table see its real settings instead."""
+    config = t.user_attrs.get("config") or {}
+    if config.get("mode", "streaming") == "streaming":
+        return dict(t.params)
+    return {"mode": config["mode"], **{k: config[k] for k in ("steps", "block_size", "early_exit") if k in config}}
 
 
 def front(study: optuna.Study) -> list[TrialPoint]:
