@@ -10,7 +10,8 @@
 * The accuracy constraint (at most `max_drop` points below the baseline) goes to the sampler through
   `trial.set_constraint`, and hopeless trials are stopped early: the validation split is evaluated in chunks and a
   trial is pruned once its accuracy cannot reach the bar at 95% confidence (Optuna's pruners are
-  single-objective only; raising TrialPruned still marks the trial pruned).
+  single-objective only; raising TrialPruned still marks the trial pruned). Optuna's GP fits only complete
+  trials, so it is shown the stopped ones as complete and infeasible (tuner/sampling.py).
 * A configuration already evaluated is not evaluated again: the trial copies the earlier result.
 * Many workers share one study (README "Scale out"): trials carry heartbeats and a stale trial (its worker was
   killed) is failed and re-queued with its params and attrs; a per-study lock (a PostgreSQL advisory lock, a
@@ -44,6 +45,7 @@ from decoder import DecodeConfig
 from . import file_lock
 from .evaluate import EvalResult, Evaluator
 from .pareto import TrialPoint, pareto_front
+from .sampling import make_sampler
 from .spec import StudySpec
 from .stats import cannot_reach
 
@@ -472,17 +474,6 @@ def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
-def make_sampler(spec: StudySpec, seed: int | None) -> optuna.samplers.BaseSampler:
-    n_startup = max(3, min(10, spec.trials // 3))
-    if spec.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
-    if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True)
-    if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
 def distributions(spec: StudySpec) -> dict[str, optuna.distributions.BaseDistribution]:
     """The search space as Optuna distributions: the streaming knobs only.
 
@@ -550,7 +541,7 @@ def create_study(spec: StudySpec, storage: optuna.storages.RDBStorage, name: str
     finally:
         if own_lock:
             lock.close()
-    study.sampler = make_sampler(spec, None if seed is None else seed + worker)
+    study.sampler = make_sampler(spec.sampler, None if seed is None else seed + worker, spec.trials)
     return study, worker
 
 

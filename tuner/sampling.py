@@ -1,0 +1,97 @@
+"""The study's sampler, and the one thing Optuna's GP misses about our trials: the ones we stopped early.
+
+A trial stopped by the accuracy constraint (tuner.study.Objective, marked PRUNED as the product promises) is
+exactly what the constrained GP should learn from: "this region can't keep the accuracy". But Optuna's
+GPSampler fits only COMPLETE trials, so with a strict constraint (most trials stopped early) it models two or
+three points and keeps proposing the regions it was just told are hopeless. `SeesStoppedTrials` shows the GP
+each stopped trial as a complete one with the partial accuracy and tokens/s it measured and its (violated)
+constraint, through a read-only view of the study; the stored trials stay PRUNED.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Container, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["SeesStoppedTrials", "make_sampler"]
+
+
+def make_sampler(name: str, seed: int | None, trials: int) -> BaseSampler:
+    """The sampler a spec names; `gp` sees early-stopped trials (see module docstring)."""
+    n_startup = max(3, min(10, trials // 3))
+    if name == "gp":
+        return SeesStoppedTrials(optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup))
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def as_complete(trial: FrozenTrial) -> FrozenTrial:
+    """A stopped trial as the sampler should see it: COMPLETE with its partial (accuracy, tokens/s); any other
+    trial, or a stopped one that recorded no metrics, as it is."""
+    metrics = trial.user_attrs.get("metrics") or {}
+    if trial.state != TrialState.PRUNED or "accuracy" not in metrics or "tokens_per_s" not in metrics:
+        return trial
+    seen = copy.copy(trial)
+    seen.state = TrialState.COMPLETE
+    seen.values = [float(metrics["accuracy"]), float(metrics["tokens_per_s"])]
+    return seen
+
+
+class StudyView:
+    """The study as the wrapped sampler reads it: stopped trials turned complete, everything else delegated."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        trials = [as_complete(t) for t in self._study._get_trials(deepcopy=deepcopy, states=None, use_cache=use_cache)]
+        return trials if states is None else [t for t in trials if t.state in states]
+
+    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class SeesStoppedTrials(BaseSampler):
+    """Wraps a sampler so that its model of the space includes the trials stopped early (see module docstring)."""
+
+    def __init__(self, inner: BaseSampler) -> None:
+        self.inner = inner
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.inner.infer_relative_search_space(StudyView(study), trial)  # type: ignore[arg-type]
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.inner.sample_relative(StudyView(study), trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.inner.sample_independent(StudyView(study), trial, param_name,  # type: ignore[arg-type]
+                                             param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
