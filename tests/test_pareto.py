@@ -79,6 +79,15 @@ def test_knee_small_and_degenerate_fronts():
         pick_knee([])
 
 
+def test_knee_weighs_accuracy_against_the_allowed_drop():
+    # vanilla vs a point 50x faster and half a point less accurate, under a 1-point budget
+    front = [pt(0, 0.955, 40.0), pt(7, 0.950, 2000.0)]
+    assert pick_knee(front).number == 0  # span-normalised, the half point weighs as much as the speed range
+    assert pick_knee(front, accuracy_scale=0.01).number == 7
+    # a front whose accuracy span exceeds the scale is judged as before
+    assert pick_knee(CONVEX, accuracy_scale=0.01).number == 1
+
+
 def test_fastest_with_min_accuracy():
     assert pick_fastest(CONVEX, 0.70).number == 1
     assert pick_fastest(CONVEX, 0.0).number == 3

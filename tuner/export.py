@@ -62,8 +62,8 @@ def choose(study: optuna.Study, spec: StudySpec, rule: str, max_drop: float | No
     front = pareto_front(points)
     if not front:
         raise ExportError(f"study {study.study_name} has no complete feasible trial yet")
-    if rule == "knee":
-        return pick_knee(front)
+    if rule == "knee":  # accuracy weighed in units of the drop the constraint allows
+        return pick_knee(front, accuracy_scale=spec.constraint.max_drop / 100)
     if rule == "fastest":
         base = study.user_attrs.get("baseline")
         if base is None:

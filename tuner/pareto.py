@@ -88,7 +88,7 @@ def pareto_front(points: Iterable[TrialPoint]) -> list[TrialPoint]:
     return front
 
 
-def pick_knee(front: Sequence[TrialPoint]) -> TrialPoint:
+def pick_knee(front: Sequence[TrialPoint], accuracy_scale: float | None = None) -> TrialPoint:
     """The knee of a front: the point that bulges most towards the ideal corner.
 
     Both objectives are min-max normalised over ``front`` (so tokens/s in the thousands cannot swamp an
@@ -97,6 +97,11 @@ def pick_knee(front: Sequence[TrialPoint]) -> TrialPoint:
     lie on the line, and a straight-line front) go to the more accurate point, then the lower trial number:
     dtune's brief is "faster without losing accuracy", so when the geometry does not decide we err towards
     accuracy; use :func:`pick_fastest` to trade accuracy for speed explicitly. A single point is its own knee.
+
+    ``accuracy_scale`` (an accuracy fraction, e.g. the constraint's max_drop / 100) measures accuracy in units of
+    the loss the user accepts instead of the front's own span, when that span is smaller: a feasible front of
+    vanilla and a point 50x faster but 0.5 points less accurate (under a 1-point budget) then has its knee at the
+    fast point, not at vanilla, as a span-normalised 0.5 points would weigh as much as the whole speed range.
 
     Raises ValueError on an empty front (there is nothing sensible to return).
     """
@@ -107,12 +112,12 @@ def pick_knee(front: Sequence[TrialPoint]) -> TrialPoint:
         return pts[0]
     a_lo, a_hi = min(p.accuracy for p in pts), max(p.accuracy for p in pts)
     t_lo, t_hi = min(p.tokens_per_s for p in pts), max(p.tokens_per_s for p in pts)
-    a_span = (a_hi - a_lo) or 1.0
+    a_span = max(a_hi - a_lo, accuracy_scale or 0.0) or 1.0
     t_span = (t_hi - t_lo) or 1.0
 
     def score(p: TrialPoint) -> float:
         x = (p.tokens_per_s - t_lo) / t_span
-        y = (p.accuracy - a_lo) / a_span
+        y = 1.0 - (a_hi - p.accuracy) / a_span  # the most accurate point at 1, as min-max puts it
         return (x + y - 1.0) / math.sqrt(2.0)
 
     best = pts[0]

@@ -192,9 +192,11 @@ def _run(spec: StudySpec, opts: RunOptions, console: Console, name: str, tracker
                           + (f" · accuracy {m['accuracy']:.1%} · {m['tokens_per_s']:.1f} tokens/s" if m else ""))
         backlog.submit(_log_trial, tracker, parent, trial)
         if parent and finished % opts.refresh_every == 0:
-            backlog.submit(tracker.refresh_study_artifacts, parent, trial_points(study), title=name)
+            backlog.submit(tracker.refresh_study_artifacts, parent, trial_points(study), title=name,
+                          accuracy_scale=knee_scale)
 
     backlog = Backlog()  # MLflow logging off the trial loop's thread
+    knee_scale = spec.constraint.max_drop / 100
     handler = stale_handler(study._storage)
     if handler is not None:  # the worker that notices a dead worker's trial logs it as failed
         handler.listeners.append(lambda trial: backlog.submit(_log_trial, tracker, parent, trial))
@@ -209,7 +211,8 @@ def _run(spec: StudySpec, opts: RunOptions, console: Console, name: str, tracker
         with progress:
             _work(study, spec.trials, claimed, after_trial, lock, opts, console, failures)
         if parent:
-            backlog.submit(tracker.refresh_study_artifacts, parent, trial_points(study), title=name)
+            backlog.submit(tracker.refresh_study_artifacts, parent, trial_points(study), title=name,
+                          accuracy_scale=knee_scale)
     finally:
         backlog.close()  # interrupted or not, what finished is logged before the run returns
     return study

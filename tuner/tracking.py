@@ -493,14 +493,16 @@ class Tracker:
 
     # ------------------------------------------------------------------------------------------ artifacts
 
-    def refresh_study_artifacts(self, parent_run_id: str, points: list[TrialPoint], *, title: str) -> None:
+    def refresh_study_artifacts(self, parent_run_id: str, points: list[TrialPoint], *, title: str,
+                                accuracy_scale: float | None = None) -> None:
         """(Re)write the study's Pareto artifacts and summary metrics on the parent run.
 
         Artifacts: pareto.html (self-contained plotly, works offline), pareto.png (matplotlib, since plotly
         PNG export needs kaleido + Chrome), trials.csv / trials.json (every point), front.json (front, knee,
         hypervolume). Metrics: n_complete, n_pruned, n_failed, n_feasible, front_size, best_accuracy,
         best_tokens_per_s (over the feasible front) and hypervolume (front vs the worst corner of all complete
-        points). A failing file is skipped with a warning; the others are still uploaded.
+        points). A failing file is skipped with a warning; the others are still uploaded. ``accuracy_scale``
+        goes to :func:`pick_knee` (the knee in front.json is the one ``export --pick knee`` takes).
         """
         try:
             front = pareto_front(points)
@@ -510,7 +512,7 @@ class Tracker:
             return
         with tempfile.TemporaryDirectory(prefix="dtune-mlflow-") as tmp:
             folder = Path(tmp)
-            _write_study_files(folder, points, front, title, metrics)
+            _write_study_files(folder, points, front, title, metrics, accuracy_scale)
 
             def work() -> None:
                 if any(folder.iterdir()):
@@ -582,7 +584,8 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _write_study_files(
-    folder: Path, points: list[TrialPoint], front: list[TrialPoint], title: str, metrics: dict[str, float]
+    folder: Path, points: list[TrialPoint], front: list[TrialPoint], title: str, metrics: dict[str, float],
+    accuracy_scale: float | None = None,
 ) -> None:
     """Write each artifact independently so one failure (say, a plotting bug) does not cost the others."""
     on_front = {p.number for p in front}
@@ -612,7 +615,7 @@ def _write_study_files(
                 )
 
     def front_json(path: Path) -> None:
-        knee = pick_knee(front).number if front else None
+        knee = pick_knee(front, accuracy_scale).number if front else None
         doc = {
             "title": title,
             "knee_trial": knee,
