@@ -43,7 +43,8 @@ from tuner.evaluate import EvalResult, Evaluator
 from tuner.pareto import TrialPoint, hypervolume_2d, pareto_front
 from tuner.run import load_task
 from tuner.spec import StudySpec, load_spec
-from tuner.study import Objective, create_study, open_storage, trial_points
+from tuner.storage import open_storage
+from tuner.study import Objective, create_study, trial_points
 
 BUDGETS = (10, 20, 40)
 SEEDS = (0, 1, 2)

@@ -25,14 +25,13 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from optuna.trial import TrialState
 
+from tuner.storage import StorageError, open_storage
 from tuner.study import (
     FINISHED,
     Objective,
-    StorageError,
     create_study,
     distributions,
     fail_stale_trials,
-    open_storage,
     suggest,
 )
 
@@ -278,9 +277,9 @@ def test_a_running_trial_without_any_heartbeat_is_an_orphan_and_retried(tmp_path
 
 
 def test_sqlite_on_a_network_file_system_is_refused(tmp_path, monkeypatch):
-    import tuner.study as study_mod
+    import tuner.storage as storage_mod
 
-    monkeypatch.setattr(study_mod, "_fs_type", lambda path: "nfs4")
+    monkeypatch.setattr(storage_mod, "_fs_type", lambda path: "nfs4")
     with pytest.raises(StorageError, match="network file system"):
         open_storage(f"sqlite:///{tmp_path}/s.db")
 
@@ -303,7 +302,7 @@ def test_an_objective_error_surfaces_and_is_not_taken_for_a_stale_take_over(tmp_
     from rich.console import Console
 
     from tuner.run import RunOptions, _taken_over, _work
-    from tuner.study import StudyLock
+    from tuner.storage import StudyLock
 
     assert _taken_over(ValueError("Cannot tell a FAIL trial."))
     assert _taken_over(optuna.exceptions.UpdateFinishedTrialError("Trial#3 has already finished"))
@@ -328,7 +327,8 @@ CLAIM_SCRIPT = textwrap.dedent("""
     import sys, time
     from rich.console import Console
     from tuner.run import RunOptions, _work
-    from tuner.study import StudyLock, create_study, distributions, open_storage, suggest
+    from tuner.storage import StudyLock, open_storage
+    from tuner.study import create_study, distributions, suggest
     from tuner.spec import load_spec
 
     url, budget = sys.argv[1], int(sys.argv[2])

@@ -21,7 +21,8 @@ import pytest
 from decoder import load_profile, read_profile
 from tuner.cli import main
 from tuner.spec import load_spec
-from tuner.study import default_study_name, open_storage
+from tuner.storage import open_storage
+from tuner.study import default_study_name
 
 MODEL = os.environ.get("DTUNE_TEST_MODEL", "dtune/tiny-arith")
 def small_args(tmp: Path, trials: int) -> list[str]:

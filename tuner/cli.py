@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from .export import ExportError, ExportRefused
     from .run import WorkerError
     from .spec import SpecError
-    from .study import StorageError
+    from .storage import StorageError
     from .tasks import TaskError
     from .tracking import TrackingError
 

@@ -21,10 +21,12 @@ from decoder import DecodeConfig, load_model, save_profile
 from . import __version__, hardware
 from .evaluate import Evaluator
 from .pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
+from .redact import redact_url
 from .run import RunOptions, experiment_name, load_task
 from .spec import StudySpec
 from .stats import mcnemar_exact
-from .study import _redact, default_study_name, open_storage, trial_points
+from .storage import open_storage
+from .study import default_study_name, trial_points
 from .tracking import Tracker
 
 PICKS = ("knee", "fastest")
@@ -53,7 +55,7 @@ def load_existing_study(spec: StudySpec, opts: RunOptions) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise ExportError(f"no study {name!r} in {_redact(opts.storage)}; run `python -m tuner run --task "
+        raise ExportError(f"no study {name!r} in {redact_url(opts.storage)}; run `python -m tuner run --task "
                           f"{spec.task}` first (or pass --study-name)") from None
 
 
@@ -121,7 +123,7 @@ def export(spec: StudySpec, opts: RunOptions, *, rule: str = "knee", max_drop: f
                                 "hash": split_val.content_hash, "source": split_val.source},
                  "test": {"size": split_test.size, "used": len(items), "hash": split_test.content_hash,
                           "source": split_test.source}},
-        "study": {"name": study.study_name, "storage": _redact(opts.storage), "trial": pick.number,
+        "study": {"name": study.study_name, "storage": redact_url(opts.storage), "trial": pick.number,
                   "pick": rule, "reference": pick.label, "spec_fingerprint": spec.fingerprint(),
                   "baseline": {"name": spec.constraint.baseline, "config": baseline_cfg.to_dict()}},
         "validation": trial.user_attrs.get("metrics", {}),

@@ -25,24 +25,26 @@ from decoder import load_model
 
 from . import hardware
 from .evaluate import Evaluator
+from .redact import redact_url
 from .spec import StudySpec
-from .study import (
+from .storage import (
     DEFAULT_HEARTBEAT_S,
     DEFAULT_STORAGE,
-    Objective,
     StorageError,
     StudyLock,
-    _first_line,
-    _is_transient,
-    _redact,
+    first_line,
+    is_transient,
+    open_storage,
+    stale_handler,
+)
+from .study import (
+    Objective,
     budget_counts,
     create_study,
     default_study_name,
     fail_stale_trials,
     finished_count,
-    open_storage,
     requeue,
-    stale_handler,
     trial_points,
 )
 from .tasks import get_task
@@ -159,7 +161,7 @@ def _run(spec: StudySpec, opts: RunOptions, console: Console, name: str, tracker
     params, tags = study_params(spec, model, task, split, hw)
     params["validation_items_used"] = len(items)
     with lock:  # one parent run however many workers start together (the server has no create-if-absent)
-        parent = tracker.parent_run(name, params=params, tags={**tags, "dtune.storage": _redact(opts.storage)})
+        parent = tracker.parent_run(name, params=params, tags={**tags, "dtune.storage": redact_url(opts.storage)})
         if parent and study.user_attrs.get("mlflow_parent_run_id") != parent:
             study.set_user_attr("mlflow_parent_run_id", parent)
     label = f"worker {worker} ({socket.gethostname()}:{os.getpid()})"
@@ -270,8 +272,8 @@ def _work(study: optuna.Study, budget: int, objective, after_trial, lock: StudyL
                           "going on")
             continue
         except Exception as exc:
-            if _is_transient(exc):
-                raise StorageError(f"lost the study storage {_redact(opts.storage)}: {_first_line(exc)}") from None
+            if is_transient(exc):
+                raise StorageError(f"lost the study storage {redact_url(opts.storage)}: {first_line(exc)}") from None
             raise
         if waiting_since is None:
             waiting_since = time.monotonic()
@@ -289,7 +291,7 @@ def _requeue_mine(study: optuna.Study, mine: list[int], before: set[int]) -> Non
         try:
             requeue(study, number)
         except Exception as exc:  # noqa: BLE001 - best effort on the way out; a stale trial is retried anyway
-            log.warning("could not re-queue interrupted trial %d: %s", number, _first_line(exc))
+            log.warning("could not re-queue interrupted trial %d: %s", number, first_line(exc))
 
 
 def _taken_over(exc: BaseException) -> bool:

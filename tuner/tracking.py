@@ -49,6 +49,7 @@ from .pareto import (
     pick_knee,
     save_pareto_png,
 )
+from .redact import redact_url
 
 __all__ = ["Backlog", "Tracker", "TrackingError"]
 
@@ -140,11 +141,6 @@ def _literal(value: str) -> str | None:
     return None
 
 
-def _redact(uri: str) -> str:
-    """Hide a password in ``scheme://user:password@host`` before the URI reaches a log line or an error."""
-    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", uri)
-
-
 def _uri_scheme(uri: str) -> str:
     """``http``, ``sqlite``, ``postgresql+psycopg``..., ``databricks``, or ``file`` for plain paths."""
     if uri.startswith("databricks"):
@@ -187,7 +183,7 @@ def _check_reachable(uri: str, retries: int, backoff_s: float) -> None:
                 if attempt > retries or time.monotonic() + wait >= deadline:
                     reason = getattr(exc, "reason", exc)
                     raise TrackingError(
-                        f"MLflow tracking server {_redact(uri)} is unreachable ({reason}); {_fix_hint(uri)}"
+                        f"MLflow tracking server {redact_url(uri)} is unreachable ({reason}); {_fix_hint(uri)}"
                     ) from None
                 time.sleep(wait)
     if scheme == "sqlite":
@@ -199,12 +195,12 @@ def _check_reachable(uri: str, retries: int, backoff_s: float) -> None:
         folder = Path(db).expanduser().parent
         if not folder.is_dir():
             raise TrackingError(
-                f"MLflow tracking store {_redact(uri)}: directory {folder} does not exist; create it "
+                f"MLflow tracking store {redact_url(uri)}: directory {folder} does not exist; create it "
                 "(mkdir -p) or pass another tracking URI such as sqlite:///mlflow.db"
             )
         if not os.access(folder, os.W_OK):
             raise TrackingError(
-                f"MLflow tracking store {_redact(uri)}: directory {folder} is not writable; fix its permissions "
+                f"MLflow tracking store {redact_url(uri)}: directory {folder} is not writable; fix its permissions "
                 "or pass another tracking URI such as sqlite:///mlflow.db"
             )
 
@@ -287,7 +283,7 @@ class Tracker:
                         break
         assert last is not None
         raise TrackingError(
-            f"cannot use MLflow tracking store {_redact(uri)} ({_one_line(last)}); {_fix_hint(uri)}"
+            f"cannot use MLflow tracking store {redact_url(uri)} ({_one_line(last)}); {_fix_hint(uri)}"
         )
 
     @staticmethod
@@ -305,7 +301,7 @@ class Tracker:
                     raise
         if exp.lifecycle_stage == "deleted":
             raise TrackingError(
-                f"MLflow experiment {name!r} is deleted in {_redact(client.tracking_uri)}; restore it "
+                f"MLflow experiment {name!r} is deleted in {redact_url(client.tracking_uri)}; restore it "
                 f"(`mlflow experiments restore --experiment-id {exp.experiment_id}`) or pick another experiment name"
             )
         return exp.experiment_id
@@ -322,7 +318,7 @@ class Tracker:
                 if final:
                     _log.warning(
                         "MLflow tracking (%s): %s failed after %d attempt(s), skipped: %s",
-                        _redact(self.tracking_uri),
+                        redact_url(self.tracking_uri),
                         what,
                         attempt + 1,
                         _one_line(exc),

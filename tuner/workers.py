@@ -26,7 +26,8 @@ from rich.console import Console
 
 from .run import RunOptions, experiment_name
 from .spec import StudySpec
-from .study import StudyLock, create_study, default_study_name, finished_count, open_storage
+from .storage import StudyLock, open_storage
+from .study import create_study, default_study_name, finished_count
 from .tracking import Tracker
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130

@@ -1,0 +1,445 @@
+"""The study database: Optuna's RDB storage made fit for long studies shared by many workers.
+
+* `open_storage`: a SQLite file or any SQLAlchemy URL (PostgreSQL), with heartbeats so a killed worker's trial is
+  failed and re-queued, pre-pinged pooled connections, and every call retried through a database outage.
+* `StudyLock`: mutual exclusion among a study's workers (a PostgreSQL advisory lock, a file lock beside a SQLite
+  file) for study set-up and trial claims, so the references are enqueued once and the budget is exact.
+
+Kept apart from `tuner.study` (what a trial does) because this is about the database only and is the one place that
+knows Optuna's schema (`_orphan_trial_ids`): look here when an Optuna upgrade moves its tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import logging
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.trial import FrozenTrial
+
+from . import file_lock
+from .redact import redact_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///dtune.db"
+
+
+class StorageError(RuntimeError):
+    """The study database can't be reached or used."""
+
+
+# Connection-level failures (server restarting, network blip, SQLite writer holding the file): the statement never
+# ran or was rolled back, so calling again is safe. Everything else (bad data, schema) fails the same way again.
+_TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError)
+# File systems whose locks SQLite can't rely on across hosts (sqlite.org/faq.html#q5): a shared file corrupts.
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "glusterfs", "fuse.glusterfs", "lustre", "ceph",
+               "fuse.ceph", "gpfs", "beegfs", "fuse.s3fs", "fuse.gcsfuse"}
+DEFAULT_HEARTBEAT_S = 10
+DEFAULT_OUTAGE_S = 300.0
+_MAX_BACKOFF_S = 4.0  # short, so heartbeats resume within seconds of the database coming back
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A storage error worth retrying: a connection-level SQLAlchemy error, also when Optuna wrapped it.
+
+    SQLite reports everything as OperationalError, "no such table" and a read-only file included; of its
+    errors only a busy or locked database passes.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, _TRANSIENT):
+            orig = getattr(cur, "orig", None)
+            if type(orig).__module__ == "sqlite3":
+                return any(word in str(orig).lower() for word in ("locked", "busy"))
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def first_line(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
+
+
+def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a storage method: transient errors are retried with backoff for up to `self.outage_s` seconds."""
+
+    @functools.wraps(method)
+    def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline, wait, warned = None, 0.5, False
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self.outage_s
+                if now >= deadline:
+                    raise
+                if not warned:
+                    log.warning("study storage %s unreachable (%s); retrying for up to %.0f s",
+                                redact_url(self.url), first_line(exc), self.outage_s)
+                    warned = True
+                time.sleep(min(wait, max(0.0, deadline - now)) * random.uniform(0.8, 1.2))
+                wait = min(wait * 2, _MAX_BACKOFF_S)
+                continue
+            if warned:
+                log.warning("study storage %s is back", redact_url(self.url))
+                self.recovered_at = time.monotonic()
+            return result
+
+    return wrapper
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage for long multi-worker studies.
+
+    * Every storage call retries connection-level errors for up to `outage_s` seconds, so a PostgreSQL restart or
+      a network blip mid-study costs a pause, not a worker (a trial whose final write failed would otherwise be
+      lost and re-run after its heartbeat went stale). After an outage no trial is judged stale for one grace
+      period: nobody could write heartbeats meanwhile.
+    * A heartbeat that still fails after that is logged, not raised: Optuna records heartbeats in a thread, and
+      an exception there would end the heartbeats of a trial that is still running, so other workers would
+      retry a live trial.
+    * Stale trials also include *orphans*: RUNNING trials without any heartbeat row that started more than
+      `orphan_after_s` ago. Optuna only judges trials that have a heartbeat, but a worker killed between
+      creating its trial and its first heartbeat, or a run before heartbeats were on, leaves such a trial, and
+      it would otherwise hold a slot of the budget forever.
+    """
+
+    outage_s: float = DEFAULT_OUTAGE_S
+    orphan_after_s: float = 300.0
+    recovered_at: float | None = None  # monotonic time the last outage ended
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self._record_heartbeat_retrying(trial_id)
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            log.warning("heartbeat of trial id %d not recorded: %s", trial_id, first_line(exc))
+
+    @_retrying
+    def _record_heartbeat_retrying(self, trial_id: int) -> None:
+        super().record_heartbeat(trial_id)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = self._stale_and_orphans(study_id)
+        # Right after an outage every heartbeat looks old: the other workers couldn't write theirs either. Judge
+        # none until they have had a grace period (plus a retry) to catch up, or live trials would be retried.
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        if self.recovered_at is not None and time.monotonic() - self.recovered_at < grace + _MAX_BACKOFF_S:
+            return []
+        return stale
+
+    @_retrying
+    def _stale_and_orphans(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        return stale + [t for t in self._orphan_trial_ids(study_id) if t not in stale]
+
+    def _orphan_trial_ids(self, study_id: int) -> list[int]:
+        # Optuna's schema (tables `trials`, `trial_heartbeats`; versioned by its alembic migrations) rather than
+        # its ORM classes, whose Python attributes change between releases.
+        query = sqlalchemy.text(
+            "SELECT t.trial_id FROM trials t WHERE t.study_id = :study AND t.state = 'RUNNING' "
+            "AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)")
+        with self.engine.connect() as conn:
+            candidates = [row[0] for row in conn.execute(query, {"study": study_id})]
+        # datetime_start comes from the worker's clock; the margin is minutes, so clock skew doesn't matter.
+        cutoff = dt.datetime.now() - dt.timedelta(seconds=self.orphan_after_s)
+        orphans = []
+        for trial_id in candidates:
+            start = self.get_trial(trial_id).datetime_start
+            if start is not None and start < cutoff:
+                orphans.append(trial_id)
+        return orphans
+
+
+for _name in sorted(optuna.storages.BaseStorage.__abstractmethods__):
+    setattr(ResilientRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
+
+
+class StaleTrialHandler:
+    """Optuna's RetryHeartbeatStaleTrialCallback (re-queue the stale trial as WAITING with its params, user
+    attrs and `system_attrs["failed_trial"]`), plus listeners so a run can log the failed trial (to MLflow)."""
+
+    def __init__(self, max_retry: int | None) -> None:
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.listeners: list[Callable[[FrozenTrial], None]] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        log.warning("trial %d lost its worker (no heartbeat); failed and re-queued", trial.number)
+        self._retry(study, trial)
+        for listener in self.listeners:
+            try:
+                listener(trial)
+            except Exception as exc:  # noqa: BLE001 - a logging hook must not break the retry
+                log.warning("stale-trial listener failed: %s", first_line(exc))
+
+
+def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 retry_stale: int | None = 2, outage_s: float = DEFAULT_OUTAGE_S) -> ResilientRDBStorage:
+    """RDB storage with the options many workers need.
+
+    * Heartbeats (`heartbeat_interval`, stale after `grace_period`, default 3 intervals): a killed worker's
+      trial is failed and re-queued (at most `retry_stale` times) by whichever worker next looks for work.
+    * Pre-pinged pooled connections (PostgreSQL drops idle ones during long trials, optuna#5600), a connect
+      timeout and TCP keepalives so a vanished server is noticed, and retried calls (`outage_s`).
+    * Creating the schema on a fresh PostgreSQL database is serialised with an advisory lock: N workers starting
+      together otherwise race on CREATE TABLE (optuna#1092, #4621).
+
+    Raises StorageError with one line when the database can't be reached or used now: at start-up a wrong URL
+    or a server that is down should say so at once rather than wait out an outage.
+    """
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    dialect = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if dialect == "sqlite":
+        _check_sqlite_path(url)
+        engine_kwargs["connect_args"] = {"timeout": 30}
+    elif dialect in ("postgresql", "postgres"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                                         "keepalives_interval": 10, "keepalives_count": 3}
+    handler = None
+    if heartbeat_interval:
+        grace_period = grace_period or 3 * heartbeat_interval
+        handler = StaleTrialHandler(retry_stale)
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9, stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                with _schema_lock(url, engine_kwargs.get("connect_args", {})):
+                    storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                                  heartbeat_stale_trial_callback=handler)
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # A table-creation race the locks don't cover (another database): the next try finds the tables.
+            if attempt == 2:
+                raise StorageError(f"can't create the study tables in {redact_url(url)}") from None
+            time.sleep(random.uniform(0.2, 1.0))
+        except Exception as exc:  # SQLAlchemy raises many types: bad URL, refused connection, auth, corrupt file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StorageError(f"can't open the study storage {redact_url(url)}: {first}") from None
+    storage.outage_s = outage_s
+    if heartbeat_interval:
+        storage.orphan_after_s = max(300.0, 10.0 * (grace_period or 0))
+    return storage
+
+
+def stale_handler(storage: optuna.storages.BaseStorage) -> StaleTrialHandler | None:
+    backend = getattr(storage, "_backend", storage)  # optuna.Study wraps an RDBStorage in a cache
+    callback = getattr(backend, "heartbeat_stale_trial_callback", None)
+    return callback if isinstance(callback, StaleTrialHandler) else None
+
+
+def _check_sqlite_path(url: str) -> None:
+    """Refuse a SQLite file on a network file system: its locks don't hold there and the file corrupts."""
+    from sqlalchemy.engine import make_url
+
+    db = make_url(url).database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return
+    fs = _fs_type(Path(db).expanduser().absolute().parent)
+    if fs in _NETWORK_FS:
+        raise StorageError(f"the study storage {url} is a SQLite file on a network file system ({fs}), where "
+                           "SQLite's locking is unreliable and a shared file corrupts; put it on a local disk or "
+                           "use PostgreSQL (README, \"Scale out\")")
+
+
+def _fs_type(path: Path) -> str | None:
+    """The type of the file system holding `path` (longest mount point in /proc/mounts), None if unknown."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, fs = "", None
+    target = str(path.resolve()) if path.exists() else str(path)
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, fs = point, parts[2]
+    return fs
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, connect_args: dict[str, Any]) -> Iterator[None]:
+    """Serialise Optuna's table creation among workers: a PostgreSQL advisory lock, or the study lock file
+    beside a SQLite database (concurrent first use otherwise fails with a duplicate `alembic_version` row).
+
+    Also where an unreachable PostgreSQL server is first reported: the same one-line error either way.
+    """
+    if url.startswith("sqlite"):
+        # Not held after 60 s (a hung holder): go on, the caller retries a failed creation.
+        with file_lock.held_lock(_sqlite_lock_path(url), timeout_s=60):
+            yield
+        return
+    if not url.startswith(("postgresql", "postgres")):
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key("optuna-schema")})
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key("optuna-schema")})
+    finally:
+        engine.dispose()
+
+
+def _sqlite_lock_path(url: str) -> Path | None:
+    """`<db>.dtune-study.lock` beside a SQLite file (None in memory): the schema and study lock of its studies."""
+    return file_lock.lock_path_beside(url, ".dtune-study.lock")
+
+
+def _lock_key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for `name`, the same in every process and on every machine."""
+    return int.from_bytes(hashlib.sha256(f"dtune:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+class StudyLock:
+    """Mutual exclusion among all workers of one study, wherever they run.
+
+    Study set-up (create or load, enqueue the references), MLflow parent-run creation and each trial claim
+    (count finished + running trials, then ask for one) run under it, so N workers that start together create one
+    study, enqueue each reference once, and never claim more trials than the budget.
+
+    * PostgreSQL: a session advisory lock keyed by the study name, on a connection of its own; a killed worker's
+      connection closes and the server drops its lock at once.
+    * SQLite: `flock` on `<db>.dtune-study.lock`; the kernel drops it when the holder dies (same machine only,
+      which is all SQLite supports).
+    * Other databases: no lock (logged once); a claim race can then overshoot the budget by a trial or two.
+
+    A lock not obtained within `timeout_s` (a holder hung, not dead) is skipped with a warning rather than
+    stalling every worker.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage, study_name: str, timeout_s: float = 120.0) -> None:
+        self.url = storage.url
+        self.key = _lock_key(f"study:{study_name}")
+        self.timeout_s = timeout_s
+        self.outage_s = getattr(storage, "outage_s", DEFAULT_OUTAGE_S)
+        self._engine: sqlalchemy.Engine | None = None
+        self._conn: sqlalchemy.Connection | None = None
+        self._fh: Any = None
+        self.kind = "none"
+        if self.url.startswith(("postgresql", "postgres")):
+            self.kind = "postgresql"
+            self._engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool,
+                                                    connect_args=storage.engine_kwargs.get("connect_args", {}))
+        elif self.url.startswith("sqlite") and (path := _sqlite_lock_path(self.url)) is not None:
+            self.kind, self._path = "file", path
+        if self.kind == "none":
+            log.info("no cross-worker lock for %s: concurrent claims may overshoot the trial budget",
+                     redact_url(self.url))
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None or self._fh is not None
+
+    def acquire(self) -> bool:
+        """Take the lock; False when it was skipped after `timeout_s` (or there is none for this database)."""
+        if self.held:
+            return True
+        if self.kind == "postgresql":
+            return self._acquire_pg()
+        if self.kind == "file":
+            return self._acquire_file()
+        return False
+
+    def release(self) -> None:
+        """Release if held; idempotent, so the objective can release early and the caller again in `finally`."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):  # a dead connection already lost the lock with its session
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            with contextlib.suppress(Exception):
+                conn.close()
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            file_lock.release(fh)
+
+    def close(self) -> None:
+        self.release()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def __enter__(self) -> StudyLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _acquire_pg(self) -> bool:
+        assert self._engine is not None
+        deadline = time.monotonic() + self.timeout_s
+        outage_deadline, wait = None, 0.05
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                got = self._conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
+            except Exception as exc:
+                self._drop_conn()
+                if not is_transient(exc):
+                    raise
+                now = time.monotonic()
+                if outage_deadline is None:
+                    outage_deadline = now + self.outage_s
+                    log.warning("study storage %s unreachable (%s); retrying for up to %.0f s", redact_url(self.url),
+                                first_line(exc), self.outage_s)
+                if now >= outage_deadline:
+                    raise StorageError(f"lost the study storage {redact_url(self.url)} for {self.outage_s:.0f} s: "
+                                       f"{first_line(exc)}") from None
+                time.sleep(2.0)
+                continue
+            if outage_deadline is not None:
+                log.warning("study storage %s is back", redact_url(self.url))
+                outage_deadline = None
+            if got:
+                return True
+            if time.monotonic() >= deadline:
+                self._drop_conn()
+                log.warning("study lock not obtained in %.0f s (a worker holding it seems hung); going on without",
+                            self.timeout_s)
+                return False
+            time.sleep(wait * random.uniform(0.5, 1.5))
+            wait = min(wait * 1.5, 0.5)
+
+    def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _acquire_file(self) -> bool:
+        fh = open(self._path, "a+")  # noqa: SIM115 - kept open while held, closed by release()
+        if file_lock.acquire(fh, self.timeout_s):
+            self._fh = fh
+            return True
+        fh.close()
+        log.warning("study lock %s not obtained in %.0f s; going on without", self._path, self.timeout_s)
+        return False
