@@ -1,4 +1,5 @@
-"""The GP sees trials stopped early by the accuracy constraint (Optuna's GPSampler alone fits COMPLETE ones)."""
+"""The GP sees trials stopped early by the accuracy constraint (Optuna's GPSampler alone fits COMPLETE ones), and
+a model-based sampler that proposes a configuration already tried samples at random instead."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner.sampling import SeesStoppedTrials, StudyView, make_sampler
+from tuner.sampling import NoRepeats, SeesStoppedTrials, StudyView, make_sampler, tried_before
 
 DISTS = {"window": CategoricalDistribution([16, 32, None]), "threshold": FloatDistribution(0.5, 0.99)}
 
@@ -43,7 +44,7 @@ def test_the_view_turns_stopped_trials_with_metrics_complete_and_keeps_their_con
 
 def test_the_wrapped_gp_fits_the_stopped_trials_and_keeps_sampling(study):
     sampler = make_sampler("gp", seed=0, trials=9)
-    assert isinstance(sampler, SeesStoppedTrials)
+    assert isinstance(sampler, NoRepeats) and isinstance(sampler.inner, SeesStoppedTrials)
     study.sampler = sampler
     for _ in range(3):  # past the GP's 3 start-up trials, counted with the stopped ones
         trial = study.ask(DISTS)
@@ -51,3 +52,42 @@ def test_the_wrapped_gp_fits_the_stopped_trials_and_keeps_sampling(study):
         study.tell(trial, [0.9, 100.0])
     assert len(study.trials) == 7
     assert isinstance(make_sampler("random", seed=0, trials=9), optuna.samplers.RandomSampler)
+
+
+class Proposes(optuna.samplers.RandomSampler):
+    """A model-based sampler stuck on one configuration: always proposes `params` (the GP at a corner)."""
+
+    def __init__(self, params):
+        super().__init__(seed=0)
+        self.params = params
+
+    def infer_relative_search_space(self, study, trial):
+        return dict(DISTS)
+
+    def sample_relative(self, study, trial, search_space):
+        return dict(self.params)
+
+
+def test_a_repeated_proposal_becomes_a_random_one(study, caplog):
+    # Trial 1 (stopped early) ran window 16, threshold 0.55; a GP's float for it is off in the last bit.
+    study.sampler = NoRepeats(Proposes({"window": 16, "threshold": 0.55 + 1e-16}), seed=1)
+    with caplog.at_level("INFO", logger="tuner.sampling"):
+        trial = study.ask(DISTS)
+    assert trial.params != {"window": 16, "threshold": 0.55}
+    assert 0.5 <= trial.params["threshold"] <= 0.99 and trial.params["window"] in (16, 32, None)
+    assert "configuration of trial 1 again" in caplog.text
+    study.tell(trial, state=TrialState.FAIL)
+
+    study.sampler = NoRepeats(Proposes({"window": 16, "threshold": 0.8}), seed=1)  # new: kept
+    assert study.ask(DISTS).params == {"window": 16, "threshold": 0.8}
+
+
+def test_tried_before_matches_knobs_not_a_vanilla_placeholder(study):
+    assert tried_before(study, 99, {"window": None, "threshold": 0.99}) == 0
+    assert tried_before(study, 99, {"window": 32, "threshold": 0.7}) == 3  # stopped without metrics: still tried
+    assert tried_before(study, 0, {"window": None, "threshold": 0.99}) is None  # itself
+    assert tried_before(study, 99, {"window": 32, "threshold": 0.99}) is None
+    vanilla = create_trial(state=TrialState.COMPLETE, params={"window": 32, "threshold": 0.9}, distributions=DISTS,
+                           values=[0.95, 40.0], user_attrs={"config": {"mode": "vanilla"}})
+    study.add_trial(vanilla)
+    assert tried_before(study, 99, {"window": 32, "threshold": 0.9}) is None  # it ran vanilla, not these knobs

@@ -177,6 +177,13 @@ def test_pruning_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
     assert reckless.state == optuna.trial.TrialState.PRUNED
     assert reckless.user_attrs["pruned_after"] < 48
     assert reckless.constraints["accuracy"] > 0
+    # The same configuration again (alpha as a GP proposes it) is not evaluated again: it stops as trial 0 did.
+    study.enqueue_trial({"window": 16, "threshold": 0.5, "alpha": 0.6999999999999998, "early_exit": True})
+    study.optimize(objective, n_trials=1)
+    repeat = study.trials[1]
+    assert repeat.state == optuna.trial.TrialState.PRUNED and repeat.user_attrs["duplicate_of"] == 0
+    assert repeat.user_attrs["pruned_after"] == reckless.user_attrs["pruned_after"]
+    assert repeat.constraints == reckless.constraints
 
 
 @pytest.mark.parametrize(

@@ -89,7 +89,10 @@ def suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistr
 
 
 def config_key(config: DecodeConfig) -> str:
-    return json.dumps(config.normalized().to_dict(), sort_keys=True)
+    """What makes two trials the same configuration. Floats are rounded to 9 decimals: a sampler proposes
+    0.6999999999999998 where an earlier trial ran 0.7, and the decoder can't tell them apart."""
+    knobs = {k: round(v, 9) if isinstance(v, float) else v for k, v in config.normalized().to_dict().items()}
+    return json.dumps(knobs, sort_keys=True)
 
 
 def create_study(spec: StudySpec, storage: optuna.storages.RDBStorage, name: str, seed: int | None, *,
@@ -259,16 +262,22 @@ class Objective:
 
     @staticmethod
     def _earlier(trials: list[FrozenTrial], key: str, number: int) -> FrozenTrial | None:
+        """A finished trial (complete, or stopped early) that ran the same configuration."""
         for t in trials:
-            if t.state == TrialState.COMPLETE and t.number != number and t.user_attrs.get("config_key") == key:
+            if t.state in FINISHED and t.number != number and t.user_attrs.get("config_key") == key:
                 return t
         return None
 
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> tuple[float, float]:
+        """Copy an earlier trial's outcome: its values, or its stop (a repeat of a hopeless trial stops too)."""
         trial.set_user_attr("duplicate_of", earlier.number)
         trial.set_user_attr("metrics", earlier.user_attrs.get("metrics", {}))
         for key, value in (earlier.constraints or {}).items():
             trial.set_constraint(key, value)
+        if earlier.state == TrialState.PRUNED:
+            if "pruned_after" in earlier.user_attrs:
+                trial.set_user_attr("pruned_after", earlier.user_attrs["pruned_after"])
+            raise optuna.TrialPruned(f"same configuration as trial {earlier.number}, which was stopped early")
         return tuple(earlier.values)  # type: ignore[return-value]
 
 
