@@ -57,12 +57,12 @@ def test_the_wrapped_gp_fits_the_stopped_trials_and_keeps_sampling(study):
 class Proposes(optuna.samplers.RandomSampler):
     """A model-based sampler stuck on one configuration: always proposes `params` (the GP at a corner)."""
 
-    def __init__(self, params):
+    def __init__(self, params, space=DISTS):
         super().__init__(seed=0)
-        self.params = params
+        self.params, self.space = params, space
 
     def infer_relative_search_space(self, study, trial):
-        return dict(DISTS)
+        return dict(self.space)
 
     def sample_relative(self, study, trial, search_space):
         return dict(self.params)
@@ -91,3 +91,16 @@ def test_tried_before_matches_knobs_not_a_vanilla_placeholder(study):
                            values=[0.95, 40.0], user_attrs={"config": {"mode": "vanilla"}})
     study.add_trial(vanilla)
     assert tried_before(study, 99, {"window": 32, "threshold": 0.9}) is None  # it ran vanilla, not these knobs
+
+
+def test_the_random_draw_avoids_every_configuration_tried(tmp_path):
+    grid = {"window": CategoricalDistribution([16, 32]), "threshold": FloatDistribution(0.5, 0.9, step=0.2)}
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/g.db", directions=["maximize", "maximize"])
+    tried = [{"window": 16, "threshold": x} for x in (0.5, 0.7, 0.9)]
+    for params in tried:
+        study.add_trial(create_trial(state=TrialState.PRUNED, params=params, distributions=grid))
+    for seed in range(5):
+        study.sampler = NoRepeats(Proposes({"window": 16, "threshold": 0.7}, grid), seed=seed)
+        trial = study.ask(grid)
+        assert trial.params["window"] == 32, trial.params  # half the grid is tried; each draw finds the other half
+        study.tell(trial, state=TrialState.FAIL)

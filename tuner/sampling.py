@@ -125,42 +125,38 @@ class SeesStoppedTrials(_Wrapper):
 class NoRepeats(_Wrapper):
     """Wraps a sampler so that a proposal equal to a configuration already tried becomes a random one.
 
-    The random values come from a RandomSampler of our own rather than the inner sampler's independent fallback,
-    which would log a warning per knob that reads as if the search space were broken.
+    The random configuration is drawn here, from a RandomSampler seeded apart from the inner sampler's own
+    random start-up (the same seed would replay the start-up trials, which are tried configurations too), and
+    redrawn should it be a repeat as well. It is returned as the relative proposal, so the inner sampler's
+    independent fallback, which logs a warning per knob, is not involved.
     """
 
     def __init__(self, inner: BaseSampler, seed: int | None = None) -> None:
         super().__init__(inner)
-        self._explore = optuna.samplers.RandomSampler(seed=seed)
-        self._rejected: set[int] = set()  # trial numbers whose proposal was a repeat (this process only)
+        self._explore = optuna.samplers.RandomSampler(seed=None if seed is None else seed + _EXPLORE_SEED_OFFSET)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         proposal = self.inner.sample_relative(study, trial, search_space)
-        if not proposal:
-            return proposal
-        earlier = tried_before(study, trial.number, proposal)
+        earlier = tried_before(study, trial.number, proposal) if proposal else None
         if earlier is None:
             return proposal
+        for _ in range(_MAX_DRAWS):
+            fresh = {name: self._explore.sample_independent(study, trial, name, dist)
+                     for name, dist in search_space.items()}
+            if tried_before(study, trial.number, fresh) is None:
+                break
         log.info("trial %d: the sampler proposed the configuration of trial %d again; sampling at random instead",
                  trial.number, earlier)
-        self._rejected.add(trial.number)
-        return {}
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        if trial.number in self._rejected:
-            return self._explore.sample_independent(study, trial, param_name, param_distribution)
-        return self.inner.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self._rejected.discard(trial.number)
-        self.inner.after_trial(study, trial, state, values)
+        return fresh
 
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
         self._explore.reseed_rng()
+
+
+_EXPLORE_SEED_OFFSET = 1_000_003  # worker seeds are `seed + worker index`: stay clear of them
+_MAX_DRAWS = 20  # a finite space where every configuration was tried keeps the last draw
 
 
 def tried_before(study: optuna.Study, number: int, params: dict[str, Any]) -> int | None:
