@@ -243,12 +243,11 @@ def _work(study: optuna.Study, budget: int, objective, after_trial, lock: StudyL
             lock.acquire()
             try:
                 fail_stale_trials(study)
-                finished, running = budget_counts(study)
+                finished, before = budget_counts(study)
                 if finished >= budget:
                     return
-                if finished + running < budget:
+                if finished + len(before) < budget:
                     waiting_since = None
-                    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
                     try:
                         study.optimize(numbered, n_trials=1, callbacks=[after_trial], catch=(RuntimeError,),
                                        gc_after_trial=False)

@@ -143,11 +143,12 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def budget_counts(study: optuna.Study) -> tuple[int, int]:
-    """(finished, running) trials: what counts against the budget now, and what may still add to it."""
+def budget_counts(study: optuna.Study) -> tuple[int, set[int]]:
+    """The number of finished trials (what counts against the budget now) and the numbers of the running ones
+    (what may still add to it; a claim also needs them to tell its own new trial apart), from one read."""
     trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    finished = sum(t.state in FINISHED for t in trials)
-    return finished, len(trials) - finished
+    running = {t.number for t in trials if t.state == TrialState.RUNNING}
+    return len(trials) - len(running), running
 
 
 def requeue(study: optuna.Study, number: int) -> None:
