@@ -70,6 +70,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def first_line(exc: BaseException) -> str:
+    """``Type: first line`` of the error (of its cause, when Optuna wrapped it): SQL errors span dozens of lines,
+    a warning or a CLI error gets one."""
     cause = exc.__cause__ or exc
     text = str(cause).strip()
     return f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
