@@ -52,9 +52,14 @@ class GenerationResult:
 
 
 class _Tracer:
-    """Records what each forward fed and committed; only for tests and debugging (it syncs the device)."""
+    """Records what each forward fed and committed; only for tests and debugging (it syncs the device).
+
+    Callers check `enabled` before building a record, so an untraced run doesn't launch the indexing and sums a
+    record needs on every step.
+    """
 
     def __init__(self, enabled: bool):
+        self.enabled = enabled
         self.steps: list[dict[str, Any]] | None = [] if enabled else None
 
     def record(self, **info: Any) -> None:
@@ -126,6 +131,11 @@ class _State:
     generator: torch.Generator | None
     generated_per_row: list[int] = field(default_factory=list)
 
+    @property
+    def last_position(self) -> int:
+        """An upper bound on every position id (ids count from a row's first real token), known on the host."""
+        return self.x.shape[1] - 1
+
     @classmethod
     def create(cls, model: DiffusionLM, prompt_ids: list[list[int]], config: DecodeConfig, trace: bool) -> _State:
         args, dev = model.args, model.device
@@ -175,14 +185,16 @@ def _vanilla_block(state: _State, rows: torch.Tensor, block: int, start: int, en
     logits_idx = _logits_index(start, end, 0, model.args.logits_shift, state.x.device)
     for step, quota in enumerate(quota_schedule(cfg.block_size, steps)):
         xs = state.x[rows]
-        logits, _ = model(xs, state.pos[rows], key_mask=key_mask, logits_index=logits_idx)
+        logits, _ = model(xs, state.pos[rows], key_mask=key_mask, logits_index=logits_idx,
+                          max_position=state.last_position)
         _count(state, rows, fed=xs.shape[1], keys=xs.shape[1])
         tokens, conf = propose(logits, cfg.temperature, state.generator, model.args.mask_id)
         masked = xs[:, start:end] == model.args.mask_id
         take = commit_quota(conf, masked, quota)
         _commit(state, rows, start, end, tokens, take)
-        state.tracer.record(block=block, step=step, rows=rows, fed_positions=list(range(xs.shape[1])),
-                            committed=take.sum(1), keys=xs.shape[1])
+        if state.tracer.enabled:
+            state.tracer.record(block=block, step=step, rows=rows, fed_positions=list(range(xs.shape[1])),
+                                committed=take.sum(1), keys=xs.shape[1])
 
 
 def _cached_block(state: _State, rows: torch.Tensor, block: int, start: int, end: int, first_rule: str) -> None:
@@ -196,33 +208,36 @@ def _cached_block(state: _State, rows: torch.Tensor, block: int, start: int, end
     xs = state.x[rows][:, fed]
     key_mask = None if state.key_mask is None else state.key_mask[rows][:, fed]
     logits, cache = model(xs, state.pos[rows][:, fed], key_mask=key_mask, keep_prefix=start,
+                          max_position=state.last_position,
                           logits_index=_logits_index(start, end, 0, args.logits_shift, dev))
     _count(state, rows, fed=layout.length, keys=layout.length)
     tokens, conf = propose(logits, cfg.temperature, state.generator, model.args.mask_id)
     masked = xs[:, start:end] == args.mask_id
     take = commit_first(masked) if first_rule == "first_position" else commit_threshold(conf, masked, cfg.threshold)
     _commit(state, rows, start, end, tokens, take)
-    state.tracer.record(block=block, step=0, rows=rows, fed_positions=fed, position_ids=state.pos[rows[0]][fed],
-                        committed=take.sum(1), threshold=[cfg.threshold] * len(rows), keys=layout.length)
+    if state.tracer.enabled:
+        state.tracer.record(block=block, step=0, rows=rows, fed_positions=fed, position_ids=state.pos[rows[0]][fed],
+                            committed=take.sum(1), threshold=[cfg.threshold] * len(rows), keys=layout.length)
 
     after = fed[start:]  # block + window + trailing position
     after_pos = state.pos[:, after]
     logits_idx = _logits_index(start, end, start, args.logits_shift, dev)
     step = 0
     while True:
-        masked_all = state.x[rows][:, after] == args.mask_id
+        xs = state.x[rows[:, None], after]  # what this step feeds, read once
+        masked_all = xs == args.mask_id
         pending = masked_all[:, : end - start].any(1)
-        if not bool(pending.all()):
+        if not bool(pending.all()):  # the one sync per step the method needs: is the block done for every row?
             keep = pending.nonzero().squeeze(1)
             if keep.numel() == 0:
                 return
-            rows, cache, masked_all = rows[keep], cache.select_rows(keep), masked_all[keep]
+            rows, cache, xs, masked_all = rows[keep], cache.select_rows(keep), xs[keep], masked_all[keep]
         step += 1
-        xs = state.x[rows][:, after]
         key_mask = None
         if cache.key_mask is not None:
             key_mask = torch.cat([cache.key_mask, torch.ones_like(xs, dtype=torch.bool)], dim=1)
-        logits, _ = model(xs, after_pos[rows], cache=cache, key_mask=key_mask, logits_index=logits_idx)
+        logits, _ = model(xs, after_pos[rows], cache=cache, key_mask=key_mask, logits_index=logits_idx,
+                          max_position=state.last_position)
         _count(state, rows, fed=layout.after_prefix, keys=start + layout.after_prefix)
         tokens, conf = propose(logits, cfg.temperature, state.generator, model.args.mask_id)
         masked = masked_all[:, : end - start]
@@ -232,9 +247,10 @@ def _cached_block(state: _State, rows: torch.Tensor, block: int, start: int, end
         tau = dynamic_threshold(cfg.threshold, alpha, ratio)
         take = commit_threshold(conf, masked, tau)
         _commit(state, rows, start, end, tokens, take)
-        state.tracer.record(block=block, step=step, rows=rows, fed_positions=after,
-                            position_ids=state.pos[rows[0]][after], committed=take.sum(1), threshold=tau,
-                            keys=start + layout.after_prefix)
+        if state.tracer.enabled:
+            state.tracer.record(block=block, step=step, rows=rows, fed_positions=after,
+                                position_ids=state.pos[rows[0]][after], committed=take.sum(1), threshold=tau,
+                                keys=start + layout.after_prefix)
 
 
 def _commit(state: _State, rows: torch.Tensor, start: int, end: int, tokens: torch.Tensor, take: torch.Tensor) -> None:

@@ -203,6 +203,7 @@ class DiffusionLM(nn.Module):
         key_mask: torch.Tensor | None = None,
         keep_prefix: int = 0,
         logits_index: torch.Tensor | None = None,
+        max_position: int | None = None,
     ) -> tuple[torch.Tensor, PrefixCache | None]:
         """Run the model on `input_ids` (B, T) placed at `position_ids` (B, T) or (T,).
 
@@ -212,12 +213,15 @@ class DiffusionLM(nn.Module):
                       positions [0, keep_prefix).
         logits_index: (n,) indices into the fed tokens whose logits are wanted; the LM head (the largest matmul
                       for a 126k vocabulary) runs only there. None = all positions.
+        max_position: an upper bound on `position_ids` that the caller knows (generate: the sequence length - 1).
+                      It sizes the RoPE tables without reading the ids back from the device, which would be a
+                      host-device sync on every forward. None = read the maximum.
         Returns (logits (B, n or T, vocab), new cache or None).
         """
         bsz, seqlen = input_ids.shape
         if position_ids.dim() == 1:
             position_ids = position_ids.unsqueeze(0).expand(bsz, seqlen)
-        self._ensure_rope(int(position_ids.max()) + 1)
+        self._ensure_rope((int(position_ids.max()) if max_position is None else max_position) + 1)
         cos = self.rope_cos[position_ids].unsqueeze(1)
         sin = self.rope_sin[position_ids].unsqueeze(1)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]

@@ -42,12 +42,14 @@ class ScriptedLM(nn.Module):
     def device(self):
         return self.anchor.device
 
-    def forward(self, input_ids, position_ids, *, cache=None, key_mask=None, keep_prefix=0, logits_index=None):
+    def forward(self, input_ids, position_ids, *, cache=None, key_mask=None, keep_prefix=0, logits_index=None,
+                max_position=None):
         from decoder.model import PrefixCache
 
         bsz, seqlen = input_ids.shape
         if position_ids.dim() == 1:
             position_ids = position_ids.unsqueeze(0).expand(bsz, seqlen)
+        assert max_position is None or int(position_ids.max()) <= max_position, "max_position is not a bound"
         self.calls.append({"rows": bsz, "fed": seqlen, "cache": 0 if cache is None else cache.length})
         pos = position_ids if logits_index is None else position_ids[:, logits_index]
         logits = torch.empty((*pos.shape, self.vocab), dtype=torch.float64)

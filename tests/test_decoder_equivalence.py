@@ -202,3 +202,35 @@ def test_sampling_is_reproducible_with_a_seed_and_varies_without():
     c = generate(model, PROMPTS[:1], DecodeConfig(mode="fast", gen_length=32, block_size=16, temperature=1.0,
                                                   seed=124))
     assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_a_known_position_bound_sizes_rope_without_changing_logits():
+    """max_position (the caller's bound, so the forward needn't read the ids back from the device) grows the RoPE
+    tables past the initial 8192 positions exactly as reading the ids would, and the logits stay the same."""
+    model = random_model("llada", seed=5, max_seq_len=10_000)
+    ids, pos = torch.tensor([[5, 9, 12]]), torch.tensor([9000, 9001, 9002])
+    read, _ = model(ids, pos)
+    grown = model.rope_cos.shape[0]
+    model = random_model("llada", seed=5, max_seq_len=10_000)
+    bounded, _ = model(ids, pos, max_position=9002)
+    assert model.rope_cos.shape[0] == grown > 9002
+    assert torch.equal(read, bounded)
+
+
+@pytest.mark.parametrize("cfg", [DecodeConfig(mode="vanilla", gen_length=32, block_size=16, steps=8),
+                                 DecodeConfig(mode="fast", gen_length=32, block_size=16, threshold=0.7),
+                                 DecodeConfig(mode="streaming", gen_length=32, block_size=16, window=16)],
+                         ids=["vanilla", "fast", "streaming"])
+def test_generate_gives_every_forward_its_position_bound(cfg, monkeypatch):
+    """No forward of the decode loop syncs the device to size RoPE: generate passes the sequence's last position."""
+    model = random_model("llada", seed=6)
+    bounds = []
+    forward = model.forward
+
+    def recording(*args, **kwargs):
+        bounds.append(kwargs.get("max_position"))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    generate(model, PROMPTS, cfg)
+    assert bounds and set(bounds) == {len(PROMPTS[2]) + 32 - 1}
