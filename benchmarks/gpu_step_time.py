@@ -50,7 +50,7 @@ def measured_bandwidth(device: torch.device, nbytes: int, repeats: int = 10) -> 
     """GB/s of copying `nbytes` between two device buffers (each byte read once and written once).
 
     A copy is the simplest kernel that streams memory at full speed, so its rate is what a weight read can hope
-    for on this device (on an H100/H200 about 85-90% of the data-sheet peak).
+    for on this device; it usually falls short of the data-sheet peak, which is why the floor uses it.
     """
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
