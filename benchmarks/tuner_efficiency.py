@@ -171,6 +171,7 @@ class Run:
     spent_s: float
     full_s: float
     sampler_s: float
+    evaluated: frozenset[str]  # keys of the configurations the study decoded (not the copied repeats)
 
 
 def run_sampler(spec: StudySpec, sampler: str, budget: int, seed: int, table, items, ref, workdir: str) -> Run:
@@ -184,9 +185,17 @@ def run_sampler(spec: StudySpec, sampler: str, budget: int, seed: int, table, it
     study.optimize(Objective(spec, replay, items), n_trials=budget, catch=(RuntimeError,), gc_after_trial=False)
     elapsed = time.perf_counter() - t0
     points = trial_points(study)
-    evaluations = sum(1 for t in study.trials if "duplicate_of" not in t.user_attrs)
-    return Run(sampler, budget, seed, hv(points, ref, True), hv(points, ref, False), evaluations, replay.pruned,
-               replay.spent, replay.full, elapsed)
+    evaluated = [t for t in study.trials if "duplicate_of" not in t.user_attrs and "config" in t.user_attrs]
+    keys = frozenset(key(DecodeConfig(**t.user_attrs["config"])) for t in evaluated)
+    return Run(sampler, budget, seed, hv(points, ref, True), hv(points, ref, False), len(evaluated), replay.pruned,
+               replay.spent, replay.full, elapsed, keys)
+
+
+def describe(cfg: DecodeConfig) -> str:
+    if cfg.mode != "streaming":
+        return f"{cfg.mode} (steps {cfg.steps})" if cfg.mode == "vanilla" else f"{cfg.mode} (tau {cfg.threshold:g})"
+    return (f"w {cfg.window if cfg.window is not None else 'full'}, tau0 {cfg.threshold:g}, alpha {cfg.alpha:g}, "
+            f"exit {'on' if cfg.early_exit else 'off'}")
 
 
 def mean_sd(values: list[float], fmt: str = "{:.1%}") -> str:
@@ -287,6 +296,17 @@ def main() -> None:
                             mean_sd([1 - r.spent_s / r.full_s for r in rs])])
     es_rows.append(["grid (all, no stopping)", len(configs), f"{grid_full:.1f}", f"{grid_full:.1f}", "0"])
     report(md_table(["method", "trials", "eval s (early stop)", "eval s (full)", "time saved"], es_rows))
+
+    report(f"\nThe grid's feasible front, and in how many of the {len(SEEDS)} studies of each budget a method "
+           "evaluated that configuration\n")
+    front_rows = []
+    for p in sorted(pareto_front(grid_points), key=lambda p: p.tokens_per_s):
+        cfg = configs[p.number]
+        found = [sum(key(cfg) in r.evaluated for r in runs if r.sampler == s and r.budget == b)
+                 for s in args.samplers for b in BUDGETS]
+        front_rows.append([f"{p.accuracy:.1%}", f"{p.tokens_per_s:.0f}", describe(cfg), *found])
+    report(md_table(["accuracy", "tokens/s", "configuration", *(f"{s} {b}" for s in args.samplers for b in BUDGETS)],
+                    front_rows, align="rrl" + "r" * len(args.samplers) * len(BUDGETS)))
     report.save()
 
 
