@@ -256,6 +256,39 @@ def test_ctrl_c_keeps_finished_trials_and_the_rerun_resumes(tmp_path):
                                                             optuna.trial.TrialState.PRUNED)]) == 4
 
 
+def test_an_interrupt_while_optuna_records_a_trial_still_requeues_it(tmp_path):
+    """A signal can land while Optuna writes a finished trial's outcome (seen when an --n-workers parent was killed
+    as a trial ended): Optuna's clean-up then fails with an UnboundLocalError in place of the KeyboardInterrupt.
+    The run must still end as interrupted, with the trial failed and re-queued, not left RUNNING until its
+    heartbeat goes stale."""
+    import sqlalchemy
+
+    from tuner.run import request_interrupt
+
+    fired = []
+
+    def interrupt_the_first_outcome_write(conn, cursor, statement, parameters, context, executemany):
+        if not fired and statement.lstrip().upper().startswith("UPDATE TRIALS") and "COMPLETE" in str(parameters):
+            fired.append(statement)
+            request_interrupt()  # what the SIGTERM/SIGINT handler does, here inside the statement
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", interrupt_the_first_outcome_write)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code = main(["run", *small_args(tmp_path, 2), "--no-progress"])
+    finally:
+        os.chdir(cwd)
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", interrupt_the_first_outcome_write)
+    assert fired and code == 130
+    trials = load(tmp_path, 2).get_trials()
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.WAITING
+    assert retry[0].user_attrs.get("reference") == "vanilla"
+
+
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
 

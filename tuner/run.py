@@ -256,6 +256,14 @@ def _work(study: optuna.Study, budget: int, objective, after_trial, lock: StudyL
                         # proposed it): queue it again rather than leave it failed or, worse, running.
                         _requeue_mine(study, mine, before)
                         raise
+                    except Exception:
+                        if not _interrupted.is_set():
+                            raise
+                        # The interrupt landed in Optuna's own write of the trial's outcome, and Optuna's clean-up
+                        # then failed reading a state it never got (UnboundLocalError in optuna's _run_trial): the
+                        # trial is still RUNNING. An interrupt all the same.
+                        _requeue_mine(study, mine, before)
+                        raise KeyboardInterrupt from None
                     if failures[0] >= opts.max_consecutive_failures:
                         raise WorkerError(f"{failures[0]} trials in a row failed on this worker (see the warnings "
                                           "above); stopping it — the study and its finished trials are kept")
