@@ -59,8 +59,11 @@ class _Tracer:
     """
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled
         self.steps: list[dict[str, Any]] | None = [] if enabled else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps is not None
 
     def record(self, **info: Any) -> None:
         if self.steps is not None:
