@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import pickle
 import statistics
 import tempfile
@@ -44,16 +43,10 @@ from tuner.pareto import TrialPoint, hypervolume_2d, pareto_front
 from tuner.run import load_task
 from tuner.spec import StudySpec, load_spec
 from tuner.storage import open_storage
-from tuner.study import Objective, create_study, trial_points
+from tuner.study import Objective, config_key, create_study, trial_points
 
 BUDGETS = (10, 20, 40)
 SEEDS = (0, 1, 2)
-
-
-def key(config: DecodeConfig) -> str:
-    """Config identity robust to float noise of stepped suggestions (0.7000000000000001 == 0.7)."""
-    d = config.normalized().to_dict()
-    return json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}, sort_keys=True)
 
 
 def stepped(low: float, high: float, step: float) -> list[float]:
@@ -83,12 +76,12 @@ def grid_configs(spec: StudySpec) -> list[DecodeConfig]:
         axes.append([(k.name, v) for v in (k.choices if k.is_categorical else stepped(k.low, k.high, k.step))])
     out = {}
     for cfg in [spec.reference_config(r) for r in spec.references]:
-        out[key(cfg)] = cfg
+        out[config_key(cfg)] = cfg
     for combo in itertools.product(*axes):
         cfg = spec.config_for(dict(combo))
-        out.setdefault(key(cfg), cfg)
+        out.setdefault(config_key(cfg), cfg)
     baseline = spec.reference_config(spec.reference(spec.constraint.baseline))
-    return [baseline, *(c for k, c in out.items() if k != key(baseline))]
+    return [baseline, *(c for k, c in out.items() if k != config_key(baseline))]
 
 
 def merge(chunks: list[EvalResult], total: int) -> EvalResult:
@@ -116,7 +109,7 @@ class ReplayEvaluator:
 
     def evaluate(self, items, config: DecodeConfig, *, chunk_size=None, should_stop=None, warmup=True,
                  on_progress=None) -> EvalResult:
-        chunks = self.table[key(config)]
+        chunks = self.table[config_key(config)]
         total = sum(c.n for c in chunks)
         used: list[EvalResult] = []
         stopped = False
@@ -139,7 +132,7 @@ def measure_grid(spec: StudySpec, evaluator: Evaluator, items: list, configs: li
     t0 = time.perf_counter()
     for i, cfg in enumerate(configs):
         parts = [items[s : s + spec.chunk_size] for s in range(0, len(items), spec.chunk_size)]
-        table[key(cfg)] = [evaluator.evaluate(p, cfg, warmup=(j == 0)) for j, p in enumerate(parts)]
+        table[config_key(cfg)] = [evaluator.evaluate(p, cfg, warmup=(j == 0)) for j, p in enumerate(parts)]
         if i % 10 == 0:
             print(f"  grid {i + 1}/{len(configs)} ({time.perf_counter() - t0:.0f}s)", flush=True)
     return table
@@ -148,7 +141,7 @@ def measure_grid(spec: StudySpec, evaluator: Evaluator, items: list, configs: li
 def points_of(table: dict[str, list[EvalResult]], configs: list[DecodeConfig], bar: float) -> list[TrialPoint]:
     out = []
     for i, cfg in enumerate(configs):
-        r = merge(table[key(cfg)], 0)
+        r = merge(table[config_key(cfg)], 0)
         out.append(TrialPoint(i, r.accuracy, r.tokens_per_s, feasible=r.accuracy >= bar - 1e-12))
     return out
 
@@ -185,8 +178,8 @@ def run_sampler(spec: StudySpec, sampler: str, budget: int, seed: int, table, it
     study.optimize(Objective(spec, replay, items), n_trials=budget, catch=(RuntimeError,), gc_after_trial=False)
     elapsed = time.perf_counter() - t0
     points = trial_points(study)
-    evaluated = [t for t in study.trials if "duplicate_of" not in t.user_attrs and "config" in t.user_attrs]
-    keys = frozenset(key(DecodeConfig(**t.user_attrs["config"])) for t in evaluated)
+    evaluated = [t for t in study.trials if "duplicate_of" not in t.user_attrs and "config_key" in t.user_attrs]
+    keys = frozenset(t.user_attrs["config_key"] for t in evaluated)
     return Run(sampler, budget, seed, hv(points, ref, True), hv(points, ref, False), len(evaluated), replay.pruned,
                replay.spent, replay.full, elapsed, keys)
 
@@ -240,7 +233,7 @@ def main() -> None:
     configs = grid_configs(spec)
 
     t0 = time.perf_counter()
-    cache_id = (spec.model, len(items), spec.chunk_size, spec.batch_size, [key(c) for c in configs])
+    cache_id = (spec.model, len(items), spec.chunk_size, spec.batch_size, [config_key(c) for c in configs])
     saved = pickle.loads(Path(args.grid_cache).read_bytes()) if args.grid_cache and Path(args.grid_cache).exists() else None
     if saved is not None and saved[0] == cache_id:
         table, grid_s = saved[1], saved[2]
@@ -250,7 +243,7 @@ def main() -> None:
         grid_s = time.perf_counter() - t0
         if args.grid_cache:
             Path(args.grid_cache).write_bytes(pickle.dumps((cache_id, table, grid_s)))
-    base = merge(table[key(configs[0])], 0).accuracy
+    base = merge(table[config_key(configs[0])], 0).accuracy
     bar = base - spec.constraint.max_drop / 100
     grid_points = points_of(table, configs, bar)
     ref = (min(p.accuracy for p in grid_points), min(p.tokens_per_s for p in grid_points))
@@ -302,7 +295,7 @@ def main() -> None:
     front_rows = []
     for p in sorted(pareto_front(grid_points), key=lambda p: p.tokens_per_s):
         cfg = configs[p.number]
-        found = [sum(key(cfg) in r.evaluated for r in runs if r.sampler == s and r.budget == b)
+        found = [sum(config_key(cfg) in r.evaluated for r in runs if r.sampler == s and r.budget == b)
                  for s in args.samplers for b in BUDGETS]
         front_rows.append([f"{p.accuracy:.1%}", f"{p.tokens_per_s:.0f}", describe(cfg), *found])
     report(md_table(["accuracy", "tokens/s", "configuration", *(f"{s} {b}" for s in args.samplers for b in BUDGETS)],
