@@ -2,9 +2,9 @@
 
 Counters are exact and hardware-independent, so this table shows what each mode saves before any timing noise:
 
-    python benchmarks/decoder_counters.py                      # bundled tiny model, gen 256 and 1024, block 32
-    python benchmarks/decoder_counters.py --quick              # gen 256 only
-    python benchmarks/decoder_counters.py --model DIR --prompt "..."
+    python -m benchmarks.decoder_counters                      # bundled tiny model, gen 256 and 1024, block 32
+    python -m benchmarks.decoder_counters --quick              # gen 256 only
+    python -m benchmarks.decoder_counters --model DIR --prompt "..."
 
 Vanilla runs steps = gen_length (one token per step). Streaming runs with tau0 = 0.9, alpha = 0.3 and early exit,
 Fast-dLLM with threshold 0.9; "streaming w=full" is streaming without pruning (dynamic threshold + early exit only);

@@ -1,9 +1,9 @@
 """Decoder speed, side by side: vanilla, Fast-dLLM, Streaming-dLLM (paper settings) and Streaming-dLLM (tuned
 profile), same model, same machine, one run, for several generation lengths.
 
-    OMP_NUM_THREADS=1 python benchmarks/decoder_speed.py --quick          # CPU, ~5 min
-    OMP_NUM_THREADS=1 python benchmarks/decoder_speed.py                  # 128 problems per length (CPU: ~1 h)
-    OMP_NUM_THREADS=1 python benchmarks/decoder_speed.py --profile profiles/arith-....json --out speed.md
+    OMP_NUM_THREADS=1 python -m benchmarks.decoder_speed --quick          # CPU, ~5 min
+    OMP_NUM_THREADS=1 python -m benchmarks.decoder_speed                  # 128 problems per length (CPU: ~1 h)
+    OMP_NUM_THREADS=1 python -m benchmarks.decoder_speed --profile profiles/arith-....json --out speed.md
 
 Why: the claim to check is "streaming >= fast >= vanilla in tokens/s at equal accuracy, and streaming's lead grows
 with the generation length" (pruning and early exit save more of a longer, mostly-EOS answer region). Every
@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass, replace
 
 import torch
-from common import Report, command_line, machine_line, md_table, threads_warning
 
+from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
 from decoder import DecodeConfig, load_model, read_profile
 from tuner.evaluate import EvalResult, Evaluator
 from tuner.tasks import get_task

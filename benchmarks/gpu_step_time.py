@@ -1,10 +1,10 @@
 """Per-step time of each decoding mode on a random-weight model of LLaDA-8B's shapes (bf16, GPU), and the achieved
 fraction of the weight-read floor.
 
-    python benchmarks/gpu_step_time.py --quick                   # gen 256, batch 1 (a GPU: ~1 min)
-    python benchmarks/gpu_step_time.py                           # gen 256, 512, 1024
-    python benchmarks/gpu_step_time.py --hbm-gbps 4800           # the floor from a given bandwidth, not a measured one
-    OMP_NUM_THREADS=1 python benchmarks/gpu_step_time.py --device cpu --config-json decoder/bundled/tiny-arith/config.json --quick
+    python -m benchmarks.gpu_step_time --quick                   # gen 256, batch 1 (a GPU: ~1 min)
+    python -m benchmarks.gpu_step_time                           # gen 256, 512, 1024
+    python -m benchmarks.gpu_step_time --hbm-gbps 4800           # the floor from a given bandwidth, not a measured one
+    OMP_NUM_THREADS=1 python -m benchmarks.gpu_step_time --device cpu --config-json decoder/bundled/tiny-arith/config.json --quick
                                                                   # the code path on CPU
 
 Why: real LLaDA weights can't be downloaded here, but step time depends on shapes, not on weight values. At
@@ -24,8 +24,8 @@ import json
 import time
 
 import torch
-from common import Report, command_line, machine_line, md_table
 
+from benchmarks.common import Report, command_line, machine_line, md_table
 from decoder import DecodeConfig, build_random_model, generate
 
 # Peak HBM bandwidth in GB/s by device-name fragment (vendor data sheets).

@@ -1,9 +1,9 @@
 """Study + tracking overhead: the share of a trial's wall time spent in Optuna storage calls and MLflow logging,
-with SQLite and with PostgreSQL, measured inside a real `tuner.run.run()` on the built-in task.
+with SQLite and with PostgreSQL, measured inside a real `tuner.worker.Worker.run()` on the built-in task.
 
-    OMP_NUM_THREADS=1 python benchmarks/overhead.py --quick        # 8 trials per backend (CPU: ~3 min)
-    OMP_NUM_THREADS=1 python benchmarks/overhead.py                # 30 trials per backend
-    OMP_NUM_THREADS=1 python benchmarks/overhead.py --pg-url postgresql+psycopg://user@host/db
+    OMP_NUM_THREADS=1 python -m benchmarks.overhead --quick        # 8 trials per backend (CPU: ~3 min)
+    OMP_NUM_THREADS=1 python -m benchmarks.overhead                # 30 trials per backend
+    OMP_NUM_THREADS=1 python -m benchmarks.overhead --pg-url postgresql+psycopg://user@host/db
 
 Why: tuning should spend its time decoding. Each category's *exclusive* wall time is attributed by wrapping, on
 the main thread only (heartbeats run on their own thread and block nothing):
@@ -17,8 +17,8 @@ the main thread only (heartbeats run on their own thread and block nothing):
                 don't count in the trial's wall time; their time is reported beside it (on a CPU-only machine
                 that thread still takes CPU from decoding, on a GPU machine it runs on an otherwise idle core).
 * other       — the rest of the trial loop (progress bars, Python).
-The loop is `tuner.run._work` (model loading and study creation excluded). PostgreSQL: a throw-away server from
-`tests/pg_server.py` (or `--pg-url`) holds both the Optuna storage and the MLflow backend store; SQLite uses two
+The loop is `tuner.worker.Worker.work` (model loading and study creation excluded). PostgreSQL: a throw-away server from
+`tools/pg_server.py` (or `--pg-url`) holds both the Optuna storage and the MLflow backend store; SQLite uses two
 files in a temporary directory. Artifacts go to a local folder in both cases.
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -37,12 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from common import Report, command_line, machine_line, md_table, threads_warning
 
-import tuner.run as tuner_run
+from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
+from tuner.context import Context, Options
 from tuner.evaluate import Evaluator
 from tuner.spec import load_spec
 from tuner.tracking import Tracker
+from tuner.worker import Worker, WorkerOptions
 
 
 class Attribution:
@@ -102,7 +102,7 @@ class Attribution:
 
 
 def instrument(att: Attribution) -> None:
-    att.wrap(tuner_run, "_work", "other")
+    att.wrap(Worker, "work", "other")
     att.wrap(Evaluator, "evaluate", "evaluation")
     att.wrap_public(optuna.storages.RDBStorage, "storage")
     att.wrap_public(optuna.storages._cached_storage._CachedStorage, "storage")
@@ -118,14 +118,14 @@ def instrument(att: Attribution) -> None:
 def measure(backend: str, storage: str, tracking: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     spec = load_spec("arith", [f"model={args.model}", f"trials={args.trials}", f"validation_size={args.items}",
                                f"batch_size={args.batch_size}", f"chunk_size={args.items}"])
-    opts = tuner_run.RunOptions(storage=storage, tracking_uri=tracking, study_name=f"overhead-{backend}",
-                                show_progress=False, worker=0, refresh_every=args.refresh_every)
+    ctx = Context(spec, Options(storage=storage, tracking_uri=tracking, study_name=f"overhead-{backend}"))
+    opts = WorkerOptions(show_progress=False, worker_index=0, refresh_every=args.refresh_every)
     att = Attribution()
     instrument(att)
     cwd = os.getcwd()
     os.chdir(workdir)  # MLflow's default artifact root is relative: keep it in the temp dir
     try:
-        tuner_run.run(spec, opts)
+        Worker(ctx, opts).run()
     finally:
         os.chdir(cwd)
         att.restore()
@@ -136,11 +136,8 @@ def postgres(args: argparse.Namespace):
     """(url for Optuna, url for MLflow, server to stop) or (None, reason, None)."""
     if args.pg_url:
         return args.pg_url, args.pg_url, None
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    try:
-        from pg_server import PostgresServer
-    except ImportError:
-        return None, "tests/pg_server.py not found", None
+    from tools.pg_server import PostgresServer
+
     try:
         server = PostgresServer.start()
     except Exception as exc:  # PostgresUnavailable, or a start failure
@@ -156,7 +153,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=25)
     ap.add_argument("--pg-url", default=None, help="SQLAlchemy URL of a PostgreSQL database to use for both stores")
     ap.add_argument("--no-pg", action="store_true")
-    ap.add_argument("--refresh-every", type=int, default=tuner_run.RunOptions.refresh_every,
+    ap.add_argument("--refresh-every", type=int, default=WorkerOptions.refresh_every,
                     help="refresh the Pareto artifacts every N trials, as `tuner run --refresh-every` (default: 5)")
     ap.add_argument("--quick", action="store_true", help="8 trials of 32 items")
     ap.add_argument("--out", default=None)
@@ -189,7 +186,7 @@ def main() -> None:
     report(f"command: `{command_line()}`")
     if (warn := threads_warning()) is not None:
         report(warn)
-    report(f"\nexclusive wall time per trial, main thread; the trial loop is `tuner.run._work`; artifacts refreshed "
+    report(f"\nexclusive wall time per trial, main thread; the trial loop is `tuner.worker.Worker.work`; artifacts refreshed "
            f"every {args.refresh_every} trials and at the end\n")
     cats = ["evaluation", "storage", "mlflow log_trial", "mlflow artifacts", "sampler", "other"]
     rows = []

@@ -1,8 +1,8 @@
 """Where the time of one Streaming-dLLM generation goes: model forward vs decode-loop bookkeeping vs tokenisation.
 
-    OMP_NUM_THREADS=1 python benchmarks/profile_streaming.py --quick       # gen 256, batch 1 and 16 (< 1 min)
-    OMP_NUM_THREADS=1 python benchmarks/profile_streaming.py               # gen 256 and 1024, more repeats
-    OMP_NUM_THREADS=1 python benchmarks/profile_streaming.py --ops 15      # also torch.profiler's top ops
+    OMP_NUM_THREADS=1 python -m benchmarks.profile_streaming --quick       # gen 256, batch 1 and 16 (< 1 min)
+    OMP_NUM_THREADS=1 python -m benchmarks.profile_streaming               # gen 256 and 1024, more repeats
+    OMP_NUM_THREADS=1 python -m benchmarks.profile_streaming --ops 15      # also torch.profiler's top ops
 
 Why: the decoder's speedups are claimed from fewer and smaller forwards; that only holds if the Python loop
 around the forwards (selection, pruning layout, counters, early exit) costs little next to them. Timers are
@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 import torch
-from common import Report, command_line, machine_line, md_table, threads_warning
 
+from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
 from decoder import DecodeConfig, generate, load_model
 from tuner.tasks import get_task
 

@@ -1,12 +1,12 @@
 """Wall time of a fixed trial budget with 1, 2 and 4 workers (`python -m tuner run --n-workers N`).
 
-Each worker count gets a fresh study in a fresh storage — a throw-away PostgreSQL cluster (tests/pg_server.py)
+Each worker count gets a fresh study in a fresh storage — a throw-away PostgreSQL cluster (tools/pg_server.py)
 when Debian's server binaries are installed, else a SQLite file — and a SQLite MLflow store, and runs the same
 spec (the tiny model at gen length 64) to the same budget. Every worker runs one OpenMP thread (set
 OMP_NUM_THREADS to change that), so on a CPU machine N workers want N free cores.
 
-    python benchmarks/scaling.py --quick                       # 8 trials x 16 items, 1/2/4 workers
-    python benchmarks/scaling.py --trials 16 --validation-size 32 --workers 1 2 4 8 --json out.json
+    python -m benchmarks.scaling --quick                       # 8 trials x 16 items, 1/2/4 workers
+    python -m benchmarks.scaling --trials 16 --validation-size 32 --workers 1 2 4 8 --json out.json
 
 Reported per worker count: wall time from launch to exit (model loading included: it is what a user waits for),
 speed-up over the first count, mean trial time (from the study: how much each trial slowed down as workers
@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Report, command_line, machine_line, md_table
+from benchmarks.common import Report, command_line, machine_line, md_table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 REFERENCES = ("references=[{name: vanilla, mode: vanilla, steps: 32}, "
               "{name: fast-dllm, mode: streaming, window: null, threshold: 0.9, alpha: 0.0, early_exit: false}, "
@@ -85,7 +84,7 @@ def main() -> None:
 
     server = None
     if not args.sqlite:
-        from pg_server import PostgresServer, PostgresUnavailable
+        from tools.pg_server import PostgresServer, PostgresUnavailable
 
         try:
             server = PostgresServer.start()

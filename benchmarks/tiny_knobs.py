@@ -1,7 +1,7 @@
 """The knob table of the bundled tiny model: accuracy and cost of each decoding mode on held-out ``arith``.
 
-    python benchmarks/tiny_knobs.py            # 500 test problems, 10 configurations (vanilla alone: ~35 min on a busy 2-core CPU)
-    python benchmarks/tiny_knobs.py --quick    # 100 problems, fewer configurations
+    python -m benchmarks.tiny_knobs            # 500 test problems, 10 configurations (vanilla alone: ~35 min on a busy 2-core CPU)
+    python -m benchmarks.tiny_knobs --quick    # 100 problems, fewer configurations
 
 Why: the tuner only has something to find if the knobs trade accuracy for speed on this model as they do on
 LLaDA -- lower thresholds must cost accuracy, and streaming (suffix window + dynamic threshold + EOS early exit)
@@ -21,11 +21,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from decoder import Counters, DecodeConfig, generate, load_model  # noqa: E402
-from tuner.stats import wilson_interval  # noqa: E402
-from tuner.tasks import get_task  # noqa: E402
+from decoder import Counters, DecodeConfig, generate, load_model
+from tuner.stats import wilson_interval
+from tuner.tasks import get_task
 
 GEN, BLOCK = 128, 32
 

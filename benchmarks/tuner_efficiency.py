@@ -2,8 +2,8 @@
 random search after 10 / 20 / 40 trials, against a dense grid over the same space; and the evaluation time that
 early stopping saves.
 
-    OMP_NUM_THREADS=1 python benchmarks/tuner_efficiency.py --quick    # 4x3x4x2 grid + vanilla, 64 items (CPU: ~10 min)
-    OMP_NUM_THREADS=1 python benchmarks/tuner_efficiency.py            # 9x8x4x2 grid, 100 items (CPU: ~1-2 h)
+    OMP_NUM_THREADS=1 python -m benchmarks.tuner_efficiency --quick    # 4x3x4x2 grid + vanilla, 64 items (CPU: ~10 min)
+    OMP_NUM_THREADS=1 python -m benchmarks.tuner_efficiency            # 9x8x4x2 grid, 100 items (CPU: ~1-2 h)
 
 How, and why this way:
 * One finite space for everyone. threshold (tau0) and alpha get a `step`, so the GP, random search and the grid
@@ -35,15 +35,16 @@ from pathlib import Path
 
 import optuna
 import torch
-from common import Report, command_line, machine_line, md_table, threads_warning
 
+from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
 from decoder import Counters, DecodeConfig, load_model
+from tuner.context import load_task
 from tuner.evaluate import EvalResult, Evaluator
+from tuner.objective import Objective
 from tuner.pareto import TrialPoint, hypervolume_2d, pareto_front
-from tuner.run import load_task
 from tuner.spec import StudySpec, load_spec
 from tuner.storage import open_storage
-from tuner.study import Objective, config_key, create_study, trial_points
+from tuner.study import config_key, create_study, trial_points
 
 BUDGETS = (10, 20, 40)
 SEEDS = (0, 1, 2)
@@ -177,7 +178,7 @@ def run_sampler(spec: StudySpec, sampler: str, budget: int, seed: int, table, it
     t0 = time.perf_counter()
     study.optimize(Objective(spec, replay, items), n_trials=budget, catch=(RuntimeError,), gc_after_trial=False)
     elapsed = time.perf_counter() - t0
-    points = trial_points(study)
+    points = trial_points(study, spec.constraint)
     evaluated = [t for t in study.trials if "duplicate_of" not in t.user_attrs and "config_key" in t.user_attrs]
     keys = frozenset(t.user_attrs["config_key"] for t in evaluated)
     return Run(sampler, budget, seed, hv(points, ref, True), hv(points, ref, False), len(evaluated), replay.pruned,

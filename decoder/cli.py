@@ -3,48 +3,51 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from typing import Any
 
-from .config import MODES, DecodeConfig
+from .config import KNOBS, MODES, DecodeConfig
 from .errors import DecoderError
 
 EXIT_ERROR = 2
 
 
-def window_arg(text: str) -> int | None:
-    """`--window 64`, or `none`/`full` for no pruning."""
+def optional_int(text: str) -> int | None:
+    """An integer, or `none`/`full` for None (window: no pruning; steps: the mode's default; seed: unseeded)."""
     if text.lower() in {"none", "full"}:
         return None
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"window must be an integer or 'none', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
+_ARG_TYPES = {"int": int, "float": float}
 
 
 def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
-    """The DecodeConfig knobs as options; unset ones leave the profile's (or the mode's) value alone."""
+    """One option per DecodeConfig knob (decoder.config.KNOBS); unset ones leave the profile's (or the mode's)
+    value alone. An optional knob (None is a value of its own) is suppressed when unset."""
     g = parser.add_argument_group("decode knobs (override the profile's values)")
-    g.add_argument("--mode", choices=MODES)
-    g.add_argument("--gen-length", type=int)
-    g.add_argument("--block-size", type=int)
-    g.add_argument("--steps", type=int, help="vanilla: total denoising steps")
-    g.add_argument("--threshold", "--tau0", dest="threshold", type=float, help="fast/streaming acceptance threshold")
-    g.add_argument("--window", type=window_arg, default=argparse.SUPPRESS, help="streaming window; 'none' = no pruning")
-    g.add_argument("--alpha", type=float, help="streaming dynamic-threshold strength")
-    g.add_argument("--early-exit", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--seed", type=int)
+    for knob in KNOBS.values():
+        flags = knob.flags or (knob.option,)
+        if knob.kind == "mode":
+            g.add_argument(*flags, dest=knob.name, choices=MODES, help=knob.help)
+        elif knob.kind == "bool":
+            g.add_argument(*flags, dest=knob.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=knob.help)
+        elif knob.optional:
+            g.add_argument(*flags, dest=knob.name, type=optional_int, default=argparse.SUPPRESS, help=knob.help)
+        else:
+            g.add_argument(*flags, dest=knob.name, type=_ARG_TYPES[knob.kind], help=knob.help)
 
 
 def knobs_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(DecodeConfig)}
-    knobs = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if "window" in vars(args):  # None is a real value here ("no pruning"), so it is suppressed when unset
-        knobs["window"] = args.window
-    return knobs
+    given = vars(args)
+    # An optional knob's None is a real value ("no pruning"), so its option is suppressed when unset: present
+    # means given. Other knobs default to None = not given.
+    return {k: v for k, v in given.items() if k in KNOBS and (v is not None or KNOBS[k].optional)}
 
 
 def build_config(profile: str | None, knobs: dict[str, Any]) -> DecodeConfig:
@@ -80,20 +83,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .generate import generate
+    from .decoding import generate
     from .loading import load_model
+    from .prompts import encode_prompt
 
     config = build_config(args.profile, knobs_from_args(args))
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
-    text = args.prompt
-    if args.chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    result = generate(model, [text], config, tokenizer=tokenizer)
+    ids = encode_prompt(tokenizer, args.prompt, chat_template=args.chat_template)  # as the tuner encodes it
+    result = generate(model, [ids], config, tokenizer=tokenizer)
     counters = result.counters.to_dict()
     if args.json:
-        print(json.dumps({"completion": result.texts[0], "counters": counters, "config": config.to_dict(),
-                          "model": model.source}))
+        print(json.dumps({"completion": result.texts[0], "prompt_tokens": len(ids), "counters": counters,
+                          "config": config.to_dict(), "model": model.source}))
         return 0
     from rich.console import Console
     from rich.table import Table

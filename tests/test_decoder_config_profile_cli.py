@@ -127,3 +127,30 @@ def test_cli_errors_are_one_line_and_nonzero(checkpoint, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "decoder", "generate", "--model", str(tmp_path / "nope"),
                            "--prompt", "x"], capture_output=True, text=True)
     assert proc.returncode == 2 and "error:" in proc.stderr
+
+
+def test_the_cli_and_the_tuner_encode_a_templated_prompt_to_the_same_ids(tmp_path, capsys):
+    """One prompt encoder (decoder.encode_prompt): `decoder generate --chat-template` decodes the ids the tuner's
+    evaluator measured, never the templated text tokenised a second time with the tokenizer's special tokens."""
+    from decoder import encode_prompt, load_model, save_checkpoint
+    from tuner.evaluate import Evaluator
+    from tuner.tasks import get_task
+
+    from tokenizers.processors import TemplateProcessing
+
+    model, tokenizer = load_model("dtune/tiny-arith", device="cpu")
+    # A tokenizer that adds a BOS-like token by default, and a template that already holds one (as LLaDA's do).
+    bos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A",
+                                                             special_tokens=[("<|endoftext|>", bos)])
+    tokenizer.chat_template = "<|endoftext|>{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}Assistant:"
+    local = save_checkpoint(model, tmp_path / "templated", tokenizer=tokenizer)
+    task = get_task("arith", validation_size=1)
+    item = task.load("validation")[0]
+    evaluator = Evaluator(*load_model(str(local), device="cpu"), task, chat_template=True)
+    ids = evaluator.prompt_ids(item)
+    assert ids == encode_prompt(evaluator.tokenizer, task.prompt(item), chat_template=True)
+    assert ids.count(bos) == 1 and evaluator.tokenizer("x")["input_ids"][0] == bos  # the default would add a second
+    assert main(["generate", "--model", str(local), "--prompt", task.prompt(item), "--chat-template", "--json",
+                 "--gen-length", "32", "--block-size", "32"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt_tokens"] == len(ids)

@@ -1,7 +1,7 @@
 """Many workers on one study: PostgreSQL + an MLflow server, the SQLite defaults, crashes, outages, `--n-workers`.
 
 The integration tests start real worker processes (`python -m tuner run`) on the bundled tiny model with the small
-settings of test_tuner_study.py, a throw-away PostgreSQL cluster (tests/pg_server.py; skipped without Debian's
+settings of tests/helpers.py, a throw-away PostgreSQL cluster (tools/pg_server.py; skipped without Debian's
 server binaries) and an `mlflow server` subprocess, SIGKILL one worker in the middle of a trial and check what
 the study and the tracking server hold afterwards. Heartbeats are every 2 s (stale after 6 s) to keep them short.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,23 +20,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import MODEL, child_env, spec_for
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from optuna.trial import TrialState
 
+from tools.pg_server import wait_until
+from tuner.objective import Objective
 from tuner.storage import StorageError, open_storage
-from tuner.study import (
-    FINISHED,
-    Objective,
-    create_study,
-    distributions,
-    fail_stale_trials,
-    suggest,
-)
-
-sys.path.insert(0, str(Path(__file__).parent))
-from pg_server import PostgresServer, PostgresUnavailable, wait_until  # noqa: E402
-from test_tuner_study import MODEL, spec_for  # noqa: E402
+from tuner.study import FINISHED, create_study, distributions, fail_stale_trials, suggest
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")]
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +37,7 @@ REFERENCES = ("vanilla", "fast-dllm", "paper")
 
 
 def tiny_args(trials: int, validation_size: int = 16) -> list[str]:
-    """test_tuner_study.small_args, smaller still (4 workers share 2 cores), and no accuracy bar: the tiny model's
+    """helpers.small_args, smaller still (4 workers share 2 cores), and no accuracy bar: the tiny model's
     accuracy is noise at this size, and without pruning every finished trial is COMPLETE, which the checks count."""
     sets = ["decode.gen_length=64", "batch_size=16", "chunk_size=8", f"validation_size={validation_size}",
             "references=[{name: vanilla, mode: vanilla, steps: 32}, "
@@ -57,13 +48,6 @@ def tiny_args(trials: int, validation_size: int = 16) -> list[str]:
     for s in sets:
         args += ["--set", s]
     return args
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
-    env["OMP_NUM_THREADS"] = "1"  # one thread per worker: the machine's cores are shared
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
 
 
 def start_workers(n: int, args: list[str], cwd: Path, tag: str) -> list[subprocess.Popen]:
@@ -179,59 +163,6 @@ def check_mlflow(uri: str, name: str, study: optuna.Study, killed: int | None) -
 # ---------------------------------------------------------------------------------------------- servers
 
 
-@pytest.fixture(scope="module")
-def pg():
-    try:
-        server = PostgresServer.start()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL server unavailable: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """`mlflow server` with a SQL backend and an artifact root, as README "Scale out" sets it up."""
-    import urllib.request
-
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            cwd=root, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                return True
-        except OSError:
-            return False
-
-    try:
-        if not wait_until(lambda: proc.poll() is not None or healthy(), 240, poll_s=1.0) or proc.poll() is not None:
-            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
 # ---------------------------------------------------------------------------------------------- fast checks
 
 
@@ -285,7 +216,7 @@ def test_sqlite_on_a_network_file_system_is_refused(tmp_path, monkeypatch):
 
 
 def test_worker_command_lines():
-    from tuner.workers import child_argv, parse_n_workers, worker_devices
+    from tuner.launcher import child_argv, parse_n_workers, worker_devices
 
     argv = ["run", "--task", "arith", "--n-workers", "4", "--device=cuda", "--no-progress", "--worker-index", "7",
             "--set", "trials=8"]
@@ -299,10 +230,9 @@ def test_worker_command_lines():
 def test_an_objective_error_surfaces_and_is_not_taken_for_a_stale_take_over(tmp_path):
     """Only Optuna's refusal to finish a trial another worker failed ("Cannot tell a FAIL trial") means "taken
     over, go on"; the objective's own errors stop the worker at once (they once made it fail trials forever)."""
-    from rich.console import Console
-
-    from tuner.run import RunOptions, _taken_over, _work
+    from tuner.context import Context, Options
     from tuner.storage import StudyLock
+    from tuner.worker import Worker, WorkerOptions, _taken_over
 
     assert _taken_over(ValueError("Cannot tell a FAIL trial."))
     assert _taken_over(optuna.exceptions.UpdateFinishedTrialError("Trial#3 has already finished"))
@@ -310,26 +240,26 @@ def test_an_objective_error_surfaces_and_is_not_taken_for_a_stale_take_over(tmp_
     url = f"sqlite:///{tmp_path}/s.db"
     storage = open_storage(url, heartbeat_interval=1)
     lock = StudyLock(storage, "bug")
-    study, _ = create_study(spec_for(tmp_path, 4), storage, "bug", 0, lock=lock)
+    spec = spec_for(tmp_path, 4)
+    study, _ = create_study(spec, storage, "bug", 0, lock=lock)
 
     def broken(trial):
-        lock.release()
         raise ValueError("a bug in the objective")
 
+    worker = Worker(Context(spec, Options(storage=url)), WorkerOptions(heartbeat_interval=1))
     with pytest.raises(ValueError, match="a bug"):
-        _work(study, 4, broken, lambda s, t: None, lock, RunOptions(storage=url, heartbeat_interval=1),
-              Console(stderr=True), [0])
+        worker.work(study, lock, broken)
     assert len(study.get_trials(states=(TrialState.FAIL,))) == 1 and len(study.get_trials()) == 3  # + 2 queued refs
     lock.close()
 
 
 CLAIM_SCRIPT = textwrap.dedent("""
     import sys, time
-    from rich.console import Console
-    from tuner.run import RunOptions, _work
+    from tuner.context import Context, Options
     from tuner.storage import StudyLock, open_storage
     from tuner.study import create_study, distributions, suggest
     from tuner.spec import load_spec
+    from tuner.worker import Worker, WorkerOptions
 
     url, budget = sys.argv[1], int(sys.argv[2])
     spec = load_spec("arith", [f"trials={budget}", "sampler=random"])
@@ -338,14 +268,12 @@ CLAIM_SCRIPT = textwrap.dedent("""
     study, worker = create_study(spec, storage, "claims", 0, worker=None, lock=lock)
 
     def objective(trial):
-        lock.release()
         for name, dist in distributions(spec).items():
             suggest(trial, name, dist)
         time.sleep(0.3)
         return 0.5, float(trial.number)
 
-    _work(study, budget, objective, lambda s, t: None, lock, RunOptions(storage=url, heartbeat_interval=2),
-          Console(stderr=True), [0])
+    Worker(Context(spec, Options(storage=url)), WorkerOptions(heartbeat_interval=2)).work(study, lock, objective)
     print("worker", worker)
 """)
 

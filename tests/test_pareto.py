@@ -7,16 +7,9 @@ import random
 
 import pytest
 
-from tuner.pareto import (
-    TrialPoint,
-    front_table,
-    hypervolume_2d,
-    pareto_figure,
-    pareto_front,
-    pick_fastest,
-    pick_knee,
-    save_pareto_png,
-)
+from tuner.pareto import TrialPoint, hypervolume_2d, pareto_front, pick_fastest, pick_knee
+from tuner.plots import pareto_figure, save_pareto_png
+from tuner.report import front_table
 
 
 def pt(number: int, acc: float, tps: float, **kw) -> TrialPoint:

@@ -211,18 +211,24 @@ def test_parent_run_race_keeps_the_oldest(store, monkeypatch):
 RACES = 4
 
 
-def _race_worker(uri: str, artifacts: str, barrier, out) -> None:
+def _race_worker(uri: str, artifacts: str, study_db: str, barrier, out) -> None:
+    from tuner.storage import StudyLock, open_storage
+
     tracker = Tracker.open(uri, "race-exp", artifact_location=artifacts, backoff_s=0.2)
+    storage = open_storage(study_db)
     for i in range(RACES):
         barrier.wait(timeout=60)  # both workers ask for the same new study at the same moment
-        out.put((i, tracker.parent_run(f"raced-{i}", params={"p": i}, tags={})))
+        with StudyLock(storage, f"raced-{i}"):  # as a worker calls it: under the study's lock
+            out.put((i, tracker.parent_run(f"raced-{i}", params={"p": i}, tags={})))
 
 
-def test_two_processes_end_with_one_parent(store):
+def test_two_processes_end_with_one_parent(store, tmp_path):
+    """Workers create the parent run under the study lock (tuner.worker), the one de-duplication a study has."""
     uri, artifacts = store
+    study_db = f"sqlite:///{tmp_path}/study.db"
     ctx = mp.get_context("spawn")  # a forked child would share the parent's sqlite connections
     barrier, out = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_race_worker, args=(uri, str(artifacts), barrier, out)) for _ in range(2)]
+    procs = [ctx.Process(target=_race_worker, args=(uri, str(artifacts), study_db, barrier, out)) for _ in range(2)]
     for p in procs:
         p.start()
     got: dict[int, set[str]] = {}

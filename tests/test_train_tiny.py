@@ -8,8 +8,7 @@ import random
 import torch
 
 from decoder import load_model
-from tuner.tasks.arith import format_prompt, train_stream
-from tuner.train_tiny import (
+from tools.train_tiny import (
     TrainConfig,
     answer_length,
     build_tokenizer,
@@ -18,6 +17,7 @@ from tuner.train_tiny import (
     make_batch,
     train,
 )
+from tuner.tasks.arith import format_prompt, train_stream
 
 SMALL = dict(dim=64, n_layers=2, n_heads=4, ffn_dim=128, batch_size=16, lr=3e-3, warmup=5, eval_size=0,
              short_phase=1.0, max_seq_len=512)

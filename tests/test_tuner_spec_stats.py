@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tuner.spec import STUDIES_DIR, SpecError, apply_overrides, load_spec, spec_from_dict
+from tuner.spec import SpecError, apply_overrides, builtin_specs, load_spec, spec_from_dict
 from tuner.stats import cannot_reach, mcnemar_exact, wilson_interval
 from tuner.study import distributions, reference_params
 
@@ -33,7 +33,7 @@ def test_every_shipped_spec_is_valid_and_holds_its_references(task):
 
 
 def _base():
-    return yaml.safe_load((STUDIES_DIR / "arith.yaml").read_text())
+    return yaml.safe_load(builtin_specs()["arith"].read_text())
 
 
 @pytest.mark.parametrize(

@@ -17,36 +17,12 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from helpers import MODEL, load, small_args, spec_for
 
 from decoder import load_profile, read_profile
 from tuner.cli import main
-from tuner.spec import load_spec
 from tuner.storage import open_storage
 from tuner.study import default_study_name
-
-MODEL = os.environ.get("DTUNE_TEST_MODEL", "dtune/tiny-arith")
-def small_args(tmp: Path, trials: int) -> list[str]:
-    overrides = ["validation_size=24", "test_size=24", "decode.gen_length=64", "batch_size=12", "chunk_size=8",
-                 "references=[{name: vanilla, mode: vanilla, steps: 32}, "
-                 "{name: fast-dllm, mode: streaming, window: null, threshold: 0.9, alpha: 0.0, early_exit: false}, "
-                 "{name: paper, mode: streaming, window: 32, threshold: 0.9, alpha: 0.3, early_exit: true}]",
-                 "search_space.window.choices=[16, 32, null]", f"trials={trials}"]
-    args = ["--task", "arith", "--model", MODEL, "--storage", f"sqlite:///{tmp}/study.db",
-            "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
-    for o in overrides:
-        args += ["--set", o]
-    return args
-
-
-def spec_for(tmp: Path, trials: int):
-    args = small_args(tmp, trials)
-    overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-    return load_spec("arith", overrides + [f"model={json.dumps(MODEL)}"])
-
-
-def load(tmp: Path, trials: int) -> optuna.Study:
-    spec = spec_for(tmp, trials)
-    return optuna.load_study(study_name=default_study_name(spec), storage=open_storage(f"sqlite:///{tmp}/study.db"))
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +132,9 @@ def test_export_refuses_a_pick_that_fails_on_the_test_split(finished_study, caps
 
 def test_pruning_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
     from decoder import load_model
+    from tuner.context import load_task
     from tuner.evaluate import Evaluator
-    from tuner.run import load_task
-    from tuner.study import Objective
+    from tuner.objective import Objective
 
     spec = spec_for(tmp_path, 3)
     spec = type(spec)(**{**spec.__dict__, "constraint": type(spec.constraint)("vanilla", 0.0)})
@@ -263,14 +239,14 @@ def test_an_interrupt_while_optuna_records_a_trial_still_requeues_it(tmp_path):
     heartbeat goes stale."""
     import sqlalchemy
 
-    from tuner.run import request_interrupt
+    from tuner.worker import interrupts
 
     fired = []
 
     def interrupt_the_first_outcome_write(conn, cursor, statement, parameters, context, executemany):
         if not fired and statement.lstrip().upper().startswith("UPDATE TRIALS") and "COMPLETE" in str(parameters):
             fired.append(statement)
-            request_interrupt()  # what the SIGTERM/SIGINT handler does, here inside the statement
+            interrupts.request()  # what the SIGTERM/SIGINT handler does, here inside the statement
 
     sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", interrupt_the_first_outcome_write)
     cwd = os.getcwd()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from decoder import ConfigError, Counters, DecodeConfig, generate
+from decoder import Counters, DecodeConfig, encode_prompt, generate
 
 from .stats import wilson_interval
 from .tasks import Item, Task
@@ -91,17 +91,8 @@ class Evaluator:
     def prompt_ids(self, item: Item) -> list[int]:
         """Token ids of an item's prompt, with the model's chat template when asked (cached)."""
         if item.id not in self._prompt_ids:
-            text = self.task.prompt(item)
-            if self.chat_template:
-                if not getattr(self.tokenizer, "chat_template", None):
-                    raise ConfigError("the model's tokenizer has no chat template: set chat_template: false "
-                                      "(--set chat_template=false)")
-                text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                          add_generation_prompt=True)
-                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            else:
-                ids = self.tokenizer(text)["input_ids"]
-            self._prompt_ids[item.id] = list(ids)
+            self._prompt_ids[item.id] = encode_prompt(self.tokenizer, self.task.prompt(item),
+                                                      chat_template=self.chat_template)
         return self._prompt_ids[item.id]
 
     def count_tokens(self, completion: str) -> int:

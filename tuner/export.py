@@ -8,6 +8,7 @@ test is refused unless forced — a profile is a promise to production.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -16,28 +17,26 @@ from typing import Any
 
 import optuna
 
-from decoder import DecodeConfig, load_model, save_profile
+from decoder import DecodeConfig, save_profile
 
 from . import __version__, hardware
-from .evaluate import Evaluator
+from .context import Context
+from .errors import RefusedError, TunerError
 from .pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
-from .redact import redact_url
-from .run import RunOptions, experiment_name, load_task
 from .spec import StudySpec
 from .stats import mcnemar_exact
-from .storage import open_storage
-from .study import default_study_name, trial_points
-from .tracking import Tracker
+from .study import baseline_accuracy, trial_points
+from .urls import redact_url
 
 PICKS = ("knee", "fastest")
 
 
-class ExportError(RuntimeError):
-    """No study, no feasible trial, or nothing meets the pick rule."""
+class ExportError(TunerError):
+    """No feasible trial, or nothing meets the pick rule."""
 
 
-class ExportRefused(RuntimeError):
-    """The pick failed its held-out confirmation (and --force was not given)."""
+class ExportRefused(RefusedError):
+    """The pick failed its held-out confirmation (and --force was not given); the CLI exits 3."""
 
 
 @dataclass
@@ -49,50 +48,36 @@ class ExportReport:
     confirmed: bool
 
 
-def load_existing_study(spec: StudySpec, opts: RunOptions) -> optuna.Study:
-    name = opts.study_name or default_study_name(spec)
-    storage = open_storage(opts.storage)
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise ExportError(f"no study {name!r} in {redact_url(opts.storage)}; run `python -m tuner run --task "
-                          f"{spec.task}` first (or pass --study-name)") from None
-
-
 def choose(study: optuna.Study, spec: StudySpec, rule: str, max_drop: float | None) -> TrialPoint:
-    points = trial_points(study)
+    points = trial_points(study, spec.constraint)
     front = pareto_front(points)
     if not front:
         raise ExportError(f"study {study.study_name} has no complete feasible trial yet")
     if rule == "knee":  # accuracy weighed in units of the drop the constraint allows
-        return pick_knee(front, accuracy_scale=spec.constraint.max_drop / 100)
+        return pick_knee(front, accuracy_scale=spec.constraint.margin)
     if rule == "fastest":
-        base = study.user_attrs.get("baseline")
+        base = baseline_accuracy(study)
         if base is None:
             raise ExportError("the baseline trial has not finished, so 'fastest' has no accuracy bar")
-        drop = spec.constraint.max_drop if max_drop is None else max_drop
-        pick = pick_fastest(front, base["accuracy"] - drop / 100)
+        constraint = spec.constraint if max_drop is None else dataclasses.replace(spec.constraint, max_drop=max_drop)
+        pick = pick_fastest(front, constraint.bar(base))
         if pick is None:
-            raise ExportError(f"no Pareto point within {drop} points of the baseline's {base['accuracy']:.1%}")
+            raise ExportError(f"no Pareto point within {constraint.max_drop} points of the baseline's {base:.1%}")
         return pick
     raise ExportError(f"unknown pick rule {rule!r}; use one of {', '.join(PICKS)}")
 
 
-def export(spec: StudySpec, opts: RunOptions, *, rule: str = "knee", max_drop: float | None = None,
+def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
            out: str | Path | None = None, force: bool = False, on_progress=None) -> ExportReport:
-    study = load_existing_study(spec, opts)
+    spec = ctx.spec
+    study = ctx.load_study()
     pick = choose(study, spec, rule, max_drop)
     trial = study.trials[pick.number]
     config = DecodeConfig.from_dict(trial.user_attrs["config"])
     baseline_cfg = spec.reference_config(spec.reference(spec.constraint.baseline))
     drop_allowed = spec.constraint.max_drop if max_drop is None else max_drop
 
-    task = load_task(spec, opts.data_dir)
-    items = task.load("test")
-    if spec.test_size is not None:
-        items = items[: spec.test_size]
-    model, tokenizer = load_model(spec.model, device=opts.device)
-    evaluator = Evaluator(model, tokenizer, task, chat_template=spec.chat_template, batch_size=spec.batch_size)
+    task, items, evaluator, model = ctx.task, ctx.items("test"), ctx.evaluator, ctx.model
     picked = evaluator.evaluate(items, config, on_progress=on_progress)
     base = evaluator.evaluate(items, baseline_cfg, on_progress=on_progress)
     paired = mcnemar_exact(picked.outcomes, base.outcomes)
@@ -123,7 +108,7 @@ def export(spec: StudySpec, opts: RunOptions, *, rule: str = "knee", max_drop: f
                                 "hash": split_val.content_hash, "source": split_val.source},
                  "test": {"size": split_test.size, "used": len(items), "hash": split_test.content_hash,
                           "source": split_test.source}},
-        "study": {"name": study.study_name, "storage": redact_url(opts.storage), "trial": pick.number,
+        "study": {"name": study.study_name, "storage": redact_url(ctx.options.storage), "trial": pick.number,
                   "pick": rule, "reference": pick.label, "spec_fingerprint": spec.fingerprint(),
                   "baseline": {"name": spec.constraint.baseline, "config": baseline_cfg.to_dict()}},
         "validation": trial.user_attrs.get("metrics", {}),
@@ -134,7 +119,7 @@ def export(spec: StudySpec, opts: RunOptions, *, rule: str = "knee", max_drop: f
     save_profile(path, config, meta)
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:
-        tracker = Tracker.open(opts.tracking_uri, experiment_name(spec))
+        tracker = ctx.open_tracker()
         tracker.log_artifact(parent, str(path), "profiles")
         tracker.set_tags(parent, {"dtune.last_export": path.name, "dtune.last_export_trial": str(pick.number)})
     return ExportReport(path=path, pick=pick, config=config, test=test, confirmed=confirmed)

@@ -27,16 +27,10 @@ def lock_path_beside(url: str, suffix: str) -> Path | None:
 
     The path is made absolute now: a later chdir must not move the lock.
     """
-    from sqlalchemy.engine import make_url
+    from .urls import sqlite_file
 
-    parsed = make_url(url)
-    if not parsed.drivername.startswith("sqlite"):
-        return None
-    db = parsed.database
-    if not db or db == ":memory:" or db.startswith("file:"):
-        return None
-    path = Path(db).expanduser().absolute()
-    return path.with_name(path.name + suffix)
+    path = sqlite_file(url)
+    return None if path is None else path.with_name(path.name + suffix)
 
 
 def acquire(fh: IO, timeout_s: float, poll_s: float = 0.02) -> bool:

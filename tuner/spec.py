@@ -1,10 +1,14 @@
-"""Study specs: the declarative, versioned description of one tuning study (`studies/<task>.yaml`).
+"""Study specs: the declarative, versioned description of one tuning study (`tuner/studies/<task>.yaml`).
 
 A spec fixes what is *not* searched (model, generation length, block size, data, budget), what is (the search
 space over DecodeConfig knobs), the reference points every front is judged against, and the accuracy constraint.
 It is validated on load — unknown keys, wrong types, empty or out-of-range spaces, references outside the space —
 so a typo fails in a second, not after an hour of tuning. Any field can be overridden from the CLI with
-`--set dotted.key=value` (YAML syntax for the value).
+`--set dotted.key=value` (YAML syntax for the value). Which knobs exist, their ranges, the modes that read them
+and their vanilla-neutral values come from the decoder's knob table (`decoder.config.KNOBS`).
+
+The built-in specs ship inside the package (`tuner/studies/`) and are found through `importlib.resources`, so a
+wheel install has them too.
 """
 
 from __future__ import annotations
@@ -14,32 +18,37 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from decoder import ConfigError, DecodeConfig
+from decoder.config import KNOBS, MODES, ConfigError, DecodeConfig
+
+from .errors import TunerError
 
 SPEC_VERSION = 1
-STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
 SAMPLERS = ("gp", "tpe", "nsga2", "random")
-# Knobs a search space may name, with their valid range (numbers) or kind.
-SEARCHABLE = {
-    "window": "categorical",
-    "threshold": (0.0, 1.0),
-    "alpha": (0.0, 1.0),
-    "early_exit": "categorical",
-    "block_size": "categorical",
-}
+# Knobs a search space may name (decoder.config.KNOBS rows with a `search` kind).
+SEARCHABLE = {name: knob for name, knob in KNOBS.items() if knob.search is not None}
+# Knobs every mode reads: the only ones `decode` may fix (the others belong to references or the search space).
+SHARED_KNOBS = {name for name, knob in KNOBS.items() if set(knob.modes) == set(MODES) and name != "mode"}
 
 
-class SpecError(ValueError):
+def builtin_specs() -> dict[str, Traversable]:
+    """The specs that ship with dtune, by task name (package data: `tuner/studies/<task>.yaml`)."""
+    folder = files("tuner") / "studies"
+    return {Path(f.name).stem: f for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+class SpecError(TunerError, ValueError):
     """A study spec (file or override) is invalid; the message names the field."""
 
 
 @dataclass(frozen=True)
-class Knob:
+class Dimension:
     """One searched knob: a float/int range or a list of choices (None = e.g. 'no pruning' for window)."""
 
     name: str
@@ -59,20 +68,13 @@ class Knob:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
 
     def most_vanilla_like(self) -> Any:
-        """The value closest to vanilla decoding: no pruning, the highest fixed threshold, no early exit.
+        """The value of this space closest to vanilla decoding (the knob table's neutral: no pruning, the highest
+        fixed threshold, no early exit, ...).
 
         The vanilla reference doesn't read the streaming knobs but must report a point of the space to the sampler
         (the GP models only the space all complete trials share); at this corner its results are a fair guess.
         """
-        if self.name == "window":
-            return None if None in self.choices else max(self.choices)
-        if self.name == "threshold":
-            return self.high
-        if self.name == "alpha":
-            return self.low
-        if self.name == "early_exit":
-            return False if False in self.choices else self.choices[0]
-        return self.choices[0] if self.is_categorical else self.low
+        return KNOBS[self.name].neutral_value(self.low, self.high, self.choices)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,15 @@ class Constraint:
     baseline: str = "vanilla"  # name of the reference whose accuracy is the bar
     max_drop: float = 1.0  # accuracy points (percent) a configuration may lose against the baseline
 
+    @property
+    def margin(self) -> float:
+        """The allowed drop as an accuracy fraction."""
+        return self.max_drop / 100
+
+    def bar(self, baseline_accuracy: float) -> float:
+        """The lowest accuracy a configuration may have against a baseline of `baseline_accuracy`."""
+        return baseline_accuracy - self.margin
+
 
 @dataclass(frozen=True)
 class StudySpec:
@@ -101,7 +112,7 @@ class StudySpec:
     decode: dict[str, Any] = field(default_factory=dict)  # fixed knobs: gen_length, block_size, temperature, …
     validation_size: int | None = None  # first N validation items (None = the whole split)
     test_size: int | None = None  # first N test items for export's confirmation (None = all)
-    search_space: tuple[Knob, ...] = ()
+    search_space: tuple[Dimension, ...] = ()
     references: tuple[Reference, ...] = ()
     objectives: tuple[str, ...] = ("accuracy", "tokens_per_s")
     constraint: Constraint = Constraint()
@@ -115,7 +126,7 @@ class StudySpec:
     def fixed_knobs(self) -> dict[str, Any]:
         return dict(self.decode)
 
-    def knob(self, name: str) -> Knob:
+    def knob(self, name: str) -> Dimension:
         for k in self.search_space:
             if k.name == name:
                 return k
@@ -134,8 +145,7 @@ class StudySpec:
         """The DecodeConfig a sampled point stands for: fixed knobs + params; vanilla ignores streaming knobs."""
         mode = params.get("mode", "streaming")
         knobs = {**self.fixed_knobs(), **{k: v for k, v in params.items() if k != "mode"}, "mode": mode}
-        if mode == "vanilla":
-            knobs = {k: v for k, v in knobs.items() if k not in {"window", "alpha", "threshold"}}
+        knobs = {k: v for k, v in knobs.items() if k == "mode" or mode in KNOBS[k].modes}
         return DecodeConfig.from_dict(knobs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,7 +166,7 @@ class StudySpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _knob_to_dict(k: Knob) -> dict[str, Any]:
+def _knob_to_dict(k: Dimension) -> dict[str, Any]:
     if k.is_categorical:
         return {"choices": list(k.choices)}
     out: dict[str, Any] = {"low": k.low, "high": k.high}
@@ -171,19 +181,22 @@ def _knob_to_dict(k: Knob) -> dict[str, Any]:
 _FIELDS = {f.name for f in dataclasses.fields(StudySpec)}
 
 
-def spec_path(task_or_path: str | Path) -> Path:
-    """`studies/<task>.yaml` for a task name, or the path itself."""
+def spec_source(task_or_path: str | Path) -> Path | Traversable:
+    """The built-in spec of a task name, or a spec file path (anything ending in .yaml/.yml)."""
     p = Path(task_or_path)
     if p.suffix in {".yaml", ".yml"}:
+        if not p.is_file():
+            raise SpecError(f"no study spec {p}")
         return p
-    return STUDIES_DIR / f"{task_or_path}.yaml"
+    builtin = builtin_specs()
+    if str(task_or_path) not in builtin:
+        raise SpecError(f"no study spec for task {str(task_or_path)!r} (built-in specs: {', '.join(sorted(builtin))}; "
+                        "or pass a spec file with --spec)")
+    return builtin[str(task_or_path)]
 
 
 def load_spec(task_or_path: str | Path, overrides: list[str] | None = None) -> StudySpec:
-    path = spec_path(task_or_path)
-    if not path.is_file():
-        known = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
-        raise SpecError(f"no study spec {path} (specs in {STUDIES_DIR}: {', '.join(known)})")
+    path = spec_source(task_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -269,12 +282,13 @@ def _check_types(kw: dict[str, Any]) -> None:
     want("chunk_size", (int,), 1)
     if kw.get("sampler", "gp") not in SAMPLERS:
         raise SpecError(f"sampler must be one of {', '.join(SAMPLERS)}, got {kw.get('sampler')!r}")
-    searchable_fixed = set(kw.get("decode", {})) & {"mode", "window", "threshold", "alpha"}
-    if searchable_fixed:
-        raise SpecError(f"decode fixes {', '.join(sorted(searchable_fixed))}: set these per reference or search them")
+    per_mode = set(kw.get("decode", {})) & (set(KNOBS) - SHARED_KNOBS)
+    if per_mode:
+        raise SpecError(f"decode fixes {', '.join(sorted(per_mode))}: these depend on the mode; set them per "
+                        "reference or search them")
 
 
-def _parse_space(space: dict[str, Any]) -> tuple[Knob, ...]:
+def _parse_space(space: dict[str, Any]) -> tuple[Dimension, ...]:
     if not isinstance(space, dict) or not space:
         raise SpecError("search_space must map knob names to ranges or choices")
     knobs = []
@@ -292,11 +306,11 @@ def _parse_space(space: dict[str, Any]) -> tuple[Knob, ...]:
                 raise SpecError(f"search_space.{name}.choices must be a non-empty list of distinct values")
             for c in choices:
                 _check_choice(name, c)
-            knobs.append(Knob(name, choices=tuple(choices)))
+            knobs.append(Dimension(name, choices=tuple(choices)))
             continue
-        if SEARCHABLE[name] == "categorical":
+        if SEARCHABLE[name].search == "choices":
             raise SpecError(f"search_space.{name} takes choices, not a range")
-        lo_ok, hi_ok = SEARCHABLE[name]
+        lo_ok, hi_ok = SEARCHABLE[name].low, SEARCHABLE[name].high
         low, high = body.get("low"), body.get("high")
         for key, v in (("low", low), ("high", high)):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -309,17 +323,15 @@ def _parse_space(space: dict[str, Any]) -> tuple[Knob, ...]:
         log = bool(body.get("log", False))
         if log and (low <= 0 or step is not None):
             raise SpecError(f"search_space.{name}: log scale needs low > 0 and no step")
-        knobs.append(Knob(name, float(low), float(high), None if step is None else float(step), log))
+        knobs.append(Dimension(name, float(low), float(high), None if step is None else float(step), log))
     return tuple(knobs)
 
 
 def _check_choice(name: str, c: Any) -> None:
-    if name == "window" and not (c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 1)):
-        raise SpecError(f"search_space.window choices must be positive integers or null (no pruning), got {c!r}")
-    if name == "early_exit" and not isinstance(c, bool):
-        raise SpecError(f"search_space.early_exit choices must be true/false, got {c!r}")
-    if name == "block_size" and not (isinstance(c, int) and not isinstance(c, bool) and c >= 1):
-        raise SpecError(f"search_space.block_size choices must be positive integers, got {c!r}")
+    try:
+        KNOBS[name].check(c)
+    except ConfigError:
+        raise SpecError(f"search_space.{name} choices must be {KNOBS[name].describe()}, got {c!r}") from None
 
 
 def _parse_references(refs: list[Any]) -> tuple[Reference, ...]:

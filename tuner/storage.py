@@ -28,14 +28,15 @@ import sqlalchemy
 from optuna.trial import FrozenTrial
 
 from . import file_lock
-from .redact import redact_url
+from .errors import TunerError, db_error, one_line
+from .urls import redact_url, sqlite_file
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///dtune.db"
 
 
-class StorageError(RuntimeError):
+class StorageError(TunerError):
     """The study database can't be reached or used."""
 
 
@@ -69,14 +70,6 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def first_line(exc: BaseException) -> str:
-    """``Type: first line`` of the error (of its cause, when Optuna wrapped it): SQL errors span dozens of lines,
-    a warning or a CLI error gets one."""
-    cause = exc.__cause__ or exc
-    text = str(cause).strip()
-    return f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
-
-
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a storage method: transient errors are retried with backoff for up to `self.outage_s` seconds."""
 
@@ -95,7 +88,7 @@ def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
                     raise
                 if not warned:
                     log.warning("study storage %s unreachable (%s); retrying for up to %.0f s",
-                                redact_url(self.url), first_line(exc), self.outage_s)
+                                redact_url(self.url), db_error(exc), self.outage_s)
                     warned = True
                 time.sleep(min(wait, max(0.0, deadline - now)) * random.uniform(0.8, 1.2))
                 wait = min(wait * 2, _MAX_BACKOFF_S)
@@ -132,7 +125,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         try:
             self._record_heartbeat_retrying(trial_id)
         except Exception as exc:  # noqa: BLE001 - see the class docstring
-            log.warning("heartbeat of trial id %d not recorded: %s", trial_id, first_line(exc))
+            log.warning("heartbeat of trial id %d not recorded: %s", trial_id, db_error(exc))
 
     @_retrying
     def _record_heartbeat_retrying(self, trial_id: int) -> None:
@@ -191,7 +184,7 @@ class StaleTrialHandler:
             try:
                 listener(trial)
             except Exception as exc:  # noqa: BLE001 - a logging hook must not break the retry
-                log.warning("stale-trial listener failed: %s", first_line(exc))
+                log.warning("stale-trial listener failed: %s", db_error(exc))
 
 
 def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
@@ -235,8 +228,7 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
                 raise StorageError(f"can't create the study tables in {redact_url(url)}") from None
             time.sleep(random.uniform(0.2, 1.0))
         except Exception as exc:  # SQLAlchemy raises many types: bad URL, refused connection, auth, corrupt file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StorageError(f"can't open the study storage {redact_url(url)}: {first}") from None
+            raise StorageError(f"can't open the study storage {redact_url(url)}: {one_line(exc, first=True)}") from None
     storage.outage_s = outage_s
     if heartbeat_interval:
         storage.orphan_after_s = max(300.0, 10.0 * (grace_period or 0))
@@ -251,12 +243,10 @@ def stale_handler(storage: optuna.storages.BaseStorage) -> StaleTrialHandler | N
 
 def _check_sqlite_path(url: str) -> None:
     """Refuse a SQLite file on a network file system: its locks don't hold there and the file corrupts."""
-    from sqlalchemy.engine import make_url
-
-    db = make_url(url).database
-    if not db or db == ":memory:" or db.startswith("file:"):
+    db = sqlite_file(url)
+    if db is None:
         return
-    fs = _fs_type(Path(db).expanduser().absolute().parent)
+    fs = _fs_type(db.parent)
     if fs in _NETWORK_FS:
         raise StorageError(f"the study storage {url} is a SQLite file on a network file system ({fs}), where "
                            "SQLite's locking is unreliable and a shared file corrupts; put it on a local disk or "
@@ -410,10 +400,10 @@ class StudyLock:
                 if outage_deadline is None:
                     outage_deadline = now + self.outage_s
                     log.warning("study storage %s unreachable (%s); retrying for up to %.0f s", redact_url(self.url),
-                                first_line(exc), self.outage_s)
+                                db_error(exc), self.outage_s)
                 if now >= outage_deadline:
                     raise StorageError(f"lost the study storage {redact_url(self.url)} for {self.outage_s:.0f} s: "
-                                       f"{first_line(exc)}") from None
+                                       f"{db_error(exc)}") from None
                 time.sleep(2.0)
                 continue
             if outage_deadline is not None:

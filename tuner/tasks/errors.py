@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import TunerError
 
-class TaskError(Exception):
+
+class TaskError(TunerError):
     """A task was asked for something it does not have (unknown task, unknown split, bad option)."""
 
 

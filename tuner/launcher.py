@@ -20,15 +20,15 @@ import signal
 import subprocess
 import sys
 from types import FrameType
+from typing import Any
 
 import optuna
 from rich.console import Console
 
-from .run import RunOptions, experiment_name
-from .spec import StudySpec
-from .storage import StudyLock, open_storage
-from .study import create_study, default_study_name, finished_count
-from .tracking import Tracker
+from .context import Context
+from .storage import StudyLock
+from .study import create_study, finished_count
+from .worker import WorkerOptions
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -120,12 +120,36 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def run_workers(spec: StudySpec, opts: RunOptions, argv: list[str], n: int,
+class SignalForwarder:
+    """While active, SIGINT/SIGTERM reach every still-running worker (they run in their own sessions, so a
+    terminal's Ctrl-C reaches them once, through here); `forwarded` says whether one came."""
+
+    def __init__(self, procs: list[subprocess.Popen]) -> None:
+        self.procs = procs
+        self.forwarded = False
+        self._previous: dict[int, Any] = {}
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        self.forwarded = True
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    def __enter__(self) -> SignalForwarder:
+        self._previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_workers(ctx: Context, opts: WorkerOptions, argv: list[str], n: int,
                 console: Console) -> tuple[int, optuna.Study | None]:
     """Prepare the study, start `n` workers, forward signals, wait; returns (exit code, the study)."""
-    name = opts.study_name or default_study_name(spec)
-    Tracker.open(opts.tracking_uri, experiment_name(spec))  # fail fast, and create the experiment/DB once
-    storage = open_storage(opts.storage, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.grace_period)
+    spec, name = ctx.spec, ctx.study_name
+    ctx.open_tracker()  # fail fast, and create the experiment/DB once
+    storage = ctx.open_storage(heartbeat_interval=opts.heartbeat_interval, grace_period=opts.grace_period)
     lock = StudyLock(storage, name)
     try:
         study, _ = create_study(spec, storage, name, spec.seed, worker=0, lock=lock)
@@ -136,14 +160,14 @@ def run_workers(spec: StudySpec, opts: RunOptions, argv: list[str], n: int,
         console.print(f"study {name}: budget of {spec.trials} trials already spent ({done} finished); nothing to do")
         return EXIT_OK, study
 
-    devices = worker_devices(n, opts.device)
+    devices = worker_devices(n, ctx.options.device)
     env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
     on_cpu = not any(d and d.startswith("cuda") for d in devices)
     if on_cpu and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, _cpu_count() // n))
     procs: list[subprocess.Popen] = []
     for i, device in enumerate(devices):
-        index = None if opts.worker is None else opts.worker + i
+        index = None if opts.worker_index is None else opts.worker_index + i
         cmd = [sys.executable, "-m", "tuner", *child_argv(argv, device, index)]
         procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     where = ", ".join(sorted({d or "default device" for d in devices}))
@@ -151,27 +175,16 @@ def run_workers(spec: StudySpec, opts: RunOptions, argv: list[str], n: int,
     console.print(f"study {name}: started {n} workers (pids {', '.join(str(p.pid) for p in procs)}) on {where}"
                   f"{threads}; {done}/{spec.trials} trials finished")
 
-    interrupted = [False]
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        interrupted[0] = True
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    forwarder = SignalForwarder(procs)
+    with forwarder:
         codes = [p.wait() for p in procs]
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
     finished = finished_count(study)
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
     for i, c in failed:
         why = f"was killed by signal {-c}" if c < 0 else f"exited with code {c}"
         console.print(f"worker {i} (pid {procs[i].pid}) {why}")
-    if interrupted[0] or any(c == EXIT_INTERRUPTED for c in codes):
+    if forwarder.forwarded or any(c == EXIT_INTERRUPTED for c in codes):
         return EXIT_INTERRUPTED, study
     if finished >= spec.trials:
         if failed:

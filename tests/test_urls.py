@@ -2,7 +2,7 @@
 
 import pytest
 
-from tuner.redact import redact_url
+from tuner.urls import redact_url, sqlite_file
 
 
 @pytest.mark.parametrize(
@@ -17,3 +17,11 @@ from tuner.redact import redact_url
 )
 def test_redact_url_hides_the_password_and_nothing_else(url, shown):
     assert redact_url(url) == shown
+
+
+def test_sqlite_file_is_the_one_parser_of_sqlite_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_file("sqlite:///rel/x.db") == tmp_path / "rel" / "x.db"  # absolute: a later chdir can't move it
+    assert sqlite_file(f"sqlite:///{tmp_path}/y.db") == tmp_path / "y.db"
+    assert sqlite_file("sqlite://") is None and sqlite_file("sqlite:///:memory:") is None
+    assert sqlite_file("postgresql+psycopg://u:p@h/db") is None and sqlite_file("not a url") is None

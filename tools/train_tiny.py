@@ -1,6 +1,6 @@
 """Train the bundled tiny masked-diffusion LM (``dtune/tiny-arith``) on the built-in ``arith`` task, on CPU.
 
-    python -m tuner.train_tiny --out decoder/bundled/tiny-arith --steps 6000 --seed 0
+    python -m tools.train_tiny --out decoder/bundled/tiny-arith --steps 6000 --seed 0
 
 Why our own model: the tuner's tests and its out-of-the-box demo need a diffusion LM whose confidences mean
 something, and LLaDA-8B doesn't run on a laptop. This script builds everything from nothing, deterministically
@@ -365,7 +365,7 @@ class _progress:
 
 def main(argv: list[str] | None = None) -> None:
     defaults = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m tuner.train_tiny", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.train_tiny", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("decoder/bundled/tiny-arith"))
     p.add_argument("--log", type=Path, default=None, help="append eval records (JSON lines) here")
     p.add_argument("--save-every", type=int, default=0, help="also save checkpoint-<step>/ every N steps")

@@ -28,6 +28,7 @@ from .config import DecodeConfig
 from .counters import Counters
 from .errors import ConfigError
 from .model import DiffusionLM
+from .prompts import encode_prompt
 from .pruning import fed_layout
 from .selection import (
     commit_first,
@@ -295,9 +296,7 @@ def _tokenize(prompts: Sequence[Sequence[int]] | Sequence[str], tokenizer: Any) 
         if isinstance(p, str):
             if tokenizer is None:
                 raise ConfigError("string prompts need a tokenizer")
-            # The tokenizer's defaults (BOS where it adds one), as the reference harnesses call it; callers that
-            # need control (chat templates that already hold BOS) pass token ids instead.
-            out.append(list(tokenizer(p)["input_ids"]))
+            out.append(encode_prompt(tokenizer, p))  # raw text; templated prompts come as ids (encode_prompt)
         else:
             out.append([int(t) for t in p])
     return out

@@ -1,0 +1,73 @@
+"""Fixtures shared by the test modules: real services on loopback, started once per module and stopped after it.
+
+* `pg`            — a throw-away PostgreSQL cluster (tools/pg_server.py; skipped without the server binaries);
+* `mlflow_server` — `mlflow server` with a SQL backend and an artifact root, as README "Scale out" sets it up.
+
+Plain helpers (the small study's options, the child-process environment) are in helpers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from helpers import child_env
+
+from tools.pg_server import PostgresServer, PostgresUnavailable, wait_until
+
+
+@pytest.fixture(scope="module")
+def pg():
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL server unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` with a SQL backend and an artifact root, as README "Scale out" sets it up."""
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            cwd=root, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    try:
+        if not wait_until(lambda: proc.poll() is not None or healthy(), 240, poll_s=1.0) or proc.poll() is not None:
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

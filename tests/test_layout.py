@@ -1,0 +1,64 @@
+"""The package layout keeps its promises: no import cycles, a CLI that starts without the heavy libraries, one
+knob table that every reader follows, and the built-in specs found as package data."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+import decoder
+from decoder.cli import add_knob_arguments, knobs_from_args
+from decoder.config import KNOBS, DecodeConfig
+from tools.import_graph import cycles, import_graph
+from tuner.spec import SEARCHABLE, builtin_specs, load_spec
+
+HEAVY = ("torch", "mlflow", "optuna", "sqlalchemy", "datasets", "transformers")
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["run"], ["run", "--task", "arith", "--set", "trails=3"],
+                                  ["run", "--task", "arith", "--heartbeat-interval", "0"], ["tasks"]])
+def test_help_and_argument_errors_import_no_heavy_library(argv):
+    """What makes `--help` and a typo answer at once (well under a second) is that they import neither torch,
+    MLflow nor Optuna; checked by what is imported, not by a timing, which a busy machine would make flaky."""
+    code = ("import sys\nfrom tuner.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
+def test_the_knob_table_describes_every_decode_config_field_and_the_decoder_exports_resolve():
+    assert list(KNOBS) == [f.name for f in dataclasses.fields(DecodeConfig)]
+    assert sorted(decoder.__all__) == sorted(decoder._EXPORTS)
+    for name in decoder.__all__:
+        assert getattr(decoder, name) is not None
+    assert callable(decoder.generate)  # the function, not the decoding module
+
+
+def test_cli_options_spec_space_and_vanilla_corner_all_come_from_the_knob_table():
+    parser = argparse.ArgumentParser()
+    add_knob_arguments(parser)
+    dests = {a.dest for a in parser._actions if a.dest != "help"}
+    assert dests == set(KNOBS)
+    args = parser.parse_args(["--window", "none", "--tau0", "0.8", "--no-early-exit", "--steps", "64"])
+    assert knobs_from_args(args) == {"window": None, "threshold": 0.8, "early_exit": False, "steps": 64}
+    assert set(SEARCHABLE) == {n for n, k in KNOBS.items() if k.search}
+    spec = load_spec("arith")
+    corner = {k.name: k.most_vanilla_like() for k in spec.search_space}
+    assert corner == {"window": None, "threshold": spec.knob("threshold").high, "alpha": spec.knob("alpha").low,
+                      "early_exit": False}
+    # A vanilla point drops every knob vanilla does not read.
+    assert spec.config_for({"mode": "vanilla", **corner}).window is None
+
+
+def test_builtin_specs_are_package_data():
+    specs = builtin_specs()
+    assert {"arith", "gsm8k", "math", "humaneval", "mbpp"} <= set(specs)
+    assert all(load_spec(name).task == name for name in specs)

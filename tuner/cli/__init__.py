@@ -1,0 +1,43 @@
+"""`python -m tuner run | eval | show | export | tasks`: one module per subcommand, dispatched from here.
+
+Exit codes scripts can rely on: 0 success; 2 bad input or unreachable service (one-line message on stderr);
+3 export refused by its held-out confirmation; 130 interrupted (finished trials are kept).
+
+Importing this package, parsing arguments and printing help import neither torch, MLflow nor Optuna: a command's
+module is imported only once it runs, so `--help` and argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .parser import build_parser
+
+EXIT_OK, EXIT_ERROR, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+# subcommand -> the module under tuner.cli that runs it (its `main(args)` returns the exit code)
+COMMANDS = {"run": "run", "eval": "evaluate", "show": "show", "export": "export", "tasks": "tasks"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # `run --n-workers` hands the same command to its workers
+    from decoder.errors import DecoderError
+
+    from ..errors import RefusedError, TunerError, one_line
+
+    try:
+        command = importlib.import_module(f".{COMMANDS[args.command]}", __name__)
+        return command.main(args)
+    except RefusedError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (TunerError, DecoderError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept in the study; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,39 @@
+"""`tuner eval`: evaluate one configuration (a profile, or knobs) on a split and print accuracy and speed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.progress import Progress
+
+from decoder.cli import build_config, knobs_from_args
+
+from .common import context_from_args, spec_from_args
+
+EXIT_OK = 0
+
+
+def main(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args, [f"batch_size={args.batch_size}"] if args.batch_size else None)
+    knobs = {**spec.fixed_knobs(), **knobs_from_args(args)} if not args.profile else knobs_from_args(args)
+    config = build_config(args.profile, knobs)
+    ctx = context_from_args(args, spec)
+    items = ctx.task.load(args.split)
+    items = items[: args.limit] if args.limit else items
+    evaluator = ctx.evaluator
+    with Progress(console=Console(stderr=True), disable=args.json, transient=True) as progress:
+        bar = progress.add_task(f"{ctx.task.name} {args.split}", total=len(items))
+        result = evaluator.evaluate(items, config, on_progress=lambda seen, total, c: progress.update(bar, completed=seen))
+    info = ctx.task.split_info(args.split)
+    out = {**result.metrics(), "task": spec.task, "split": args.split, "split_hash": info.content_hash,
+           "model": spec.model, "config": config.to_dict()}
+    if args.json:
+        print(json.dumps(out))
+        return EXIT_OK
+    lo, hi = result.ci
+    Console().print(f"{spec.task} {args.split} (n={result.n}): accuracy {result.accuracy:.1%} "
+                    f"[95% CI {lo:.1%}–{hi:.1%}] · {result.tokens_per_s:.1f} tokens/s · NFE {out['nfe']:.1f}/item · "
+                    f"{config.mode}")
+    return EXIT_OK

@@ -1,0 +1,75 @@
+"""The command line of `python -m tuner`: every subcommand's options, built without importing anything heavy."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def _common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
+    p.add_argument("--task", required=True, help="task name (its built-in spec, tuner/studies/<task>.yaml) or a spec file path")
+    p.add_argument("--spec", help="a study spec YAML to use instead of the built-in one")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any spec field (YAML value, dotted keys), e.g. --set constraint.max_drop=2")
+    p.add_argument("--model", help="override the spec's model (checkpoint dir, dtune/tiny-arith, or hub id)")
+    p.add_argument("--data-dir", default=os.environ.get("DTUNE_DATA_DIR"),
+                   help="local benchmark files laid out like shared/data (default: $DTUNE_DATA_DIR, else the hub)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
+    if study:
+        p.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE", "sqlite:///dtune.db"),
+                       help="Optuna storage URL: sqlite:///file.db (default) or postgresql+psycopg://…")
+        p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                       help="MLflow tracking URI (default: sqlite:///mlflow.db in the current directory)")
+        p.add_argument("--study-name", help="default: <task>-<model>-<spec hash>, so re-running resumes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from decoder.cli import add_knob_arguments  # the knob table only: no torch
+
+    parser = argparse.ArgumentParser(prog="python -m tuner", description="Tune diffusion-LM decoding per task.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run or resume a study (Optuna) on the validation split")
+    _common(run)
+    run.add_argument("--trials", type=int, help="trial budget of the study (finished = complete + pruned)")
+    run.add_argument("--validation-size", type=int, help="use the first N validation items")
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--sampler", choices=["gp", "tpe", "nsga2", "random"])
+    run.add_argument("--seed", type=int)
+    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--n-workers", default="1", metavar="N|auto",
+                     help="start N worker processes on this machine (auto: one per CUDA GPU); each takes --device "
+                          "cuda:i round-robin when CUDA is present. Workers on other machines just run the same "
+                          "command against the same --storage")
+    run.add_argument("--worker-index", type=int, metavar="I",
+                     help="sampler seed offset of this worker (default: the next free index the study hands out)")
+    run.add_argument("--heartbeat-interval", type=int, default=10, metavar="S",
+                     help="seconds between a running trial's heartbeats; a trial silent for 3 intervals is failed "
+                          "and retried by another worker (default: 10)")
+    run.add_argument("--refresh-every", type=int, default=5, metavar="N",
+                     help="refresh the study's MLflow artifacts (Pareto plots, trials table) every N finished trials "
+                          "and at the end (default: 5; 1 = after every trial, which costs ~5%% of a short trial)")
+    run.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)  # started by --n-workers
+
+    ev = sub.add_parser("eval", help="evaluate one configuration (a profile or knobs) on a split")
+    _common(ev, study=False)
+    ev.add_argument("--profile", help="a profile JSON (knobs given as options override it)")
+    ev.add_argument("--split", choices=["validation", "test"], default="validation")
+    ev.add_argument("--limit", type=int, help="first N items of the split")
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    add_knob_arguments(ev)
+
+    show = sub.add_parser("show", help="print a study's trials and Pareto front")
+    _common(show)
+    show.add_argument("--json", action="store_true")
+
+    exp = sub.add_parser("export", help="confirm a Pareto point on the test split and write a profile")
+    _common(exp)
+    exp.add_argument("--pick", choices=["knee", "fastest"], default="knee")
+    exp.add_argument("--max-drop", type=float, help="accuracy points below the baseline allowed (default: spec)")
+    exp.add_argument("--out", help="profile path (default: profiles/<study>-<time>.json)")
+    exp.add_argument("--force", action="store_true", help="write the profile even if confirmation fails")
+
+    sub.add_parser("tasks", help="list the tasks and their study specs")
+    return parser

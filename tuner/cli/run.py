@@ -1,0 +1,45 @@
+"""`tuner run`: run or resume a study on the validation split (one worker, or `--n-workers` local ones), then print
+the Pareto front."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from .common import context_from_args, print_front, spec_from_args, usage_error
+
+EXIT_OK = 0
+SHORTCUTS = ("trials", "validation_size", "batch_size", "sampler", "seed")  # flags that set a spec field
+
+
+def main(args: argparse.Namespace) -> int:
+    extra = [f"{field}={getattr(args, field)}" for field in SHORTCUTS if getattr(args, field) is not None]
+    spec = spec_from_args(args, extra)
+    if args.heartbeat_interval < 1:
+        raise usage_error("--heartbeat-interval must be at least 1 second")
+    if args.refresh_every < 1:
+        raise usage_error(f"--refresh-every must be at least 1, not {args.refresh_every}")
+    # Options are checked before anything heavy is imported (torch, Optuna, MLflow): a typo answers at once.
+    from ..launcher import parse_n_workers, run_workers, stop_with_parent
+    from ..study import front
+    from ..worker import Worker, WorkerOptions, interrupts
+
+    n_workers = parse_n_workers(args.n_workers)
+    if n_workers is None:
+        raise usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
+    ctx = context_from_args(args, spec)
+    options = WorkerOptions(heartbeat_interval=args.heartbeat_interval, refresh_every=args.refresh_every,
+                            worker_index=args.worker_index, show_progress=not (args.no_progress or args.worker_child),
+                            log_trials=args.worker_child)
+    console = Console(stderr=True)
+    with interrupts.handling_signals():
+        if args.worker_child:
+            stop_with_parent()
+        if n_workers > 1:
+            code, study = run_workers(ctx, options, args.argv, n_workers, console)
+        else:
+            code, study = EXIT_OK, Worker(ctx, options, console).run()
+    if study is not None and not args.worker_child:
+        print_front(Console(), study.study_name, front(study, spec.constraint), study.user_attrs.get("baseline"))
+    return code

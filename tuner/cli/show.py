@@ -1,0 +1,37 @@
+"""`tuner show`: a study's finished trials and its Pareto front (a table, or `--json`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from ..pareto import pareto_front
+from ..report import front_table
+from ..study import trial_points
+from .common import context_from_args, format_params, print_front, spec_from_args
+
+EXIT_OK = 0
+
+
+def main(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    study = context_from_args(args, spec).load_study()
+    points = trial_points(study, spec.constraint)
+    best = pareto_front(points)
+    if args.json:
+        print(json.dumps({"study": study.study_name, "baseline": study.user_attrs.get("baseline"),
+                          "trials": [p.__dict__ for p in points], "front": front_table(best)}, default=str))
+        return EXIT_OK
+    out = Console()
+    table = Table(title=f"{study.study_name}: {len(points)} finished trials")
+    for col in ("trial", "state", "ref", "accuracy", "tokens/s", "NFE", "feasible", "params"):
+        table.add_column(col)
+    for p in sorted(points, key=lambda p: p.number):
+        table.add_row(str(p.number), p.state, p.label or "", f"{p.accuracy:.1%}", f"{p.tokens_per_s:.1f}",
+                      "" if p.nfe is None else f"{p.nfe:.1f}", "yes" if p.feasible else "no", format_params(p.params))
+    out.print(table)
+    print_front(out, study.study_name, best, study.user_attrs.get("baseline"))
+    return EXIT_OK

@@ -1,0 +1,24 @@
+"""`tuner tasks`: the registered tasks and the built-in study spec of each."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from ..spec import builtin_specs
+from ..tasks import list_tasks
+
+EXIT_OK = 0
+
+
+def main(args: argparse.Namespace) -> int:
+    specs = builtin_specs()
+    table = Table(title="tasks")
+    table.add_column("task")
+    table.add_column("study spec")
+    for name in list_tasks():
+        table.add_row(name, f"tuner/studies/{name}.yaml" if name in specs else "-")
+    Console().print(table)
+    return EXIT_OK

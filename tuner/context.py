@@ -1,0 +1,127 @@
+"""What `run`, `eval`, `export`, `show` and the workers share: where the study and the tracking live, and the
+wiring from a spec to its task, items, model and evaluator.
+
+Every command builds one `Context` from its spec and options and asks it for what it needs; each part is built on
+first use, so `show` never loads a model and a bad storage URL fails before anything expensive.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import TunerError
+from .spec import StudySpec
+from .urls import redact_url
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import optuna
+
+    from .evaluate import Evaluator
+    from .storage import ResilientRDBStorage
+    from .tasks import Item, Task
+    from .tracking import Tracker
+
+DEFAULT_STORAGE = "sqlite:///dtune.db"
+
+
+class NoStudyError(TunerError):
+    """The study a command reads (`show`, `export`) isn't in the storage."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Where things are, shared by every command: the study database, the tracking store, the study's name (None:
+    derived from the spec, so re-running resumes), the device and the local benchmark data."""
+
+    storage: str = DEFAULT_STORAGE
+    tracking_uri: str | None = None
+    study_name: str | None = None
+    device: str | None = None
+    data_dir: str | None = None
+
+
+def experiment_name(spec: StudySpec) -> str:
+    """The MLflow experiment of a task's studies."""
+    return f"dtune-{spec.task}"
+
+
+def load_task(spec: StudySpec, data_dir: str | None) -> Task:
+    """The spec's task with its options (few-shot count included)."""
+    from .tasks import get_task
+
+    options: dict[str, Any] = dict(spec.task_options)
+    if spec.few_shot is not None:
+        options["num_fewshot"] = spec.few_shot
+    return get_task(spec.task, data_dir=data_dir, **options)
+
+
+class Context:
+    """One command's wiring from a spec and its options; each part is built on first use and kept."""
+
+    def __init__(self, spec: StudySpec, options: Options) -> None:
+        self.spec, self.options = spec, options
+
+    @property
+    def study_name(self) -> str:
+        from .study import default_study_name
+
+        return self.options.study_name or default_study_name(self.spec)
+
+    @property
+    def experiment(self) -> str:
+        return experiment_name(self.spec)
+
+    # ----------------------------------------------------------------------------------------- data
+    @functools.cached_property
+    def task(self) -> Task:
+        return load_task(self.spec, self.options.data_dir)
+
+    def items(self, split: str) -> list[Item]:
+        """The items a split contributes: the first `validation_size` / `test_size` of it (None = all)."""
+        items = self.task.load(split)
+        size = self.spec.validation_size if split == "validation" else self.spec.test_size
+        return items if size is None else items[:size]
+
+    # ---------------------------------------------------------------------------------------- model
+    @functools.cached_property
+    def model_and_tokenizer(self) -> tuple[Any, Any]:
+        from decoder import load_model
+
+        return load_model(self.spec.model, device=self.options.device)
+
+    @property
+    def model(self) -> Any:
+        return self.model_and_tokenizer[0]
+
+    @functools.cached_property
+    def evaluator(self) -> Evaluator:
+        from .evaluate import Evaluator
+
+        model, tokenizer = self.model_and_tokenizer
+        return Evaluator(model, tokenizer, self.task, chat_template=self.spec.chat_template,
+                         batch_size=self.spec.batch_size)
+
+    # ------------------------------------------------------------------------------------- services
+    def open_storage(self, **kwargs: Any) -> ResilientRDBStorage:
+        """The study database (`tuner.storage.open_storage`; raises StorageError with one line)."""
+        from .storage import open_storage
+
+        return open_storage(self.options.storage, **kwargs)
+
+    def open_tracker(self) -> Tracker:
+        """The study's MLflow experiment (raises TrackingError with one line when the store can't be used)."""
+        from .tracking import Tracker
+
+        return Tracker.open(self.options.tracking_uri, self.experiment)
+
+    def load_study(self) -> optuna.Study:
+        """The existing study of this spec (for `show` and `export`); NoStudyError if there is none."""
+        import optuna
+
+        try:
+            return optuna.load_study(study_name=self.study_name, storage=self.open_storage())
+        except KeyError:
+            raise NoStudyError(f"no study {self.study_name!r} in {redact_url(self.options.storage)}; run `python -m "
+                               f"tuner run --task {self.spec.task}` first (or pass --study-name)") from None

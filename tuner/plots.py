@@ -1,0 +1,241 @@
+"""Pictures of a study: the interactive Pareto plot (plotly, self-contained HTML) and the same picture as a PNG
+(matplotlib; plotly's PNG export needs kaleido and a browser). Plotly and matplotlib are imported on use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .pareto import TrialPoint, finite, has_objectives
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import plotly.graph_objects as go
+
+
+def _category(p: TrialPoint) -> str:
+    if p.state == "COMPLETE":
+        return "complete" if p.feasible else "infeasible"
+    return {"PRUNED": "pruned", "FAIL": "failed"}.get(p.state, p.state.lower())
+
+
+_CATEGORY_ORDER = ["complete", "infeasible", "pruned", "failed", "running"]
+
+
+def _categories(points: Iterable[TrialPoint]) -> list[str]:
+    """Categories present, in a fixed legend order (unknown states last, alphabetically)."""
+    n = len(_CATEGORY_ORDER)
+    return sorted(
+        {_category(p) for p in points},
+        key=lambda c: (_CATEGORY_ORDER.index(c) if c in _CATEGORY_ORDER else n, c),
+    )
+
+
+# Colour per category; the same palette in plotly and matplotlib so the HTML and the PNG read alike.
+_COLOURS = {
+    "complete": "#1f77b4",
+    "infeasible": "#ff7f0e",
+    "pruned": "#9e9e9e",
+    "failed": "#d62728",
+    "running": "#bcbd22",
+    "front": "#2ca02c",
+    "reference": "#9467bd",
+}
+
+
+def fmt_params(params: dict) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={fmt(v)}" for k, v in sorted(params.items(), key=lambda kv: str(kv[0])))
+
+
+def ci_text(p: TrialPoint) -> str:
+    if finite(p.ci_low) and finite(p.ci_high):
+        return f"{100 * p.ci_low:.1f}–{100 * p.ci_high:.1f}"  # type: ignore[operator]
+    return ""
+
+
+def _hover(p: TrialPoint) -> str:
+    lines = [f"trial {p.number}" + (f" ({p.label})" if p.label else "") + f" · {p.state}"]
+    if not p.feasible:
+        lines[0] += " · infeasible"
+    lines.append(f"accuracy {100 * p.accuracy:.2f}%" + (f" [CI {ci_text(p)}]" if ci_text(p) else ""))
+    lines.append(f"{p.tokens_per_s:.1f} tok/s" + (f" · NFE {p.nfe:.1f}" if finite(p.nfe) else ""))
+    if p.params:
+        lines.append(fmt_params(p.params))
+    return "<br>".join(lines)
+
+
+def _ci_err(p: TrialPoint) -> tuple[float, float]:
+    """(minus, plus) error-bar lengths in accuracy percent; zero without a CI."""
+    if finite(p.ci_low) and finite(p.ci_high):
+        return max(0.0, 100 * (p.accuracy - p.ci_low)), max(0.0, 100 * (p.ci_high - p.accuracy))  # type: ignore[operator]
+    return 0.0, 0.0
+
+
+def _plottable(points: Iterable[TrialPoint]) -> list[TrialPoint]:
+    return [p for p in points if has_objectives(p)]
+
+
+def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], title: str) -> go.Figure:
+    """Interactive plotly figure: x = tokens/s, y = accuracy (%), one trace per trial category.
+
+    The front is drawn as the staircase of the dominated region (vertical-then-horizontal between front
+    points), reference trials (those with a ``label``) are starred and named, hover shows params/NFE/CI.
+    Saved as self-contained HTML it works offline (PNG export through kaleido would need Chrome).
+    """
+    import plotly.graph_objects as go
+
+    pts = _plottable(points)
+    fig = go.Figure()
+    for cat in _categories(pts):
+        grp = [p for p in pts if _category(p) == cat and not p.label]
+        if not grp:
+            continue
+        errs = [_ci_err(p) for p in grp]
+        fig.add_trace(
+            go.Scatter(
+                x=[p.tokens_per_s for p in grp],
+                y=[100 * p.accuracy for p in grp],
+                mode="markers",
+                name=cat,
+                marker={"color": _COLOURS.get(cat, "#7f7f7f"), "size": 8, "opacity": 0.75},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [e[1] for e in errs],
+                    "arrayminus": [e[0] for e in errs],
+                    "thickness": 1,
+                    "width": 0,
+                    "visible": any(e != (0.0, 0.0) for e in errs),
+                },
+                hovertext=[_hover(p) for p in grp],
+                hovertemplate="%{hovertext}<extra></extra>",
+            )
+        )
+    refs = [p for p in pts if p.label]
+    if refs:
+        fig.add_trace(
+            go.Scatter(
+                x=[p.tokens_per_s for p in refs],
+                y=[100 * p.accuracy for p in refs],
+                mode="markers+text",
+                name="reference",
+                text=[p.label for p in refs],
+                textposition="top center",
+                marker={"color": _COLOURS["reference"], "size": 13, "symbol": "star"},
+                hovertext=[_hover(p) for p in refs],
+                hovertemplate="%{hovertext}<extra></extra>",
+            )
+        )
+    fr = sorted(_plottable(front), key=lambda p: (p.tokens_per_s, -p.accuracy))
+    if fr:
+        fig.add_trace(
+            go.Scatter(
+                x=[p.tokens_per_s for p in fr],
+                y=[100 * p.accuracy for p in fr],
+                mode="lines+markers",
+                line={"shape": "vh", "color": _COLOURS["front"], "width": 2},
+                marker={"color": _COLOURS["front"], "size": 10, "symbol": "diamond-open"},
+                name=f"Pareto front ({len(fr)})",
+                hovertext=[_hover(p) for p in fr],
+                hovertemplate="%{hovertext}<extra>front</extra>",
+            )
+        )
+    fig.update_layout(
+        title=title,
+        xaxis_title="tokens / s",
+        yaxis_title="accuracy (%)",
+        hovermode="closest",
+        template="plotly_white",
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
+    )
+    return fig
+
+
+def save_pareto_png(
+    points: Sequence[TrialPoint], front: Sequence[TrialPoint], path: str | Path, title: str
+) -> Path:
+    """Static PNG of the same picture, drawn with matplotlib's Agg canvas.
+
+    Uses a bare ``Figure`` + ``FigureCanvasAgg`` rather than pyplot: no global figure registry and no
+    backend switching, so it is safe from worker threads and headless machines.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(8, 5.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    pts = _plottable(points)
+    for cat in _categories(pts):
+        grp = [p for p in pts if _category(p) == cat and not p.label]
+        if not grp:
+            continue
+        errs = [_ci_err(p) for p in grp]
+        xs = [p.tokens_per_s for p in grp]
+        ys = [100 * p.accuracy for p in grp]
+        colour = _COLOURS.get(cat, "#7f7f7f")
+        if any(e != (0.0, 0.0) for e in errs):
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[[e[0] for e in errs], [e[1] for e in errs]],
+                fmt="none",
+                ecolor=colour,
+                alpha=0.4,
+                linewidth=0.8,
+            )
+        ax.scatter(xs, ys, s=22, color=colour, alpha=0.75, label=cat, zorder=2)
+    fr = sorted(_plottable(front), key=lambda p: (p.tokens_per_s, -p.accuracy))
+    if fr:
+        ax.step(
+            [p.tokens_per_s for p in fr],
+            [100 * p.accuracy for p in fr],
+            where="pre",
+            color=_COLOURS["front"],
+            linewidth=1.8,
+            label=f"Pareto front ({len(fr)})",
+            zorder=3,
+        )
+        ax.scatter(
+            [p.tokens_per_s for p in fr],
+            [100 * p.accuracy for p in fr],
+            s=60,
+            facecolors="none",
+            edgecolors=_COLOURS["front"],
+            linewidths=1.5,
+            zorder=4,
+        )
+    refs = [p for p in pts if p.label]
+    if refs:
+        ax.scatter(
+            [p.tokens_per_s for p in refs],
+            [100 * p.accuracy for p in refs],
+            marker="*",
+            s=160,
+            color=_COLOURS["reference"],
+            label="reference",
+            zorder=5,
+        )
+        for p in refs:
+            ax.annotate(
+                str(p.label),
+                (p.tokens_per_s, 100 * p.accuracy),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=9,
+                color=_COLOURS["reference"],
+            )
+    ax.set_xlabel("tokens / s")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    return out

@@ -1,0 +1,356 @@
+"""One worker of a study: claim a trial, run it, repeat until the study holds its budget, then wait for the last
+running trials (retrying a dead worker's) and exit.
+
+Any number of workers, on any machines, run the same command against one shared storage (README "Scale out").
+The study lock (`tuner.storage.StudyLock`) is taken and released here only: around study set-up, the MLflow parent
+run, and each claim (count finished + running trials, ask Optuna for one), released as soon as the claimed trial
+exists so the next worker can claim while this one evaluates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from decoder.config import KNOBS, DecodeConfig
+
+from . import hardware
+from .context import Context
+from .errors import TunerError, db_error
+from .objective import Objective
+from .storage import DEFAULT_HEARTBEAT_S, StorageError, StudyLock, is_transient, stale_handler
+from .study import budget_counts, create_study, fail_stale_trials, finished_count, requeue, trial_points
+from .tracking import Backlog, Tracker
+from .urls import redact_url
+
+log = logging.getLogger(__name__)
+
+# What the progress line shows of a trial's config: its mode and the knobs a study may search.
+_SHOWN_KNOBS = {"mode", *(name for name, knob in KNOBS.items() if knob.search is not None)}
+
+
+class WorkerError(TunerError):
+    """This worker can't go on (its trials keep failing); the study and its finished trials are intact."""
+
+
+class Interrupts:
+    """Ctrl-C / SIGTERM for a worker: raise KeyboardInterrupt at once, and remember it.
+
+    Python swallows a KeyboardInterrupt that lands inside a finalizer (`Exception ignored in ... __del__`), so the
+    worker also checks the flag after every evaluated chunk and between trials, and an interrupt is never lost.
+    SIGTERM (a scheduler preempting, `kill`, the `--n-workers` parent forwarding) ends a run like Ctrl-C: the
+    running trial is re-queued rather than left running until its heartbeat goes stale.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def request(self, signum: int | None = None, frame: Any = None) -> None:
+        self._event.set()
+        raise KeyboardInterrupt
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        """Install the handler for SIGINT and SIGTERM for the block (fresh: an earlier interrupt is forgotten)."""
+        self._event.clear()
+        previous = {sig: signal.signal(sig, self.request) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+interrupts = Interrupts()
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    # Seconds between a running trial's heartbeats; a trial without one for `grace_period` (default 3
+    # intervals) is failed and retried by another worker. 10 s costs one tiny write per running trial every
+    # 10 s and retries a dead worker's trial after ~30 s. Also on for SQLite: it frees a killed run's trial.
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_S
+    grace_period: int | None = None
+    # Refresh the parent run's artifacts every N finished trials (and at the end): pareto.html embeds plotly
+    # (~5 MB), so refreshing after every short trial costs a few percent of its time.
+    refresh_every: int = 5
+    # Sampler seed offset; None: the study allocates the next free index (distinct seeds on every machine).
+    worker_index: int | None = None
+    show_progress: bool = True
+    # Print one line per finished trial (workers started by --n-workers, whose progress bars would interleave).
+    log_trials: bool = False
+    # Stop this worker after this many of its own trials failed in a row (say, CUDA out of memory every time).
+    max_consecutive_failures: int = 3
+
+
+def study_params(ctx: Context, split_size: int, split_hash: str, hw: dict[str, str]) -> tuple[dict, dict]:
+    """Parent-run params (what the study searched and on what) and tags (where it ran)."""
+    spec, model = ctx.spec, ctx.model
+    params: dict[str, Any] = {
+        "task": spec.task, "model": spec.model, "model_fingerprint": model.source.get("fingerprint"),
+        "model_revision": model.source.get("revision"), "chat_template": spec.chat_template,
+        "validation_size": split_size, "validation_hash": split_hash,
+        "sampler": spec.sampler, "trials": spec.trials, "constraint_baseline": spec.constraint.baseline,
+        "constraint_max_drop": spec.constraint.max_drop, "spec_fingerprint": spec.fingerprint(),
+        **{f"decode.{k}": v for k, v in spec.decode.items()},
+        **{f"space.{k.name}": list(k.choices) if k.is_categorical else [k.low, k.high] for k in spec.search_space},
+    }
+    tags = {f"hw.{k}": v for k, v in hw.items()}
+    return params, tags
+
+
+class Worker:
+    """Works on one study until it holds `spec.trials` finished (complete or pruned) trials.
+
+    Safe to start any number of times against one storage: a worker started after the budget is spent exits at
+    once, and one started while the last trials run waits for them (retrying a dead worker's trial) before exiting.
+    """
+
+    def __init__(self, ctx: Context, options: WorkerOptions, console: Console | None = None) -> None:
+        self.ctx, self.options = ctx, options
+        self.console = console or Console(stderr=True)
+        self.label = ""
+        self.failures = 0  # this worker's trials that failed in a row
+        self.mine: int | None = None  # the number of the trial this worker runs now
+        self.parent: str | None = None  # the study's MLflow parent run
+        self.study: optuna.Study | None = None
+        self.lock: StudyLock | None = None
+        # Set up by `run` once the study needs work:
+        self.tracker: Tracker | None = None
+        self.backlog: Backlog | None = None
+        self.objective: Callable[[optuna.Trial], tuple[float, float]] | None = None
+        self.progress: Progress | None = None
+        self.trials_bar = self.items_bar = self.n_items = 0
+
+    # ------------------------------------------------------------------------------------------- run
+    def run(self) -> optuna.Study:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Fail fast on bad services before loading a multi-GB model.
+        tracker = self.ctx.open_tracker()
+        storage = self.ctx.open_storage(heartbeat_interval=self.options.heartbeat_interval,
+                                        grace_period=self.options.grace_period)
+        self.lock = StudyLock(storage, self.ctx.study_name)
+        try:
+            return self._run(tracker, storage)
+        finally:
+            self.lock.close()
+
+    def _run(self, tracker: Tracker, storage: optuna.storages.RDBStorage) -> optuna.Study:
+        spec, name, console = self.ctx.spec, self.ctx.study_name, self.console
+        study, index = create_study(spec, storage, name, spec.seed, worker=self.options.worker_index, lock=self.lock)
+        self.study = study
+        done = finished_count(study)
+        if done >= spec.trials:
+            console.print(f"study {name}: budget of {spec.trials} trials already spent ({done} finished); nothing to do")
+            return study
+
+        items = self.ctx.items("validation")
+        split = self.ctx.task.split_info("validation")
+        evaluator = self.ctx.evaluator
+        hw = hardware.describe(self.ctx.model.device)
+        params, tags = study_params(self.ctx, split.size, split.content_hash, hw)
+        params["validation_items_used"] = len(items)
+        with self.lock:  # one parent run however many workers start together (MLflow has no create-if-absent)
+            self.parent = tracker.parent_run(name, params=params,
+                                             tags={**tags, "dtune.storage": redact_url(self.ctx.options.storage)})
+            if self.parent and study.user_attrs.get("mlflow_parent_run_id") != self.parent:
+                study.set_user_attr("mlflow_parent_run_id", self.parent)
+        self.label = f"worker {index} ({socket.gethostname()}:{os.getpid()})"
+        console.print(f"study [bold]{name}[/] · {spec.task} on {spec.model} · {len(items)} validation items · "
+                      f"{hardware.summary(hw)} · {finished_count(study)}/{spec.trials} trials finished · "
+                      f"{self.label}")
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                                 disable=not self.options.show_progress, transient=False)
+        self.trials_bar = self.progress.add_task("trials", total=spec.trials, completed=done, info="")
+        self.items_bar = self.progress.add_task("  items", total=len(items), info="")
+        self.n_items = len(items)
+        self.tracker, self.backlog = tracker, Backlog()  # MLflow logging off the trial loop's thread
+        backlog = self.backlog
+        handler = stale_handler(study._storage)
+        if handler is not None:  # the worker that notices a dead worker's trial logs it as failed
+            handler.listeners.append(lambda trial: backlog.submit(self._log_trial, trial))
+        objective = Objective(spec, evaluator, items, on_progress=self._on_progress,
+                              on_trial_start=self._on_trial_start)
+        try:
+            with self.progress:
+                self.work(study, self.lock, objective)
+            if self.parent:
+                backlog.submit(self._refresh)
+        finally:
+            backlog.close()  # interrupted or not, what finished is logged before the run returns
+        return study
+
+    # ------------------------------------------------------------------------------------ the loop
+    def work(self, study: optuna.Study, lock: StudyLock, objective: Callable[[optuna.Trial], tuple[float, float]]
+             ) -> None:
+        """Claim and run trials of `objective` one at a time until the study holds its budget of finished trials.
+
+        A claim is atomic under the study lock: count finished + running trials and, if they leave room, ask Optuna
+        for a trial (a re-queued or enqueued WAITING trial first). When the running trials of other workers fill
+        the budget, wait and look again: one of them may die and be re-queued, and must not be left behind.
+        """
+        self.study, self.lock, self.objective = study, lock, objective
+        budget = self.ctx.spec.trials
+        poll_s = max(1.0, min(5.0, float(self.options.heartbeat_interval or 5)))
+        waiting_since: float | None = None
+        while True:
+            interrupts.check()
+            self.mine = None
+            try:
+                self.lock.acquire()
+                try:
+                    fail_stale_trials(study)
+                    finished, before = budget_counts(study)
+                    if finished >= budget:
+                        return
+                    if finished + len(before) < budget:
+                        waiting_since = None
+                        self._run_one(before)
+                        if self.failures >= self.options.max_consecutive_failures:
+                            raise WorkerError(f"{self.failures} trials in a row failed on this worker (see the "
+                                              "warnings above); stopping it — the study and its finished trials "
+                                              "are kept")
+                        continue
+                finally:
+                    self.lock.release()
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+                if not (_taken_over(exc) and self.mine is not None):
+                    raise
+                # Its heartbeat went stale while it ran (a stalled machine, a long storage outage): another worker
+                # failed and re-queued it, so its retry will hold the result (optuna#5470's "Cannot tell a FAIL
+                # trial").
+                self.console.print(f"trial {self.mine} was failed and re-queued by another worker while this one "
+                                   "ran it; going on")
+                continue
+            except Exception as exc:
+                if is_transient(exc):
+                    raise StorageError(f"lost the study storage {redact_url(self.ctx.options.storage)}: "
+                                       f"{db_error(exc)}") from None
+                raise
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                self.console.print(f"{budget - finished} trial(s) still running on other workers; waiting for them "
+                                   "(a dead worker's trial is re-queued once its heartbeat is stale)")
+            time.sleep(poll_s)
+
+    def _run_one(self, before: set[int]) -> None:
+        """Run one trial through Optuna (heartbeats work with `optimize` only); the lock is released by `_claimed`
+        once the trial exists. An interrupt re-queues the trial."""
+        assert self.study is not None
+        try:
+            self.study.optimize(self._claimed, n_trials=1, callbacks=[self._after_trial], catch=(RuntimeError,),
+                                gc_after_trial=False)
+        except KeyboardInterrupt:
+            # Ctrl-C/SIGTERM in the middle of a trial, or before it even started (while the sampler proposed it):
+            # queue it again rather than leave it failed or, worse, running.
+            self._requeue_mine(before)
+            raise
+        except Exception:
+            if not interrupts.is_set():
+                raise
+            # The interrupt landed in Optuna's own write of the trial's outcome, and Optuna's clean-up then failed
+            # reading a state it never got (UnboundLocalError in optuna's _run_trial): the trial is still RUNNING.
+            # An interrupt all the same.
+            self._requeue_mine(before)
+            raise KeyboardInterrupt from None
+
+    def _claimed(self, trial: optuna.Trial) -> tuple[float, float]:
+        assert self.lock is not None and self.objective is not None
+        self.lock.release()  # the trial exists now and counts as running: let the next worker claim
+        self.mine = trial.number
+        trial.set_user_attr("worker", self.label)
+        return self.objective(trial)
+
+    def _requeue_mine(self, before: set[int]) -> None:
+        """Re-queue this worker's interrupted trial: the one its objective ran, or else the trial its claim created
+        (claims are serialised by the study lock, so a trial that appeared during it is this worker's)."""
+        assert self.study is not None
+        numbers = [self.mine] if self.mine is not None else [
+            t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number not in before]
+        for number in numbers[:1]:
+            try:
+                requeue(self.study, number)
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out; a stale trial is retried anyway
+                log.warning("could not re-queue interrupted trial %d: %s", number, db_error(exc))
+
+    # ------------------------------------------------------------------------------------- callbacks
+    def _on_trial_start(self, number: int, config: DecodeConfig) -> None:
+        knobs = ", ".join(f"{k}={v}" for k, v in config.normalized().to_dict().items() if k in _SHOWN_KNOBS)
+        if self.progress is not None:
+            self.progress.reset(self.items_bar, total=self.n_items, info=f"trial {number}: {knobs}")
+
+    def _on_progress(self, seen: int, total: int, correct: int) -> None:
+        interrupts.check()
+        if self.progress is not None:
+            self.progress.update(self.items_bar, completed=seen, info=f"acc {correct / max(seen, 1):.1%}")
+
+    def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
+        finished = finished_count(study)
+        if self.progress is not None:
+            self.progress.update(self.trials_bar, completed=finished)
+        if self.options.log_trials:
+            m = trial.user_attrs.get("metrics", {})
+            self.console.print(f"{self.label}: trial {trial.number} {trial.state.name}"
+                               + (f" · accuracy {m['accuracy']:.1%} · {m['tokens_per_s']:.1f} tokens/s" if m else ""))
+        if self.backlog is None:  # tracking not set up (work() driven directly)
+            return
+        self.backlog.submit(self._log_trial, trial)
+        if self.parent and finished % self.options.refresh_every == 0:
+            self.backlog.submit(self._refresh)
+
+    # ------------------------------------------------------------------------------------- tracking
+    def _refresh(self) -> None:
+        """Rewrite the study's report on the parent run (on the tracking thread)."""
+        assert self.study is not None and self.parent is not None and self.tracker is not None
+        constraint = self.ctx.spec.constraint
+        self.tracker.refresh_study_artifacts(self.parent, trial_points(self.study, constraint),
+                                             title=self.ctx.study_name, accuracy_scale=constraint.margin)
+
+    def _log_trial(self, trial: FrozenTrial) -> None:
+        if not self.parent or self.tracker is None:
+            return
+        metrics = dict(trial.user_attrs.get("metrics", {}))
+        metrics.update({f"constraint_{k}": v for k, v in (trial.constraints or {}).items()})
+        tags = {"state": trial.state.name, "reference": trial.user_attrs.get("reference") or "",
+                "config_key": trial.user_attrs.get("config_key", ""),
+                "duplicate_of": str(trial.user_attrs.get("duplicate_of", "")),
+                "retry_of": str(trial.system_attrs.get("failed_trial", "")),
+                "worker": trial.user_attrs.get("worker", "")}
+        params = {**trial.params, **{f"config.{k}": v for k, v in trial.user_attrs.get("config", {}).items()}}
+        self.tracker.log_trial(self.parent, trial.number, params=params, metrics=metrics, tags=tags,
+                               state=trial.state.name)
+
+
+def _taken_over(exc: BaseException) -> bool:
+    """Did Optuna refuse to finish this worker's trial because another worker already failed it as stale?
+
+    Optuna then raises "Cannot tell a FAIL trial." from its tell (optuna#5470), or UpdateFinishedTrialError from
+    a write; any other error is the objective's own and must surface.
+    """
+    if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+        return True
+    return isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")
