@@ -1,6 +1,6 @@
 """Tuner efficiency: hypervolume of the Pareto front (accuracy vs tokens/s) reached by our sampler (GP) and by
 random search after 10 / 20 / 40 trials, against a dense grid over the same space; and the evaluation time that
-early stopping saves.
+racing saves.
 
     OMP_NUM_THREADS=1 python -m benchmarks.tuner_efficiency --quick    # 4x3x4x2 grid + vanilla, 64 items (CPU: ~10 min)
     OMP_NUM_THREADS=1 python -m benchmarks.tuner_efficiency            # 9x8x4x2 grid, 100 items (CPU: ~1-2 h)
@@ -11,14 +11,14 @@ How, and why this way:
   references (vanilla among them) are evaluated as in a real study.
 * Every configuration is evaluated once. The whole grid is decoded first (validation subset, in the study's
   chunks, with per-chunk times); the samplers then run the real tuner objective (`tuner.study.Objective`:
-  enqueued references, dedupe, accuracy constraint, chunked early stopping) against a replay of those results.
+  enqueued references, dedupe, accuracy constraint, racing over chunks) against a replay of those results.
   A trial therefore costs what it would cost live, and all three methods see identical numbers (tokens/s is a
   measurement; re-measuring it per method would add noise that has nothing to do with the sampler).
 * Hypervolume: `tuner.pareto.hypervolume_2d` of the feasible front (complete trials within `max_drop` of the
   vanilla baseline, as the tuner defines its front), reference point = the worst corner of the grid (lowest
   accuracy, lowest tokens/s). The grid's hypervolume is 100%. The unconstrained front is reported beside it.
 * Each sampler budget is its own study (the GP's random start-up length depends on the budget), seeds 0, 1, 2.
-* Early stopping: a trial replays chunks until the stop rule fires; saved = the chunks it did not decode, timed
+* Racing: a trial replays the chunks of its rungs until its verdict; saved = the chunks it did not decode, timed
   when the grid was measured (decode + scoring time, warm-up excluded).
 """
 
@@ -37,7 +37,7 @@ import optuna
 import torch
 
 from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
-from decoder import Counters, DecodeConfig, load_model
+from decoder import DecodeConfig, load_model
 from tuner.context import load_task
 from tuner.evaluate import EvalResult, Evaluator
 from tuner.objective import Objective
@@ -60,6 +60,7 @@ def make_spec(args: argparse.Namespace) -> StudySpec:
     a_lo, a_hi, a_step = args.alpha
     return load_spec("arith", [
         f"model={args.model}", f"validation_size={args.items}", f"chunk_size={args.chunk}",
+        f"race.min_items={args.chunk}", "race.growth=2",
         f"batch_size={args.batch_size}", f"constraint.max_drop={args.max_drop}",
         f"search_space.threshold={{low: {t_lo}, high: {t_hi}, step: {t_step}}}",
         f"search_space.alpha={{low: {a_lo}, high: {a_hi}, step: {a_step}}}",
@@ -85,14 +86,8 @@ def grid_configs(spec: StudySpec) -> list[DecodeConfig]:
     return [baseline, *(c for k, c in out.items() if k != config_key(baseline))]
 
 
-def merge(chunks: list[EvalResult], total: int) -> EvalResult:
-    counters = Counters()
-    for c in chunks:
-        counters += c.counters
-    return EvalResult(n=sum(c.n for c in chunks), correct=sum(c.correct for c in chunks), total_items=total,
-                      counted_tokens=sum(c.counted_tokens for c in chunks), counters=counters,
-                      scoring_time_s=sum(c.scoring_time_s for c in chunks),
-                      outcomes=[o for c in chunks for o in c.outcomes], item_ids=[i for c in chunks for i in c.item_ids])
+def merge(chunks: list[EvalResult], total: int = 0) -> EvalResult:
+    return EvalResult.concat(chunks)
 
 
 def chunk_cost(c: EvalResult) -> float:
@@ -100,32 +95,20 @@ def chunk_cost(c: EvalResult) -> float:
 
 
 class ReplayEvaluator:
-    """Stands in for `Evaluator` inside the tuner's Objective: replays the grid's per-chunk results, honouring
-    `should_stop` exactly as a live chunked evaluation would, and books the time spent vs a full evaluation."""
+    """Stands in for `Evaluator` inside the tuner's Objective: replays the grid's per-chunk results for exactly
+    the items asked (racing asks rung by rung), and books the time spent vs a full evaluation of the subset."""
 
     def __init__(self, table: dict[str, list[EvalResult]]):
         self.table = table
         self.spent = self.full = 0.0
-        self.pruned = 0
 
-    def evaluate(self, items, config: DecodeConfig, *, chunk_size=None, should_stop=None, warmup=True,
-                 on_progress=None) -> EvalResult:
+    def evaluate(self, items, config: DecodeConfig, *, chunk_size=None, warmup=True, on_progress=None) -> EvalResult:
         chunks = self.table[config_key(config)]
-        total = sum(c.n for c in chunks)
-        used: list[EvalResult] = []
-        stopped = False
-        for c in chunks:
-            used.append(c)
-            seen, correct = sum(u.n for u in used), sum(u.correct for u in used)
-            if should_stop is not None and seen < total and should_stop(correct, seen, total):
-                stopped = True
-                break
+        wanted = {it.id for it in items}
+        used = [c for c in chunks if set(c.item_ids) & wanted]
         self.spent += sum(chunk_cost(c) for c in used)
-        self.full += sum(chunk_cost(c) for c in chunks)
-        self.pruned += stopped
-        result = merge(used, total)
-        result.stopped_early = stopped
-        return result
+        self.full += sum(chunk_cost(c) for c in chunks) if items and items[0].id == chunks[0].item_ids[0] else 0.0
+        return merge(used)
 
 
 def measure_grid(spec: StudySpec, evaluator: Evaluator, items: list, configs: list[DecodeConfig]):
@@ -142,7 +125,7 @@ def measure_grid(spec: StudySpec, evaluator: Evaluator, items: list, configs: li
 def points_of(table: dict[str, list[EvalResult]], configs: list[DecodeConfig], bar: float) -> list[TrialPoint]:
     out = []
     for i, cfg in enumerate(configs):
-        r = merge(table[config_key(cfg)], 0)
+        r = merge(table[config_key(cfg)])
         out.append(TrialPoint(i, r.accuracy, r.tokens_per_s, feasible=r.accuracy >= bar - 1e-12))
     return out
 
@@ -181,7 +164,8 @@ def run_sampler(spec: StudySpec, sampler: str, budget: int, seed: int, table, it
     points = trial_points(study, spec.constraint)
     evaluated = [t for t in study.trials if "duplicate_of" not in t.user_attrs and "config_key" in t.user_attrs]
     keys = frozenset(t.user_attrs["config_key"] for t in evaluated)
-    return Run(sampler, budget, seed, hv(points, ref, True), hv(points, ref, False), len(evaluated), replay.pruned,
+    return Run(sampler, budget, seed, hv(points, ref, True), hv(points, ref, False), len(evaluated),
+               sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
                replay.spent, replay.full, elapsed, keys)
 
 
@@ -206,7 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="dtune/tiny-arith")
     ap.add_argument("--items", type=int, default=100, help="validation items per evaluation")
-    ap.add_argument("--chunk", type=int, default=25, help="early-stopping chunk (the spec's chunk_size)")
+    ap.add_argument("--chunk", type=int, default=25, help="evaluation chunk and first racing rung (the spec's chunk_size, race.min_items)")
     ap.add_argument("--batch-size", type=int, default=25)
     ap.add_argument("--threshold", type=float, nargs=3, default=[0.59, 0.99, 0.05], metavar=("LOW", "HIGH", "STEP"))
     ap.add_argument("--alpha", type=float, nargs=3, default=[0.0, 0.7, 0.1], metavar=("LOW", "HIGH", "STEP"))
@@ -244,7 +228,7 @@ def main() -> None:
         grid_s = time.perf_counter() - t0
         if args.grid_cache:
             Path(args.grid_cache).write_bytes(pickle.dumps((cache_id, table, grid_s)))
-    base = merge(table[config_key(configs[0])], 0).accuracy
+    base = merge(table[config_key(configs[0])]).accuracy
     bar = base - spec.constraint.max_drop / 100
     grid_points = points_of(table, configs, bar)
     ref = (min(p.accuracy for p in grid_points), min(p.tokens_per_s for p in grid_points))

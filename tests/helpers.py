@@ -40,11 +40,11 @@ def small_args(tmp: Path, trials: int) -> list[str]:
     return args
 
 
-def spec_for(tmp: Path, trials: int):
-    """The spec those options make."""
+def spec_for(tmp: Path, trials: int, extra: list[str] | None = None):
+    """The spec those options make (plus `extra` overrides)."""
     args = small_args(tmp, trials)
     overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-    return load_spec("arith", overrides + [f"model={json.dumps(MODEL)}"])
+    return load_spec("arith", overrides + [f"model={json.dumps(MODEL)}", *(extra or [])])
 
 
 def load(tmp: Path, trials: int) -> optuna.Study:

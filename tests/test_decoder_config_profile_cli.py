@@ -132,11 +132,11 @@ def test_cli_errors_are_one_line_and_nonzero(checkpoint, tmp_path):
 def test_the_cli_and_the_tuner_encode_a_templated_prompt_to_the_same_ids(tmp_path, capsys):
     """One prompt encoder (decoder.encode_prompt): `decoder generate --chat-template` decodes the ids the tuner's
     evaluator measured, never the templated text tokenised a second time with the tokenizer's special tokens."""
+    from tokenizers.processors import TemplateProcessing
+
     from decoder import encode_prompt, load_model, save_checkpoint
     from tuner.evaluate import Evaluator
     from tuner.tasks import get_task
-
-    from tokenizers.processors import TemplateProcessing
 
     model, tokenizer = load_model("dtune/tiny-arith", device="cpu")
     # A tokenizer that adds a BOS-like token by default, and a template that already holds one (as LLaDA's do).

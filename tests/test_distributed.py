@@ -44,7 +44,8 @@ def tiny_args(trials: int, validation_size: int = 16) -> list[str]:
             "{name: fast-dllm, mode: streaming, window: null, threshold: 0.9, alpha: 0.0, early_exit: false}, "
             "{name: paper, mode: streaming, window: 32, threshold: 0.9, alpha: 0.3, early_exit: true}]",
             "search_space.window.choices=[16, 32, null]", "constraint.max_drop=100", f"trials={trials}"]
-    args = ["--task", "arith", "--model", MODEL, "--no-progress", "--heartbeat-interval", HEARTBEAT]
+    args = ["--task", "arith", "--model", MODEL, "--no-progress", "--accept-low-power", "--heartbeat-interval",
+            HEARTBEAT]
     for s in sets:
         args += ["--set", s]
     return args

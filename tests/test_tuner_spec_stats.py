@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tuner.spec import SpecError, apply_overrides, builtin_specs, load_spec, spec_from_dict
-from tuner.stats import cannot_reach, mcnemar_exact, wilson_interval
+from tuner.stats import mcnemar_exact, wilson_interval
 from tuner.study import distributions, reference_params
 
 
@@ -93,14 +93,6 @@ def test_wilson_interval():
     lo, hi = wilson_interval(80, 100)
     assert lo == pytest.approx(0.7112, abs=1e-3) and hi == pytest.approx(0.8666, abs=1e-3)
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
-
-
-def test_cannot_reach_prunes_only_hopeless_trials():
-    # 10 of 50 right (20%) can't reach 80% over 200 items; 38/50 (76%) still can.
-    assert cannot_reach(10, 50, 200, 0.80)
-    assert not cannot_reach(38, 50, 200, 0.80)
-    assert not cannot_reach(0, 0, 200, 0.80)
-    assert cannot_reach(79, 100, 100, 0.80) and not cannot_reach(80, 100, 100, 0.80)
 
 
 def test_mcnemar_exact():

@@ -32,7 +32,7 @@ def finished_study(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(tmp)  # MLflow's local artifacts and the default profiles/ dir land here
     try:
-        assert main(["run", *small_args(tmp, 5), "--no-progress"]) == 0
+        assert main(["run", *small_args(tmp, 5), "--no-progress", "--accept-low-power"]) == 0
     finally:
         os.chdir(cwd)
     return tmp
@@ -76,9 +76,9 @@ def test_rerunning_resumes_without_losing_or_repeating_trials(finished_study):
     cwd = os.getcwd()
     os.chdir(finished_study)
     try:
-        assert main(["run", *args, "--no-progress"]) == 0
+        assert main(["run", *args, "--no-progress", "--accept-low-power"]) == 0
         # Budget spent: a further run with the same budget exits cleanly without running anything.
-        assert main(["run", *args, "--no-progress"]) == 0
+        assert main(["run", *args, "--no-progress", "--accept-low-power"]) == 0
     finally:
         os.chdir(cwd)
     after = load(finished_study, 6).get_trials()
@@ -130,29 +130,33 @@ def test_export_refuses_a_pick_that_fails_on_the_test_split(finished_study, caps
     assert not out.exists()
 
 
-def test_pruning_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
+def test_racing_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
+    """On the real model and a real vanilla baseline (the ledger decodes it on demand): a reckless configuration is
+    shown infeasible by its paired bound before the pool is used up and stops there, the baseline having decoded
+    just the items it used; its repeat is not evaluated again."""
     from decoder import load_model
+    from tuner.baseline import read_ledger
     from tuner.context import load_task
     from tuner.evaluate import Evaluator
     from tuner.objective import Objective
 
-    spec = spec_for(tmp_path, 3)
-    spec = type(spec)(**{**spec.__dict__, "constraint": type(spec.constraint)("vanilla", 0.0)})
+    spec = spec_for(tmp_path, 3, ["constraint.max_drop=0", "race.min_items=16", "validation_size=96"])
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/p.db"), study_name="prune",
                                 directions=["maximize", "maximize"])
-    # A bar nothing can clear: the baseline got every item right and no drop is allowed.
-    study.set_user_attr("baseline", {"trial": -1, "accuracy": 1.0, "reference": "vanilla"})
     task = load_task(spec, None)
-    items = task.load("validation")[:48]
+    items = task.load("validation")[:96]
     model, tok = load_model(MODEL, device="cpu")
     objective = Objective(spec, Evaluator(model, tok, task, batch_size=8), items)
-    # A reckless configuration: commits a whole block per step, so it gets items wrong from the first chunk.
+    # A reckless configuration: commits a whole block per step, so it soon gets items wrong that vanilla gets right.
     study.enqueue_trial({"window": 16, "threshold": 0.5, "alpha": 0.7, "early_exit": True})
     study.optimize(objective, n_trials=1)
     reckless = study.trials[0]
     assert reckless.state == optuna.trial.TrialState.PRUNED
-    assert reckless.user_attrs["pruned_after"] < 48
+    stopped = reckless.user_attrs["pruned_after"]
+    assert stopped < 96 and reckless.user_attrs["metrics"]["race_verdict"] == "infeasible"
+    assert [h["n"] for h in reckless.user_attrs["race"]] == [16, 32, 64][: len(reckless.user_attrs["race"])]
     assert reckless.constraints["accuracy"] > 0
+    assert read_ledger(study).n == stopped  # the baseline decoded exactly the items the trial used
     # The same configuration again (alpha as a GP proposes it) is not evaluated again: it stops as trial 0 did.
     study.enqueue_trial({"window": 16, "threshold": 0.5, "alpha": 0.6999999999999998, "early_exit": True})
     study.optimize(objective, n_trials=1)
@@ -204,7 +208,7 @@ def test_eval_json_reports_accuracy_speed_and_nfe(capsys):
 
 
 def test_ctrl_c_keeps_finished_trials_and_the_rerun_resumes(tmp_path):
-    args = [sys.executable, "-m", "tuner", "run", *small_args(tmp_path, 4), "--no-progress"]
+    args = [sys.executable, "-m", "tuner", "run", *small_args(tmp_path, 4), "--no-progress", "--accept-low-power"]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     spec = spec_for(tmp_path, 4)
     deadline = time.monotonic() + 240
@@ -252,7 +256,7 @@ def test_an_interrupt_while_optuna_records_a_trial_still_requeues_it(tmp_path):
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        code = main(["run", *small_args(tmp_path, 2), "--no-progress"])
+        code = main(["run", *small_args(tmp_path, 2), "--no-progress", "--accept-low-power"])
     finally:
         os.chdir(cwd)
         sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", interrupt_the_first_outcome_write)
@@ -286,7 +290,7 @@ def test_gsm8k_path_runs_end_to_end_on_local_files(tmp_path):
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        assert main(["run", *args, "--no-progress"]) == 0
+        assert main(["run", *args, "--no-progress", "--accept-low-power"]) == 0
         assert main(["export", *args, "--out", str(tmp_path / "gsm8k.json"), "--force"]) == 0
     finally:
         os.chdir(cwd)

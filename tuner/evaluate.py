@@ -32,7 +32,6 @@ class EvalResult:
     scoring_time_s: float
     outcomes: list[bool] = field(default_factory=list)
     item_ids: list[str] = field(default_factory=list)
-    stopped_early: bool = False
 
     @property
     def accuracy(self) -> float:
@@ -71,12 +70,20 @@ class EvalResult:
             "scoring_time_s": self.scoring_time_s,
         }
 
+    @classmethod
+    def concat(cls, parts: Sequence[EvalResult]) -> EvalResult:
+        """The results of consecutive slices of one item list as one result (racing evaluates rung by rung)."""
+        counters = Counters()
+        for p in parts:
+            counters += p.counters
+        return cls(n=sum(p.n for p in parts), correct=sum(p.correct for p in parts),
+                   total_items=sum(p.total_items for p in parts), counted_tokens=sum(p.counted_tokens for p in parts),
+                   counters=counters, scoring_time_s=sum(p.scoring_time_s for p in parts),
+                   outcomes=[o for p in parts for o in p.outcomes], item_ids=[i for p in parts for i in p.item_ids])
+
     def to_dict(self) -> dict[str, Any]:
-        return {**self.metrics(), "stopped_early": self.stopped_early, "total_items": self.total_items,
+        return {**self.metrics(), "total_items": self.total_items,
                 "counters": asdict(self.counters)}
-
-
-StopRule = Callable[[int, int, int], bool]  # (correct, seen, total) -> stop now?
 
 
 class Evaluator:
@@ -105,11 +112,11 @@ class Evaluator:
         config: DecodeConfig,
         *,
         chunk_size: int | None = None,
-        should_stop: StopRule | None = None,
         warmup: bool = True,
         on_progress: Callable[[int, int, int], None] | None = None,
     ) -> EvalResult:
-        """Decode and score `items` in order, chunk by chunk; stop early when `should_stop` says so."""
+        """Decode and score `items` in order, chunk by chunk (progress is reported and an interrupt can land
+        between chunks; racing decides between calls how many items a trial gets, tuner.racing)."""
         items = list(items)
         total = len(items)
         if warmup and items:
@@ -118,7 +125,6 @@ class Evaluator:
         outcomes: list[bool] = []
         ids: list[str] = []
         chunk = chunk_size or total or 1
-        stopped = False
         for start in range(0, total, chunk):
             part = items[start : start + chunk]
             # Batch similar prompt lengths together (less padding); results don't depend on the grouping.
@@ -138,9 +144,5 @@ class Evaluator:
             ids.extend(item.id for item in part)
             if on_progress is not None:
                 on_progress(len(outcomes), total, sum(outcomes))
-            if should_stop is not None and len(outcomes) < total and should_stop(sum(outcomes), len(outcomes), total):
-                stopped = True
-                break
         return EvalResult(n=len(outcomes), correct=sum(outcomes), total_items=total, counted_tokens=counted,
-                          counters=counters, scoring_time_s=scoring, outcomes=outcomes, item_ids=ids,
-                          stopped_early=stopped)
+                          counters=counters, scoring_time_s=scoring, outcomes=outcomes, item_ids=ids)

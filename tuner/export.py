@@ -1,9 +1,10 @@
-"""`tuner export`: pick a Pareto point, confirm it on the held-out test split against the baseline, write a profile.
+"""`tuner export`: pick a trial by its paired bound on validation, confirm it on the held-out test split by the
+declared non-inferiority rule (tuner.selection), write a profile, log it to the study's MLflow run.
 
-The validation split chose the point, so its validation accuracy is optimistically biased; only the test split,
-which tuning never touched, can confirm it. Pick and baseline are decoded on the same test items, so the
-comparison is paired (exact McNemar test). A pick that loses more than the constraint's `max_drop` points on
-test is refused unless forced — a profile is a promise to production.
+The validation split chose the trial, so only the test split, which tuning never touched, can confirm it. Pick and
+baseline are decoded on the same test items. The baseline's test evaluation is stored with the study (keyed by its
+configuration, the model's fingerprint and the split's hash and size), so a second export decodes only its pick;
+the profile says which figures were reused. A pick the rule refuses is not written unless `--force`.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import optuna
 from decoder import DecodeConfig, save_profile
 
 from . import __version__, hardware
+from .baseline import cached_test, store_test, test_key
 from .context import Context
 from .errors import RefusedError, TunerError
-from .pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
+from .pareto import TrialPoint
+from .selection import PickError, confirm, pick
 from .spec import StudySpec
 from .stats import mcnemar_exact
-from .study import baseline_accuracy, trial_points
+from .study import config_key, trial_points
 from .urls import redact_url
-
-PICKS = ("knee", "fastest")
 
 
 class ExportError(TunerError):
@@ -49,69 +50,79 @@ class ExportReport:
 
 
 def choose(study: optuna.Study, spec: StudySpec, rule: str, max_drop: float | None) -> TrialPoint:
-    points = trial_points(study, spec.constraint)
-    front = pareto_front(points)
-    if not front:
-        raise ExportError(f"study {study.study_name} has no complete feasible trial yet")
-    if rule == "knee":  # accuracy weighed in units of the drop the constraint allows
-        return pick_knee(front, accuracy_scale=spec.constraint.margin)
-    if rule == "fastest":
-        base = baseline_accuracy(study)
-        if base is None:
-            raise ExportError("the baseline trial has not finished, so 'fastest' has no accuracy bar")
-        constraint = spec.constraint if max_drop is None else dataclasses.replace(spec.constraint, max_drop=max_drop)
-        pick = pick_fastest(front, constraint.bar(base))
-        if pick is None:
-            raise ExportError(f"no Pareto point within {constraint.max_drop} points of the baseline's {base:.1%}")
-        return pick
-    raise ExportError(f"unknown pick rule {rule!r}; use one of {', '.join(PICKS)}")
+    """The trial `rule` picks among those resolved within the margin (`max_drop` overrides the spec's)."""
+    constraint = spec.constraint if max_drop is None else dataclasses.replace(spec.constraint, max_drop=max_drop)
+    try:
+        return pick(trial_points(study, spec.constraint), rule, constraint)
+    except PickError as exc:
+        raise ExportError(f"study {study.study_name}: {exc}") from None
 
 
 def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
            out: str | Path | None = None, force: bool = False, on_progress=None) -> ExportReport:
     spec = ctx.spec
+    constraint = spec.constraint if max_drop is None else dataclasses.replace(spec.constraint, max_drop=max_drop)
     study = ctx.load_study()
-    pick = choose(study, spec, rule, max_drop)
-    trial = study.trials[pick.number]
+    chosen = choose(study, spec, rule, max_drop)
+    trial = study.trials[chosen.number]
     config = DecodeConfig.from_dict(trial.user_attrs["config"])
-    baseline_cfg = spec.reference_config(spec.reference(spec.constraint.baseline))
-    drop_allowed = spec.constraint.max_drop if max_drop is None else max_drop
+    baseline_cfg = spec.reference_config(spec.reference(constraint.baseline))
 
     task, items, evaluator, model = ctx.task, ctx.items("test"), ctx.evaluator, ctx.model
+    split_val, split_test = task.split_info("validation"), task.split_info("test")
     picked = evaluator.evaluate(items, config, on_progress=on_progress)
-    base = evaluator.evaluate(items, baseline_cfg, on_progress=on_progress)
-    paired = mcnemar_exact(picked.outcomes, base.outcomes)
-    drop_points = 100 * (base.accuracy - picked.accuracy)
-    confirmed = drop_points <= drop_allowed + 1e-9
-    test = {"pick": picked.metrics(), "baseline": base.metrics(), "paired_test": {"test": "exact McNemar", **paired},
-            "accuracy_drop_points": drop_points, "max_drop_points": drop_allowed,
-            "speedup_tokens_per_s": picked.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None}
-    if not confirmed and not force:
+    key = test_key(config_key(baseline_cfg), model.source.get("fingerprint"), split_test.content_hash, len(items))
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    cached = cached_test(study, key)
+    if cached is None:
+        base = evaluator.evaluate(items, baseline_cfg, on_progress=on_progress)
+        base_outcomes, base_metrics = base.outcomes, base.metrics()
+        store_test(study, key, base_outcomes, base_metrics, now)
+        reused = None
+    else:
+        base_outcomes, base_metrics = [o == "1" for o in cached["outcomes"]], cached["metrics"]
+        reused = cached["created"]
+    verdict = confirm(picked.outcomes, base_outcomes, constraint)
+    points = {p.number: p for p in trial_points(study, spec.constraint)}
+    base_trial = study.user_attrs.get("baseline", {}).get("trial")
+    study_speedup = (chosen.tokens_per_s / points[base_trial].tokens_per_s
+                     if base_trial in points and points[base_trial].tokens_per_s else None)
+    test = {"pick": picked.metrics(), "baseline": {**base_metrics, "reused_from": reused},
+            "non_inferiority": verdict.rule(),
+            "paired_test": {"test": "exact McNemar", **mcnemar_exact(picked.outcomes, base_outcomes)},
+            # Speeds of the study (the trials' robust figures on validation) and of this export's test decode.
+            "speedup_tokens_per_s": study_speedup,
+            "speedup_test_decode": (picked.tokens_per_s / base_metrics["tokens_per_s"]
+                                    if base_metrics.get("tokens_per_s") else None)}
+    if not verdict.confirmed and not force:
+        p = verdict.paired
         raise ExportRefused(
-            f"trial {pick.number} loses {drop_points:.1f} points against {spec.constraint.baseline} on the held-out "
-            f"test split ({picked.accuracy:.1%} vs {base.accuracy:.1%}, allowed {drop_allowed}); not exported "
+            f"trial {chosen.number} is not confirmed on the held-out test split: its paired drop against "
+            f"{constraint.baseline} is {100 * p.drop:.1f} points with a {p.confidence:.0%} upper bound of "
+            f"{100 * p.upper:.1f} > the {constraint.max_drop:g}-point margin (n={p.n}); not exported "
             "(--force writes it anyway)")
-    split_val = task.split_info("validation")
-    split_test = task.split_info("test")
     meta = {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": now,
         "tuner_version": __version__,
-        "confirmed": confirmed,
-        "forced": bool(force and not confirmed),
+        "confirmed": verdict.confirmed,
+        "forced": bool(force and not verdict.confirmed),
         "model": {"id": spec.model, **{k: v for k, v in model.source.items() if k != "path"}},
         "task": {"name": spec.task, "options": spec.task_options, "few_shot": spec.few_shot,
                  "chat_template": spec.chat_template,
                  # "used" = the first N items of the split whose hash is given (tuning and confirmation runs may
-                 # take a prefix of the split).
+                 # take a prefix of the split); a trial raced over the first `validation.used_by_pick` of them.
                  "validation": {"size": split_val.size, "used": min(spec.validation_size or split_val.size,
                                                                     split_val.size),
-                                "hash": split_val.content_hash, "source": split_val.source},
+                                "used_by_pick": chosen.n, "hash": split_val.content_hash,
+                                "source": split_val.source},
                  "test": {"size": split_test.size, "used": len(items), "hash": split_test.content_hash,
                           "source": split_test.source}},
-        "study": {"name": study.study_name, "storage": redact_url(ctx.options.storage), "trial": pick.number,
-                  "pick": rule, "reference": pick.label, "spec_fingerprint": spec.fingerprint(),
-                  "baseline": {"name": spec.constraint.baseline, "config": baseline_cfg.to_dict()}},
-        "validation": trial.user_attrs.get("metrics", {}),
+        "study": {"name": study.study_name, "storage": redact_url(ctx.options.storage), "trial": chosen.number,
+                  "pick": rule, "pick_rule": f"{rule} among trials whose {constraint.confidence:.0%} upper bound "
+                                             f"of the paired validation drop is within {constraint.max_drop:g} points",
+                  "reference": chosen.label, "spec_fingerprint": spec.fingerprint(),
+                  "baseline": {"name": constraint.baseline, "config": baseline_cfg.to_dict()}},
+        "validation": {**trial.user_attrs.get("metrics", {}), "paired_estimate_accuracy": chosen.accuracy},
         "test": test,
         "hardware": hardware.describe(model.device),
     }
@@ -121,8 +132,8 @@ def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
     if parent:
         tracker = ctx.open_tracker()
         tracker.log_artifact(parent, str(path), "profiles")
-        tracker.set_tags(parent, {"dtune.last_export": path.name, "dtune.last_export_trial": str(pick.number)})
-    return ExportReport(path=path, pick=pick, config=config, test=test, confirmed=confirmed)
+        tracker.set_tags(parent, {"dtune.last_export": path.name, "dtune.last_export_trial": str(chosen.number)})
+    return ExportReport(path=path, pick=chosen, config=config, test=test, confirmed=verdict.confirmed)
 
 
 def _slug(text: str) -> str:

@@ -1,30 +1,48 @@
-"""What one trial does: suggest knobs → DecodeConfig → (reuse an earlier identical trial) → chunked evaluation on
-the validation items, stopped early once hopeless → the accuracy constraint for the sampler."""
+"""What one trial does: suggest knobs → DecodeConfig → (reuse an earlier identical trial) → race over the
+validation pool, judged after each rung by the paired drop against the baseline (tuner.racing) → the accuracy
+constraint for the sampler.
+
+The baseline reference's own trial only makes sure the baseline ledger (tuner.baseline) covers the first rung and
+reports it; any trial may grow the ledger, so no trial waits for the baseline trial to finish.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from decoder.config import DecodeConfig
 
-from .evaluate import Evaluator
+from . import racing
+from .baseline import BaselineLedger, LedgerState
+from .evaluate import EvalResult, Evaluator
 from .spec import StudySpec
-from .stats import cannot_reach
-from .study import FINISHED, baseline_accuracy, config_key, distributions, suggest
+from .stats import PairedDrop, paired_drop, wilson_interval
+from .study import FINISHED, config_key, distributions, suggest
+
+LedgerFactory = Callable[[optuna.Study], BaselineLedger]
 
 
 class Objective:
-    """Evaluates one trial: suggest knobs → DecodeConfig → (dedupe) → chunked evaluation → constraint."""
+    """Evaluates one trial: suggest knobs → DecodeConfig → (dedupe) → race → constraint."""
 
     def __init__(self, spec: StudySpec, evaluator: Evaluator, items: list, *,
                  on_progress: Callable[[int, int, int], None] | None = None,
-                 on_trial_start: Callable[[int, DecodeConfig], None] | None = None):
+                 on_trial_start: Callable[[int, DecodeConfig], None] | None = None,
+                 ledger: LedgerFactory | None = None):
         self.spec, self.evaluator, self.items = spec, evaluator, items
         self.on_progress, self.on_trial_start = on_progress, on_trial_start
         self.dists = distributions(spec)
+        self.rungs = racing.rungs(len(items), spec.race)
+        self.ledger_factory = ledger or self._default_ledger
+
+    def _default_ledger(self, study: optuna.Study) -> BaselineLedger:
+        name = self.spec.constraint.baseline
+        return BaselineLedger(study, self.spec.reference_config(self.spec.reference(name)), name, self.evaluator,
+                              self.items, chunk_size=self.spec.chunk_size, on_progress=self.on_progress)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         params = {name: suggest(trial, name, dist) for name, dist in self.dists.items()}
@@ -40,35 +58,71 @@ class Objective:
         earlier = self._earlier(trials, key, trial.number)
         if earlier is not None:
             return self._reuse(trial, earlier)
-
-        constraint = self.spec.constraint
-        baseline = baseline_accuracy(trial.study)
-        is_baseline = reference == constraint.baseline
-        target = None if baseline is None or is_baseline else constraint.bar(baseline)
         if self.on_trial_start:
             self.on_trial_start(trial.number, config)
-        stop = None if target is None else (lambda c, seen, total: cannot_reach(c, seen, total, target))
-        result = self.evaluator.evaluate(self.items, config, chunk_size=self.spec.chunk_size, should_stop=stop,
-                                         on_progress=self.on_progress)
-        metrics = result.metrics()
+        ledger = self.ledger_factory(trial.study)
+        if reference == self.spec.constraint.baseline:
+            return self._baseline(trial, ledger, reference)
+        return self._race(trial, config, ledger)
+
+    # ------------------------------------------------------------------------------------------ baseline
+    def _baseline(self, trial: optuna.Trial, ledger: BaselineLedger, reference: str) -> tuple[float, float]:
+        state = ledger.ensure(self.rungs[0])
+        summary = dict(trial.study.user_attrs.get("baseline") or {})
+        trial.study.set_user_attr("baseline", {**summary, "trial": trial.number, "reference": reference,
+                                               "accuracy": state.accuracy, "n": state.n})
+        trial.set_user_attr("metrics", baseline_metrics(state, self.spec.constraint.confidence))
+        trial.set_user_attr("outcomes", state.outcomes)
+        trial.set_constraint("accuracy", -self.spec.constraint.margin)  # the baseline is feasible by definition
+        return state.accuracy, state.tokens_per_s
+
+    # ------------------------------------------------------------------------------------------- racing
+    def _race(self, trial: optuna.Trial, config: DecodeConfig, ledger: BaselineLedger) -> tuple[float, float]:
+        constraint, parts, history = self.spec.constraint, [], []
+        verdict, paired = racing.CONTINUE, None
+        for n in self.rungs:
+            done = sum(p.n for p in parts)
+            parts.append(self.evaluator.evaluate(self.items[done:n], config, chunk_size=self.spec.chunk_size,
+                                                 warmup=not parts, on_progress=self._progress(done)))
+            result = EvalResult.concat(parts)
+            base = ledger.ensure(n)
+            paired = paired_drop(result.outcomes, base.bools(n), constraint.confidence)
+            rival = racing.dominated_by(result.tokens_per_s, paired, self._rivals(trial.study, trial.number),
+                                        self.spec.race.speed_tolerance)
+            verdict = racing.judge(paired, constraint.margin, last=n == self.rungs[-1], dominated=rival is not None)
+            history.append({"n": n, "drop": paired.drop, "lower": paired.lower, "upper": paired.upper,
+                            "verdict": verdict, **({"dominated_by": rival.number} if rival else {})})
+            if verdict != racing.CONTINUE:
+                break
+        assert paired is not None
+        result = EvalResult.concat(parts)
+        metrics = {**result.metrics(), **race_metrics(paired, verdict, base)}
         trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("race", history)
         trial.set_user_attr("outcomes", "".join("1" if o else "0" for o in result.outcomes))
-        if is_baseline:
-            trial.study.set_user_attr("baseline", {"trial": trial.number, "accuracy": result.accuracy,
-                                                   "reference": reference})
-            target = constraint.bar(result.accuracy)
-        elif target is None:
-            # With several workers the baseline may finish while this trial runs: use its bar if it's known now.
-            baseline = baseline_accuracy(trial.study)
-            target = None if baseline is None else constraint.bar(baseline)
-        # <= 0 is feasible: how far the accuracy falls short of the bar. A trial that ends before the baseline
-        # (another worker still runs it) can't know the bar and records 0 (feasible) for the sampler; fronts and
-        # exports re-judge every trial against the baseline once it is known (trial_points).
-        trial.set_constraint("accuracy", 0.0 if target is None else target - result.accuracy)
-        if result.stopped_early:
+        # <= 0 is feasible: how far the upper bound of the paired drop lies above the margin.
+        trial.set_constraint("accuracy", paired.upper - constraint.margin)
+        if verdict in racing.STOPPED:
             trial.set_user_attr("pruned_after", result.n)
-            raise optuna.TrialPruned(f"accuracy {result.accuracy:.3f} after {result.n} items can't reach {target:.3f}")
+            raise optuna.TrialPruned(f"{verdict} after {result.n} items: drop {paired.drop:.3f} "
+                                     f"[{paired.lower:.3f}, {paired.upper:.3f}] vs margin {constraint.margin:.3f}")
         return result.accuracy, result.tokens_per_s
+
+    def _progress(self, done: int) -> Callable[[int, int, int], None] | None:
+        if self.on_progress is None:
+            return None
+        report, total = self.on_progress, len(self.items)
+        return lambda seen, _total, correct: report(done + seen, total, correct)
+
+    @staticmethod
+    def _rivals(study: optuna.Study, number: int) -> list[racing.Rival]:
+        """Finished trials resolved feasible (the baseline included), for the dominance rule."""
+        out = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            m = t.user_attrs.get("metrics") or {}
+            if t.number != number and m.get("race_verdict") == racing.FEASIBLE and t.values:
+                out.append(racing.Rival(t.number, float(t.values[1]), float(m["drop"])))
+        return out
 
     @staticmethod
     def reference_of(trial: optuna.Trial, trials: list[FrozenTrial] | None = None) -> str | None:
@@ -106,3 +160,21 @@ class Objective:
                 trial.set_user_attr("pruned_after", earlier.user_attrs["pruned_after"])
             raise optuna.TrialPruned(f"same configuration as trial {earlier.number}, which was stopped early")
         return tuple(earlier.values)  # type: ignore[return-value]
+
+
+def race_metrics(paired: PairedDrop, verdict: str, base: LedgerState) -> dict[str, Any]:
+    """The paired comparison behind a trial's verdict, as flat numbers (user attrs, MLflow, trials.csv)."""
+    return {"drop": paired.drop, "drop_lower": paired.lower, "drop_upper": paired.upper,
+            "discordance": paired.discordance, "baseline_only": paired.baseline_only,
+            "candidate_only": paired.candidate_only, "confidence": paired.confidence, "race_verdict": verdict,
+            "baseline_accuracy_same_items": base.bools(paired.n).count(True) / paired.n if paired.n else 0.0}
+
+
+def baseline_metrics(state: LedgerState, confidence: float) -> dict[str, Any]:
+    """The baseline trial's metrics: its accuracy on the ledger's items (its drop against itself is 0)."""
+    lo, hi = wilson_interval(state.outcomes.count("1"), state.n)
+    return {"accuracy": state.accuracy, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "n": state.n,
+            "correct": state.outcomes.count("1"), "tokens_per_s": state.tokens_per_s,
+            "nfe": state.row_forwards / state.n if state.n else 0.0, "decode_time_s": state.decode_time_s,
+            "drop": 0.0, "drop_lower": 0.0, "drop_upper": 0.0, "discordance": 0.0, "confidence": confidence,
+            "race_verdict": racing.FEASIBLE}

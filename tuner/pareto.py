@@ -35,6 +35,9 @@ class TrialPoint:
     nfe: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
+    n: int | None = None  # validation items it used
+    drop: float | None = None  # paired drop against the baseline (accuracy fraction)
+    drop_upper: float | None = None  # its one-sided upper bound at the constraint's confidence
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict (used for trials.json / trials.csv)."""

@@ -85,6 +85,9 @@ def write_study_files(
             "nfe",
             "ci_low",
             "ci_high",
+            "n",
+            "drop",
+            "drop_upper",
         ]
         with path.open("w", newline="") as fh:
             writer = csv.writer(fh)
@@ -138,6 +141,9 @@ def front_table(front: Sequence[TrialPoint]) -> list[dict[str, Any]]:
                 "ci_pct": ci_text(p),
                 "tokens_per_s": round(p.tokens_per_s, 1),
                 "nfe": round(p.nfe, 2) if finite(p.nfe) else None,
+                "items": p.n,
+                "drop_pct": round(100 * p.drop, 2) if finite(p.drop) else None,
+                "drop_upper_pct": round(100 * p.drop_upper, 2) if finite(p.drop_upper) else None,
                 "params": fmt_params(p.params),
             }
         )

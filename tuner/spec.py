@@ -87,8 +87,18 @@ class Reference:
 
 @dataclass(frozen=True)
 class Constraint:
+    """The accuracy promise: a configuration may lose at most `max_drop` points against the baseline reference,
+    a non-inferiority claim judged by a one-sided bound on the paired drop at `confidence` (tuner.stats).
+
+    `discordance` is the share of items on which a candidate and the baseline are expected to disagree; it sets
+    how many items the margin needs (the power check at start). Measured on arith: 4.5-10% (5-7% for the
+    configurations near the margin); a study reports the observed share, so set it from a first study.
+    """
+
     baseline: str = "vanilla"  # name of the reference whose accuracy is the bar
     max_drop: float = 1.0  # accuracy points (percent) a configuration may lose against the baseline
+    confidence: float = 0.95  # of every one-sided bound: racing verdicts, the feasible flag, the pick, the test
+    discordance: float = 0.06
 
     @property
     def margin(self) -> float:
@@ -98,6 +108,17 @@ class Constraint:
     def bar(self, baseline_accuracy: float) -> float:
         """The lowest accuracy a configuration may have against a baseline of `baseline_accuracy`."""
         return baseline_accuracy - self.margin
+
+
+@dataclass(frozen=True)
+class Race:
+    """How validation items are shared out among trials (tuner.racing): every trial starts with `min_items`;
+    one still plausibly feasible and not dominated gets `growth` times more, up to the whole validation pool.
+    `speed_tolerance`: a rival counts as faster only when its tokens/s are at least this much higher."""
+
+    min_items: int = 100
+    growth: float = 2.0
+    speed_tolerance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -116,6 +137,7 @@ class StudySpec:
     references: tuple[Reference, ...] = ()
     objectives: tuple[str, ...] = ("accuracy", "tokens_per_s")
     constraint: Constraint = Constraint()
+    race: Race = Race()
     trials: int = 30
     sampler: str = "gp"
     seed: int | None = 0
@@ -243,11 +265,12 @@ def spec_from_dict(data: dict[str, Any]) -> StudySpec:
     if data.get("version", SPEC_VERSION) != SPEC_VERSION:
         raise SpecError(f"version {data.get('version')!r} is not supported (this dtune reads version {SPEC_VERSION})")
     kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in {"search_space", "references", "constraint",
-                                                                          "objectives"}}
+                                                                          "objectives", "race"}}
     _check_types(kwargs)
     kwargs["search_space"] = _parse_space(data.get("search_space") or {})
     kwargs["references"] = _parse_references(data.get("references") or [])
     kwargs["constraint"] = _parse_constraint(data.get("constraint") or {})
+    kwargs["race"] = _parse_race(data.get("race") or {})
     objectives = tuple(data.get("objectives") or ("accuracy", "tokens_per_s"))
     if objectives != ("accuracy", "tokens_per_s"):
         raise SpecError(f"objectives must be [accuracy, tokens_per_s] (both maximised), got {list(objectives)}")
@@ -350,14 +373,39 @@ def _parse_references(refs: list[Any]) -> tuple[Reference, ...]:
 
 def _parse_constraint(c: dict[str, Any]) -> Constraint:
     if not isinstance(c, dict):
-        raise SpecError("constraint must be a mapping {baseline, max_drop}")
-    extra = set(c) - {"baseline", "max_drop"}
+        raise SpecError("constraint must be a mapping {baseline, max_drop, confidence, discordance}")
+    extra = set(c) - {"baseline", "max_drop", "confidence", "discordance"}
     if extra:
         raise SpecError(f"constraint: unknown key(s) {', '.join(sorted(extra))}")
     max_drop = c.get("max_drop", 1.0)
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 100:
         raise SpecError(f"constraint.max_drop must be accuracy points in [0, 100], got {max_drop!r}")
-    return Constraint(str(c.get("baseline", "vanilla")), float(max_drop))
+    confidence = _number(c, "confidence", 0.95, "constraint.confidence", 0.5, 0.9999, open_low=True)
+    discordance = _number(c, "discordance", 0.06, "constraint.discordance", 0.0, 1.0, open_low=True)
+    return Constraint(str(c.get("baseline", "vanilla")), float(max_drop), confidence, discordance)
+
+
+def _parse_race(r: dict[str, Any]) -> Race:
+    if not isinstance(r, dict):
+        raise SpecError("race must be a mapping {min_items, growth, speed_tolerance}")
+    extra = set(r) - {"min_items", "growth", "speed_tolerance"}
+    if extra:
+        raise SpecError(f"race: unknown key(s) {', '.join(sorted(extra))}")
+    min_items = r.get("min_items", Race.min_items)
+    if isinstance(min_items, bool) or not isinstance(min_items, int) or min_items < 1:
+        raise SpecError(f"race.min_items must be a positive integer, got {min_items!r}")
+    growth = _number(r, "growth", Race.growth, "race.growth", 1.0, 100.0, open_low=True)
+    tolerance = _number(r, "speed_tolerance", Race.speed_tolerance, "race.speed_tolerance", 0.0, 10.0)
+    return Race(min_items, growth, tolerance)
+
+
+def _number(d: dict[str, Any], key: str, default: float, name: str, low: float, high: float, *,
+            open_low: bool = False) -> float:
+    v = d.get(key, default)
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and (low < v if open_low else low <= v) and v <= high
+    if not ok:
+        raise SpecError(f"{name} must be a number in {'(' if open_low else '['}{low}, {high}], got {v!r}")
+    return float(v)
 
 
 def _check_consistency(spec: StudySpec) -> None:

@@ -435,3 +435,14 @@ class StudyLock:
         fh.close()
         log.warning("study lock %s not obtained in %.0f s; going on without", self._path, self.timeout_s)
         return False
+
+
+@contextlib.contextmanager
+def held_study_lock(storage: optuna.storages.RDBStorage, name: str, timeout_s: float = 120.0) -> Iterator[bool]:
+    """A `StudyLock` on `name` for the block (yields whether it is held), closed afterwards: for the long, rare
+    sections that need their own lock (growing the baseline ledger), apart from the claim lock."""
+    lock = StudyLock(storage, name, timeout_s=timeout_s)
+    try:
+        yield lock.acquire()
+    finally:
+        lock.close()

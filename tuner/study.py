@@ -33,9 +33,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from decoder.config import KNOBS, DecodeConfig
 
+from .baseline import read_ledger
 from .pareto import TrialPoint, pareto_front
 from .sampling import make_sampler
 from .spec import Constraint, StudySpec
+from .stats import paired_drop
 from .storage import StudyLock
 
 log = logging.getLogger(__name__)
@@ -174,27 +176,40 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 
 def trial_points(study: optuna.Study, constraint: Constraint) -> list[TrialPoint]:
-    """Every finished trial as a TrialPoint (pruned ones carry their partial accuracy).
+    """Every finished trial as a TrialPoint, judged against the baseline ledger on its own items.
 
-    Feasibility is judged against the study's baseline when it is known: a trial that finished before the
-    baseline (another worker still running it) could only record an unknown bar in its constraint.
+    Accuracy is the paired estimate: the baseline's accuracy on all its ledger items minus the trial's paired
+    drop on the items it used (a trial that raced 200 items and one that raced 1,600 are then on one scale), and
+    the interval is that of the drop ([baseline − upper, baseline − lower] at the constraint's confidence: the
+    uncertainty that matters when configurations are compared with the baseline and with each other). Feasible
+    means the drop's upper bound is within the margin. Trials are re-judged here from their stored outcomes, so a
+    trial that finished before the ledger covered its items is judged like every other.
     """
-    bar = None if (base := baseline_accuracy(study)) is None else constraint.bar(base)
+    ledger = read_ledger(study)
+    base_items = ledger.bools()
     points = []
     for t in study.get_trials(deepcopy=False):
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
         m = t.user_attrs.get("metrics", {})
-        acc = t.values[0] if t.values else m.get("accuracy", 0.0)
+        own = t.values[0] if t.values else m.get("accuracy", 0.0)
         tps = t.values[1] if t.values else m.get("tokens_per_s", 0.0)
-        if bar is not None:
-            feasible = acc >= bar - 1e-12
-        else:
-            feasible = all(v <= 0 for v in (t.constraints or {}).values())
+        outcomes = t.user_attrs.get("outcomes") or ""
+        is_baseline = t.user_attrs.get("reference") == constraint.baseline
+        acc, lo, hi, feasible, paired = float(own), m.get("accuracy_ci_low"), m.get("accuracy_ci_high"), False, None
+        if is_baseline and ledger.n:
+            acc, feasible = ledger.accuracy, True
+        elif outcomes and ledger.n >= len(outcomes):
+            paired = paired_drop([o == "1" for o in outcomes], base_items[: len(outcomes)], constraint.confidence)
+            acc, lo, hi = ledger.accuracy - paired.drop, ledger.accuracy - paired.upper, ledger.accuracy - paired.lower
+            feasible = paired.upper <= constraint.margin + 1e-12
+        else:  # no per-item outcomes (an old study): the sampler's constraint is all there is
+            feasible = bool(t.constraints) and all(v <= 0 for v in t.constraints.values())
         points.append(TrialPoint(
             number=t.number, accuracy=float(acc), tokens_per_s=float(tps), feasible=feasible, state=t.state.name,
-            params=_shown_params(t), label=t.user_attrs.get("reference"), nfe=m.get("nfe"),
-            ci_low=m.get("accuracy_ci_low"), ci_high=m.get("accuracy_ci_high"),
+            params=_shown_params(t), label=t.user_attrs.get("reference"), nfe=m.get("nfe"), ci_low=lo, ci_high=hi,
+            n=len(outcomes) or m.get("n"), drop=0.0 if is_baseline else (paired.drop if paired else m.get("drop")),
+            drop_upper=0.0 if is_baseline else (paired.upper if paired else m.get("drop_upper")),
         ))
     return points
 

@@ -28,10 +28,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from decoder.config import KNOBS, DecodeConfig
 
 from . import hardware
+from .baseline import BaselineLedger
 from .context import Context
 from .errors import TunerError, db_error
-from .objective import Objective
-from .storage import DEFAULT_HEARTBEAT_S, StorageError, StudyLock, is_transient, stale_handler
+from .objective import LedgerFactory, Objective
+from .storage import (
+    DEFAULT_HEARTBEAT_S,
+    StorageError,
+    StudyLock,
+    held_study_lock,
+    is_transient,
+    stale_handler,
+)
 from .study import budget_counts, create_study, fail_stale_trials, finished_count, requeue, trial_points
 from .tracking import Backlog, Tracker
 from .urls import redact_url
@@ -192,7 +200,7 @@ class Worker:
         if handler is not None:  # the worker that notices a dead worker's trial logs it as failed
             handler.listeners.append(lambda trial: backlog.submit(self._log_trial, trial))
         objective = Objective(spec, evaluator, items, on_progress=self._on_progress,
-                              on_trial_start=self._on_trial_start)
+                              on_trial_start=self._on_trial_start, ledger=self._ledger_factory(storage, items))
         try:
             with self.progress:
                 self.work(study, self.lock, objective)
@@ -201,6 +209,21 @@ class Worker:
         finally:
             backlog.close()  # interrupted or not, what finished is logged before the run returns
         return study
+
+    def _ledger_factory(self, storage: optuna.storages.RDBStorage, items: list) -> LedgerFactory:
+        """The baseline ledger of this worker's trials, grown under a lock of its own (decoding the baseline can
+        take minutes, so it must not hold the claim lock; an hour's timeout, since waiting is what a second
+        worker that needs the same items should do)."""
+        spec, name = self.ctx.spec, self.ctx.study_name
+        reference = spec.constraint.baseline
+        config = spec.reference_config(spec.reference(reference))
+
+        def factory(study: optuna.Study) -> BaselineLedger:
+            return BaselineLedger(study, config, reference, self.ctx.evaluator, items, chunk_size=spec.chunk_size,
+                                  lock=lambda: held_study_lock(storage, f"{name}:baseline", timeout_s=3600),
+                                  on_progress=self._on_progress)
+
+        return factory
 
     # ------------------------------------------------------------------------------------ the loop
     def work(self, study: optuna.Study, lock: StudyLock, objective: Callable[[optuna.Trial], tuple[float, float]]

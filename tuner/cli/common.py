@@ -35,17 +35,27 @@ def usage_error(message: str) -> SpecError:
 
 
 def print_front(out: Console, name: str, front: list[TrialPoint], baseline: dict | None) -> None:
-    table = Table(title=f"Pareto front of {name} (accuracy vs tokens/s)")
-    for col in ("trial", "ref", "accuracy", "95% CI", "tokens/s", "NFE", "params"):
+    table = Table(title=f"Pareto front of {name} (accuracy vs tokens/s; feasible = the drop's upper bound within "
+                        "the margin)")
+    for col in ("trial", "ref", "items", "accuracy", "interval", "drop [upper]", "tokens/s", "NFE", "params"):
         table.add_column(col)
     for p in front:
         ci = "" if p.ci_low is None else f"{p.ci_low:.1%}–{p.ci_high:.1%}"
-        table.add_row(str(p.number), p.label or "", f"{p.accuracy:.1%}", ci, f"{p.tokens_per_s:.1f}",
-                      "" if p.nfe is None else f"{p.nfe:.1f}", format_params(p.params))
+        table.add_row(str(p.number), p.label or "", "" if p.n is None else str(p.n), f"{p.accuracy:.1%}", ci,
+                      format_drop(p), f"{p.tokens_per_s:.1f}", "" if p.nfe is None else f"{p.nfe:.1f}",
+                      format_params(p.params))
     out.print(table)
     if baseline:
         out.print(f"baseline ({baseline.get('reference')}, trial {baseline.get('trial')}): "
-                  f"accuracy {baseline['accuracy']:.1%}")
+                  f"accuracy {baseline['accuracy']:.1%} on {baseline.get('n', '?')} items; accuracy above = the "
+                  "baseline's minus the paired drop")
+
+
+def format_drop(p: TrialPoint) -> str:
+    """The paired drop against the baseline and its upper bound, in points."""
+    if p.drop is None:
+        return ""
+    return f"{100 * p.drop:.1f} [{100 * (p.drop_upper or 0.0):.1f}]"
 
 
 def format_params(params: dict[str, Any]) -> str:

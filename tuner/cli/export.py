@@ -17,10 +17,13 @@ def main(args: argparse.Namespace) -> int:
     report = export(context_from_args(args, spec), rule=args.pick, max_drop=args.max_drop, out=args.out,
                     force=args.force)
     t = report.test
+    rule = t["non_inferiority"]
+    speedup = t["speedup_tokens_per_s"]
     Console().print(
         f"exported trial {report.pick.number} ({args.pick}) → [bold]{report.path}[/]\n"
-        f"test: {t['pick']['accuracy']:.1%} vs baseline {t['baseline']['accuracy']:.1%} "
-        f"(drop {t['accuracy_drop_points']:.1f} pts, allowed {t['max_drop_points']}; McNemar p="
-        f"{t['paired_test']['p_value']:.3g}) · {t['pick']['tokens_per_s']:.1f} vs {t['baseline']['tokens_per_s']:.1f}"
-        f" tokens/s{'' if report.confirmed else ' · NOT CONFIRMED (forced)'}")
+        f"test (n={rule['n']}): {t['pick']['accuracy']:.1%} vs baseline {t['baseline']['accuracy']:.1%} · paired "
+        f"drop {rule['drop_points']:.1f} points, {rule['confidence']:.0%} upper bound {rule['upper_bound_points']:.1f}"
+        f" vs margin {rule['margin_points']:g} → {'confirmed' if report.confirmed else 'NOT CONFIRMED (forced)'}"
+        + (f" · {speedup:.1f}x the baseline's tokens/s" if speedup else "")
+        + (" · baseline's test figures reused" if t["baseline"].get("reused_from") else ""))
     return EXIT_OK

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh-every", type=int, default=5, metavar="N",
                      help="refresh the study's MLflow artifacts (Pareto plots, trials table) every N finished trials "
                           "and at the end (default: 5; 1 = after every trial, which costs ~5%% of a short trial)")
+    run.add_argument("--accept-low-power", action="store_true",
+                     help="run even when the validation pool or the test split is too small to resolve the spec's "
+                          "margin (the check at start says how many items it needs)")
     run.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)  # started by --n-workers
 
     ev = sub.add_parser("eval", help="evaluate one configuration (a profile or knobs) on a split")

@@ -29,6 +29,10 @@ def main(args: argparse.Namespace) -> int:
     if n_workers is None:
         raise usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
     ctx = context_from_args(args, spec)
+    if not args.accept_low_power:  # before any model loads: a margin the items can't resolve wastes the study
+        from ..racing import power_check
+
+        power_check(spec.constraint, len(ctx.items("validation")), len(ctx.items("test")))
     options = WorkerOptions(heartbeat_interval=args.heartbeat_interval, refresh_every=args.refresh_every,
                             worker_index=args.worker_index, show_progress=not (args.no_progress or args.worker_child),
                             log_trials=args.worker_child)

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..pareto import pareto_front
 from ..report import front_table
 from ..study import trial_points
-from .common import context_from_args, format_params, print_front, spec_from_args
+from .common import context_from_args, format_drop, format_params, print_front, spec_from_args
 
 EXIT_OK = 0
 
@@ -27,11 +27,12 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     out = Console()
     table = Table(title=f"{study.study_name}: {len(points)} finished trials")
-    for col in ("trial", "state", "ref", "accuracy", "tokens/s", "NFE", "feasible", "params"):
+    for col in ("trial", "state", "ref", "items", "accuracy", "drop [upper]", "tokens/s", "NFE", "feasible", "params"):
         table.add_column(col)
     for p in sorted(points, key=lambda p: p.number):
-        table.add_row(str(p.number), p.state, p.label or "", f"{p.accuracy:.1%}", f"{p.tokens_per_s:.1f}",
-                      "" if p.nfe is None else f"{p.nfe:.1f}", "yes" if p.feasible else "no", format_params(p.params))
+        table.add_row(str(p.number), p.state, p.label or "", "" if p.n is None else str(p.n), f"{p.accuracy:.1%}",
+                      format_drop(p), f"{p.tokens_per_s:.1f}", "" if p.nfe is None else f"{p.nfe:.1f}",
+                      "yes" if p.feasible else "no", format_params(p.params))
     out.print(table)
     print_front(out, study.study_name, best, study.user_attrs.get("baseline"))
     return EXIT_OK

@@ -1,0 +1,415 @@
+"""Calibration of the tuner's verdicts: do exported profiles keep their promise on data no study saw?
+
+    OMP_NUM_THREADS=1 python -m benchmarks.calibration measure --grid GRID [--shard 0/2]   # the grid (hours on CPU)
+    OMP_NUM_THREADS=1 python -m benchmarks.calibration time --grid GRID                    # robust speeds (minutes)
+    OMP_NUM_THREADS=1 python -m benchmarks.calibration replay --grid GRID --studies 100    # both policies (minutes)
+
+How, and why this way:
+* **A measured grid.** Every configuration of a dense grid over the arith search space (window × tau0 × alpha,
+  early exit on) plus vanilla and Fast-dLLM is decoded on the same pool of 6,000 arith validation-partition
+  problems (a seed of its own), per-item outcomes kept (`measure`, resumable, one JSON-lines file per config,
+  shardable over processes). Speeds come from a separate timing pass (`time`): each configuration on a fixed probe
+  batch, interleaved with a yardstick configuration, so load on the machine can't reorder them. Nothing is
+  simulated: a replayed study reads measured outcomes and measured speeds.
+* **Replayed studies.** Each of K studies draws its own split of the pool with its own seed: a validation pool,
+  a test split and the rest as fresh problems (≥ 3,000) that neither the study nor its export sees. The study
+  runs the real tuner — `tuner.study.create_study` (references, GP sampler), `tuner.objective.Objective` (racing,
+  paired bounds, the baseline ledger), then `tuner.selection` (the pick by bound, the declared confirmation rule)
+  — with a replay evaluator in place of the decoder. The search space is the grid's (categorical knobs).
+* **Today's policy, side by side.** The tuner as it was before racing, re-implemented here in a few lines: a
+  fixed validation prefix (200 items, the old spec's size), chunked evaluation stopped by a one-sided Wilson
+  bound, feasibility and the pick by point estimates, confirmation when the point estimate of the test drop is
+  within the margin. Same margin, same test items, same sampler, same seeds.
+* **Truth.** An exported profile's true drop is its paired drop against vanilla on the study's fresh problems;
+  it violates the margin when that exceeds it. The oracle is the fastest grid configuration whose true drop on
+  the same fresh problems is within the margin; the exported speed-up is the pick's tokens/s over the oracle's
+  (both over vanilla's, so the ratio of speeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import optuna
+
+from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
+from decoder import Counters, DecodeConfig, load_model
+from tuner.baseline import read_ledger
+from tuner.evaluate import EvalResult, Evaluator
+from tuner.objective import Objective
+from tuner.pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
+from tuner.selection import PickError, confirm, pick
+from tuner.spec import StudySpec, load_spec
+from tuner.stats import wilson_interval, z_one_sided
+from tuner.study import config_key, create_study, trial_points
+from tuner.tasks import Item
+from tuner.tasks.arith import ArithTask
+
+GEN, BLOCK = 128, 32
+WINDOWS = (16, 32, 64, None)
+THRESHOLDS = (0.75, 0.85, 0.9, 0.95, 0.97, 0.99)
+ALPHAS = (0.0, 0.35, 0.7)
+POOL_SEED, POOL_SIZE = 9001, 6000
+
+
+def grid() -> list[DecodeConfig]:
+    """Vanilla, Fast-dLLM, then every streaming point of the grid (early exit on)."""
+    out = [DecodeConfig(mode="vanilla", gen_length=GEN, block_size=BLOCK, steps=GEN),
+           DecodeConfig(mode="streaming", gen_length=GEN, block_size=BLOCK, window=None, threshold=0.9, alpha=0.0,
+                        early_exit=False)]
+    for w, t, a in itertools.product(WINDOWS, THRESHOLDS, ALPHAS):
+        out.append(DecodeConfig(mode="streaming", gen_length=GEN, block_size=BLOCK, window=w, threshold=t, alpha=a,
+                                early_exit=True))
+    return out
+
+
+def file_key(cfg: DecodeConfig) -> str:
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------------ measure
+def measure(args: argparse.Namespace) -> None:
+    shard, shards = map(int, args.shard.split("/"))
+    out = Path(args.grid)
+    out.mkdir(parents=True, exist_ok=True)
+    task = ArithTask(seed=POOL_SEED, validation_size=args.pool, test_size=1)
+    items = task.load("validation")
+    model, tok = load_model("dtune/tiny-arith", device="cpu")
+    evaluator = Evaluator(model, tok, task, batch_size=args.batch_size)
+    for idx, cfg in enumerate(grid()):
+        if idx % shards != shard:
+            continue
+        f = out / f"{idx:03d}-{file_key(cfg)}.jsonl"
+        done = sum(json.loads(line)["n"] for line in f.read_text().splitlines()[1:]) if f.exists() else 0
+        if done == 0:
+            f.write_text(json.dumps({"config": cfg.to_dict(), "seed": POOL_SEED, "n": 0}) + "\n")
+        for start in range(done, args.pool, args.chunk):
+            r = evaluator.evaluate(items[start : start + args.chunk], cfg, warmup=start == done)
+            with f.open("a") as fh:
+                fh.write(json.dumps({"n": r.n, "start": start, "outcomes": "".join("1" if o else "0" for o in r.outcomes),
+                                     "counted_tokens": r.counted_tokens, "counters": r.counters.to_dict()}) + "\n")
+            print(f"{idx} {file_key(cfg)} {start + r.n}/{args.pool} acc={r.accuracy:.3f}", flush=True)
+
+
+@dataclass
+class Grid:
+    configs: dict[str, DecodeConfig]  # config_key -> config
+    outcomes: dict[str, str]  # config_key -> "0101..." over the pool
+    speed: dict[str, float]  # config_key -> tokens/s
+    counted: dict[str, float]  # config_key -> answer tokens per item
+    vanilla: str
+    fast: str
+
+
+def load_grid(folder: str) -> Grid:
+    configs, outcomes, speed, counted = {}, {}, {}, {}
+    for f in sorted(Path(folder).glob("*.jsonl")):
+        lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        cfg = DecodeConfig.from_dict(lines[0]["config"])
+        key = config_key(cfg)
+        configs[key] = cfg
+        outcomes[key] = "".join(c["outcomes"] for c in lines[1:])
+        tokens = sum(c["counted_tokens"] for c in lines[1:])
+        wall = sum(c["counters"]["wall_time_s"] for c in lines[1:])
+        speed[key], counted[key] = tokens / wall, tokens / max(1, len(outcomes[key]))
+    timed = Path(folder) / "speeds.json"
+    if timed.exists():  # the robust timing pass replaces the measurement run's wall clock
+        speed.update(json.loads(timed.read_text()))
+    full = [k for k, o in outcomes.items() if len(o) >= POOL_SIZE]
+    keys = {config_key(c): c for c in grid()[:2]}
+    vanilla, fast = list(keys)
+    missing = [k for k in (vanilla, fast) if k not in full]
+    if missing:
+        raise SystemExit("the grid lacks vanilla or Fast-dLLM on the whole pool; run `measure` to the end")
+    return Grid({k: configs[k] for k in full}, {k: outcomes[k] for k in full}, {k: speed[k] for k in full},
+                {k: counted[k] for k in full}, vanilla, fast)
+
+
+# ------------------------------------------------------------------------------------------------- time
+def time_grid(args: argparse.Namespace) -> None:
+    """Speed of every grid configuration on one probe batch, each pass timed right after a pass of the yardstick
+    (Fast-dLLM) so that both see the same load; speed = tokens / (median time ratio × the yardstick's fastest
+    pass). Vanilla gets fewer rounds (its pass is ~25x longer)."""
+    task = ArithTask(seed=POOL_SEED, validation_size=args.probe, test_size=1)
+    probe = task.load("validation")
+    model, tok = load_model("dtune/tiny-arith", device="cpu")
+    evaluator = Evaluator(model, tok, task, batch_size=args.probe)
+    configs = grid()
+    yardstick = configs[1]
+    ratios: dict[str, list[float]] = {config_key(c): [] for c in configs}
+    tokens: dict[str, int] = {}
+    yard_times: list[float] = []
+    for r in range(args.rounds):
+        order = configs[:] if r < max(1, args.rounds // 3) else configs[1:]
+        random.Random(r).shuffle(order)
+        for cfg in order:
+            y = evaluator.evaluate(probe, yardstick, warmup=False)
+            c = evaluator.evaluate(probe, cfg, warmup=False)
+            yard_times.append(y.counters.wall_time_s)
+            ratios[config_key(cfg)].append(c.counters.wall_time_s / y.counters.wall_time_s)
+            tokens[config_key(cfg)] = c.counted_tokens
+        print(f"round {r + 1}/{args.rounds}", flush=True)
+    quiet = min(yard_times)
+    speeds = {k: tokens[k] / (statistics.median(v) * quiet) for k, v in ratios.items() if v}
+    (Path(args.grid) / "speeds.json").write_text(json.dumps(speeds, indent=1))
+    print(f"wrote {len(speeds)} speeds; yardstick fastest pass {quiet:.3f}s, median {statistics.median(yard_times):.3f}s")
+
+
+# ----------------------------------------------------------------------------------------------- replay
+class ReplayEvaluator:
+    """Stands in for `tuner.evaluate.Evaluator`: measured outcomes of the grid for the items asked (item ids are
+    pool indices), and decode time from the measured speed."""
+
+    def __init__(self, g: Grid) -> None:
+        self.g = g
+        self.decoded: dict[str, int] = {}
+
+    def evaluate(self, items, config, *, chunk_size=None, warmup=True, on_progress=None) -> EvalResult:
+        key = config_key(config)
+        idx = [int(it.id) for it in items]
+        outcomes = [self.g.outcomes[key][i] == "1" for i in idx]
+        self.decoded[key] = self.decoded.get(key, 0) + len(idx)
+        tokens = int(round(self.g.counted[key] * len(idx)))
+        counters = Counters(nfe=len(idx), row_forwards=len(idx), wall_time_s=tokens / self.g.speed[key])
+        return EvalResult(n=len(idx), correct=sum(outcomes), total_items=len(idx), counted_tokens=tokens,
+                          counters=counters, scoring_time_s=0.0, outcomes=outcomes, item_ids=[it.id for it in items])
+
+
+def replay_spec(args: argparse.Namespace) -> StudySpec:
+    """The arith spec over the grid's space (categorical knobs, early exit on), its paper reference moved onto
+    the grid; Fast-dLLM (early exit off, outside that space) is not a reference here."""
+    spec = load_spec("arith", [
+        f"search_space.window.choices={list(WINDOWS)}".replace("None", "null"),
+        f"search_space.threshold.choices={list(THRESHOLDS)}", f"search_space.alpha.choices={list(ALPHAS)}",
+        "search_space.early_exit.choices=[true]", f"trials={args.trials}",
+        "references=[{name: vanilla, mode: vanilla, steps: 128}, {name: paper, mode: streaming, window: 32, "
+        "threshold: 0.9, alpha: 0.35, early_exit: true}]",
+        *(f"{k}={v}" for k, v in (("constraint.max_drop", args.max_drop), ("race.min_items", args.min_items))
+          if v is not None)])
+    return spec
+
+
+@dataclass
+class Split:
+    validation: list[Item]
+    test: list[Item]
+    fresh: list[int]
+
+
+def draw(seed: int, n_val: int, n_test: int) -> Split:
+    order = list(range(POOL_SIZE))
+    random.Random(seed).shuffle(order)
+    val, test, fresh = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+    return Split([Item(str(i), {}) for i in val], [Item(str(i), {}) for i in test], fresh)
+
+
+def true_drop(g: Grid, key: str, items: list[int]) -> float:
+    base, cand = g.outcomes[g.vanilla], g.outcomes[key]
+    return sum((base[i] == "1") - (cand[i] == "1") for i in items) / len(items)
+
+
+def oracle(g: Grid, fresh: list[int], margin: float) -> str:
+    ok = [k for k in g.outcomes if true_drop(g, k, fresh) <= margin]
+    return max(ok, key=lambda k: g.speed[k])
+
+
+@dataclass
+class Outcome:
+    policy: str
+    seed: int
+    picked: str | None  # config key, None if nothing to pick
+    confirmed: bool
+    violates: bool
+    speed_fraction: float  # pick's tokens/s / oracle's, 0 if not confirmed
+    true_drop: float | None
+    vanilla_items: int  # validation items vanilla decoded
+    items: int  # validation item-decodes of all trials
+
+
+def run_new(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdir: str) -> Outcome:
+    spec = replace(spec, seed=seed)
+    evaluator = ReplayEvaluator(g)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir}/new-{seed}.db")
+    study, _ = create_study(spec, storage, f"new-{seed}", seed)
+    study.optimize(Objective(spec, evaluator, split.validation), n_trials=spec.trials, catch=(RuntimeError,),
+                   gc_after_trial=False)
+    items = sum(n for k, n in evaluator.decoded.items() if k != g.vanilla)
+    try:
+        chosen = pick(trial_points(study, spec.constraint), rule, spec.constraint)
+    except PickError:
+        return Outcome("new", seed, None, False, False, 0.0, None, read_ledger(study).n, items)
+    key = study.trials[chosen.number].user_attrs["config_key"]
+    test_ids = [int(it.id) for it in split.test]
+    verdict = confirm([g.outcomes[key][i] == "1" for i in test_ids],
+                      [g.outcomes[g.vanilla][i] == "1" for i in test_ids], spec.constraint)
+    return judge("new", seed, g, key, verdict.confirmed, split, spec.constraint.margin, read_ledger(study).n, items)
+
+
+class PointEstimateObjective:
+    """Today's policy (before racing), re-implemented: a fixed validation prefix in chunks, a trial stopped once a
+    one-sided Wilson bound says it can't reach the bar, feasibility = accuracy >= baseline − margin."""
+
+    def __init__(self, spec: StudySpec, evaluator: ReplayEvaluator, items: list[Item], chunk: int = 50) -> None:
+        self.spec, self.evaluator, self.items, self.chunk = spec, evaluator, items, chunk
+        from tuner.study import distributions, suggest
+
+        self.dists, self.suggest = distributions(spec), suggest
+        self.baseline_acc: float | None = None
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        params = {n: self.suggest(trial, n, d) for n, d in self.dists.items()}
+        ref = trial.user_attrs.get("reference")
+        cfg = self.spec.reference_config(self.spec.reference(ref)) if ref else self.spec.config_for(params)
+        trial.set_user_attr("config_key", config_key(cfg))
+        bar = None if self.baseline_acc is None or ref == "vanilla" else self.baseline_acc - self.spec.constraint.margin
+        parts = []
+        for start in range(0, len(self.items), self.chunk):
+            parts.append(self.evaluator.evaluate(self.items[start : start + self.chunk], cfg))
+            r = EvalResult.concat(parts)
+            if bar is not None and r.n < len(self.items):
+                _, upper = wilson_interval(r.correct, r.n, z=z_one_sided(0.95))
+                if (r.correct + upper * (len(self.items) - r.n)) / len(self.items) < bar:
+                    trial.set_constraint("accuracy", bar - r.accuracy)
+                    raise optuna.TrialPruned()
+        r = EvalResult.concat(parts)
+        if ref == "vanilla":
+            self.baseline_acc = r.accuracy
+            bar = r.accuracy - self.spec.constraint.margin
+        trial.set_constraint("accuracy", 0.0 if bar is None else bar - r.accuracy)
+        return r.accuracy, r.tokens_per_s
+
+
+def run_old(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdir: str, n_val: int) -> Outcome:
+    spec = replace(spec, seed=seed)
+    evaluator = ReplayEvaluator(g)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir}/old-{seed}.db")
+    study, _ = create_study(spec, storage, f"old-{seed}", seed)
+    items = split.validation[:n_val]
+    study.optimize(PointEstimateObjective(spec, evaluator, items), n_trials=spec.trials, catch=(RuntimeError,),
+                   gc_after_trial=False)
+    base = study.trials[0].values[0]
+    points = [TrialPoint(t.number, t.values[0], t.values[1], feasible=t.values[0] >= base - spec.constraint.margin)
+              for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    front = pareto_front(points)
+    decoded = sum(n for k, n in evaluator.decoded.items() if k != g.vanilla)
+    if not front:
+        return Outcome("today", seed, None, False, False, 0.0, None, n_val, decoded)
+    chosen = (pick_knee(front, accuracy_scale=spec.constraint.margin) if rule == "knee"
+              else pick_fastest(front, base - spec.constraint.margin))
+    key = study.trials[chosen.number].user_attrs["config_key"]
+    test_ids = [int(it.id) for it in split.test]
+    drop = true_drop(g, key, test_ids)  # the point estimate of the test drop
+    return judge("today", seed, g, key, drop <= spec.constraint.margin + 1e-12, split, spec.constraint.margin, n_val,
+                 decoded)
+
+
+def judge(policy: str, seed: int, g: Grid, key: str, confirmed: bool, split: Split, margin: float,
+          vanilla_items: int, items: int) -> Outcome:
+    truth = true_drop(g, key, split.fresh)
+    best = oracle(g, split.fresh, margin)
+    return Outcome(policy, seed, key, confirmed, confirmed and truth > margin,
+                   g.speed[key] / g.speed[best] if confirmed else 0.0, truth, vanilla_items, items)
+
+
+def replay(args: argparse.Namespace) -> None:
+    report = Report(args.out)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    g = load_grid(args.grid)
+    spec = replay_spec(args)
+    n_val = args.validation
+    margin = spec.constraint.margin
+    report(f"### Calibration — dtune/tiny-arith, arith, {len(g.outcomes)} measured configurations × "
+           f"{POOL_SIZE} problems, {args.studies} replayed studies per policy")
+    report("")
+    report(machine_line())
+    report(f"command: `{command_line()}`")
+    speeds = "measured by the timing pass (interleaved with a yardstick)" if (Path(args.grid) / "speeds.json").exists() \
+        else "the measurement run's wall clock (no timing pass yet)"
+    report(f"spec: arith, margin {spec.constraint.max_drop:g} points, {spec.trials} trials, GP sampler; new policy: "
+           f"validation pool {n_val}, rungs from {spec.race.min_items} ×{spec.race.growth:g}, one-sided "
+           f"{spec.constraint.confidence:.0%} Tango bounds; today's policy: first {args.old_validation} validation "
+           f"items; both: {args.test} test items, {POOL_SIZE - n_val - args.test} fresh problems per study; "
+           f"pick `{args.rule}`; speeds {speeds}")
+    report("")
+    outcomes: list[Outcome] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dtune-calib-") as workdir:
+        for s in range(args.studies):
+            split = draw(1000 + s, n_val, args.test)
+            outcomes.append(run_new(spec, g, split, s, args.rule, workdir))
+            outcomes.append(run_old(spec, g, split, s, args.rule, workdir, args.old_validation))
+            if (s + 1) % 5 == 0:
+                print(f"  {s + 1}/{args.studies} studies ({time.perf_counter() - t0:.0f}s)", flush=True)
+    rows = []
+    for policy in ("today", "new"):
+        mine = [o for o in outcomes if o.policy == policy]
+        confirmed = [o for o in mine if o.confirmed]
+        fractions = [o.speed_fraction for o in confirmed]
+        rows.append([
+            "today (point estimates)" if policy == "today" else "new (paired bounds + racing)",
+            f"{len(confirmed) / len(mine):.0%} ({len(confirmed)}/{len(mine)})",
+            f"{sum(o.violates for o in confirmed) / max(1, len(confirmed)):.1%} ({sum(o.violates for o in confirmed)})",
+            f"{statistics.mean(fractions):.0%}" if fractions else "n/a",
+            f"{statistics.median(fractions):.0%}" if fractions else "n/a",
+            f"{statistics.mean(o.vanilla_items for o in mine):.0f}",
+            f"{statistics.mean(o.items for o in mine) / spec.trials:.0f}",
+        ])
+    report(md_table(["policy", "confirmed exports", "confirmed that violate the margin", "speed-up vs oracle (mean)",
+                     "(median)", "vanilla validation items", "items per trial"], rows))
+    report("")
+    oracles = [oracle(g, draw(1000 + s, n_val, args.test).fresh, margin) for s in range(args.studies)]
+    common = max(set(oracles), key=oracles.count)
+    report(f"oracle (fastest grid configuration within the margin on each study's fresh problems): "
+           f"{describe(g.configs[common])} in {oracles.count(common)}/{len(oracles)} studies, "
+           f"{g.speed[common]:.0f} tokens/s (vanilla {g.speed[g.vanilla]:.0f}); replay time "
+           f"{time.perf_counter() - t0:.0f} s")
+    report.save()
+
+
+def describe(cfg: DecodeConfig) -> str:
+    if cfg.mode != "streaming":
+        return cfg.mode
+    return f"w {cfg.window if cfg.window is not None else 'full'}, tau0 {cfg.threshold:g}, alpha {cfg.alpha:g}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure")
+    m.add_argument("--grid", required=True)
+    m.add_argument("--pool", type=int, default=POOL_SIZE)
+    m.add_argument("--chunk", type=int, default=500)
+    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--shard", default="0/1")
+    t = sub.add_parser("time")
+    t.add_argument("--grid", required=True)
+    t.add_argument("--probe", type=int, default=16)
+    t.add_argument("--rounds", type=int, default=5)
+    r = sub.add_parser("replay")
+    r.add_argument("--grid", required=True)
+    r.add_argument("--studies", type=int, default=100)
+    r.add_argument("--trials", type=int, default=30)
+    r.add_argument("--validation", type=int, default=1200, help="validation pool of the new policy")
+    r.add_argument("--old-validation", type=int, default=200, help="validation items of today's policy")
+    r.add_argument("--test", type=int, default=1500)
+    r.add_argument("--max-drop", type=float, default=None, help="default: the arith spec's")
+    r.add_argument("--min-items", type=int, default=None, help="default: the arith spec's race.min_items")
+    r.add_argument("--rule", choices=["knee", "fastest"], default="knee")
+    r.add_argument("--out")
+    args = ap.parse_args()
+    if (warning := threads_warning()) is not None:
+        print(warning)
+    {"measure": measure, "time": time_grid, "replay": replay}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Racing over items: how many validation items a trial earns, and the verdict its paired bound gives.
+
+Why racing: a margin of a few points sits inside the noise of a few hundred items, and a study's validation pool
+can be much larger than what most trials need (arith draws any number of problems; GSM8K has 7,468 train
+problems outside the few-shot exemplars; MATH 4,500). So every trial starts small and earns more items only while
+it is still plausibly feasible and could still matter:
+
+* rungs: `min_items`, then `growth` times more, ..., up to the whole pool (successive halving's geometric
+  schedule, Jamieson & Talwalkar 2016, applied to one trial at a time);
+* after each rung the trial's paired drop against the baseline on the same items (tuner.stats, Tango's bound at
+  the constraint's confidence) gives a verdict:
+  - `infeasible`: the lower bound of the drop is above the margin — stop (pruned);
+  - `feasible`: the upper bound is within the margin — resolved, stop (a candidate for the pick);
+  - `dominated`: a resolved-feasible rival is faster by more than the speed tolerance and its estimated drop is
+    no worse than this trial's optimistic (lower) bound, so this trial can be neither the fastest pick nor a
+    more accurate knee — stop (pruned);
+  - `unresolved`: the pool is used up with the margin inside the interval — not feasible for the front or the
+    pick (complete, infeasible for the sampler);
+  - else `continue` to the next rung.
+
+Written here rather than taken from Optuna: Optuna's pruners are single-objective (`report`/`should_prune` raise
+in multi-objective studies), and its WilcoxonPruner compares with the best trial, not with a baseline and a
+margin. The idea (a paired test over per-instance scores, F-Race, Birattari et al. 2002) carries over; the class
+does not.
+
+The baseline covers every item any trial used (tuner.baseline), so every comparison stays paired.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import TunerError
+from .spec import Constraint, Race
+from .stats import PairedDrop, items_to_resolve, z_one_sided
+
+CONTINUE, FEASIBLE, INFEASIBLE, DOMINATED, UNRESOLVED = "continue", "feasible", "infeasible", "dominated", "unresolved"
+STOPPED = (INFEASIBLE, DOMINATED)  # verdicts that end a trial as pruned
+
+
+class PowerError(TunerError):
+    """The spec's margin can't be resolved by its validation pool or its test split."""
+
+
+def rungs(pool: int, race: Race) -> list[int]:
+    """Item counts at which a trial is judged: min_items, ×growth, ..., ending at the whole pool."""
+    out, n = [], min(race.min_items, pool)
+    while n < pool:
+        out.append(n)
+        n = min(pool, max(n + 1, math.ceil(n * race.growth)))
+    out.append(pool)
+    return out
+
+
+@dataclass(frozen=True)
+class Rival:
+    """A finished trial a running one is compared with for dominance: its speed and estimated drop."""
+
+    number: int
+    tokens_per_s: float
+    drop: float
+
+
+def dominated_by(tokens_per_s: float, paired: PairedDrop, rivals: Iterable[Rival], tolerance: float) -> Rival | None:
+    """A resolved-feasible rival that makes this trial pointless: faster by more than `tolerance` and with an
+    estimated drop no worse than this trial's lower bound."""
+    best = None
+    for r in rivals:
+        if r.tokens_per_s >= tokens_per_s * (1 + tolerance) and r.drop <= paired.lower:
+            if best is None or r.tokens_per_s > best.tokens_per_s:
+                best = r
+    return best
+
+
+def judge(paired: PairedDrop, margin: float, *, last: bool, dominated: bool) -> str:
+    """The verdict after a rung (see the module docstring)."""
+    if paired.lower > margin:
+        return INFEASIBLE
+    if paired.upper <= margin:
+        return FEASIBLE
+    if dominated:
+        return DOMINATED
+    return UNRESOLVED if last else CONTINUE
+
+
+def power_check(constraint: Constraint, validation_pool: int, test_items: int) -> None:
+    """Refuse, at once, a margin the study can't resolve: a configuration that truly loses half the margin must be
+    shown feasible with 80% probability on the validation pool, and confirmed as often on the test split.
+
+    The standard error of a paired drop is about sqrt(q / n) for a discordant share q (the spec's
+    `constraint.discordance`), so n ≈ q · ((z_conf + z_0.8) / (margin / 2))² items are needed.
+    """
+    need = items_to_resolve(constraint.margin, constraint.discordance, true_drop=constraint.margin / 2,
+                            confidence=constraint.confidence, power=0.8)
+    short = [(name, have) for name, have in (("validation pool", validation_pool), ("test split", test_items))
+             if have < need]
+    if not short:
+        return
+    what = " and ".join(f"the {name} has {have}" for name, have in short)
+    # The margin these items would resolve: solve n = q·(z/(m/2))² for m.
+    have = min(h for _, h in short)
+    z = z_one_sided(constraint.confidence) + z_one_sided(0.8)
+    resolvable = 2 * z * math.sqrt(constraint.discordance / max(have, 1)) * 100
+    raise PowerError(
+        f"a {constraint.max_drop:g}-point margin needs about {need} paired items (discordance "
+        f"{constraint.discordance:.0%}, {constraint.confidence:.0%} one-sided bound, 80% power for a configuration "
+        f"that loses half the margin), but {what}; grow them to {need} (validation_size / test_size or the "
+        f"task's pool), or allow about {resolvable:.1f} points (constraint.max_drop)")

@@ -1,0 +1,85 @@
+"""Which trial `export` ships, and the declared rule that confirms it on the held-out test split.
+
+The pick is selection-aware: it is chosen among the trials whose *upper* bound on the paired drop is within the
+margin (resolved feasible on validation, tuner.racing), never by point estimates, so the best of many noisy
+estimates (the winner's curse) can't carry a configuration that only looked feasible. Then the test split, which
+tuning never touched, confirms it with a non-inferiority test declared in advance:
+
+    confirmed  ⇔  the one-sided upper bound of the paired drop on the test split (Tango's score bound,
+                  tuner.stats, at the constraint's confidence) is at most the margin.
+
+One pick, one test: trying the next candidate after a refusal would test several configurations on the same test
+items and let chance confirm one. The profile records the rule with its numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import TunerError
+from .pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
+from .spec import Constraint
+from .stats import METHOD, PairedDrop, paired_drop
+
+PICKS = ("knee", "fastest")
+
+
+class PickError(TunerError):
+    """No trial meets the pick rule (none resolved feasible yet, or an unknown rule)."""
+
+
+def candidates(points: Sequence[TrialPoint], constraint: Constraint) -> list[TrialPoint]:
+    """Complete trials whose paired drop's upper bound is within `constraint`'s margin (the baseline included)."""
+    out = []
+    for p in points:
+        if p.state != "COMPLETE":
+            continue
+        ok = p.feasible if p.drop_upper is None else p.drop_upper <= constraint.margin + 1e-12
+        if ok:
+            out.append(dataclasses.replace(p, feasible=True))
+    return out
+
+
+def pick(points: Sequence[TrialPoint], rule: str, constraint: Constraint) -> TrialPoint:
+    """The trial a rule picks among the resolved-feasible ones: `fastest` (highest tokens/s) or `knee` (the knee
+    of their front, accuracy weighed in units of the margin)."""
+    if rule not in PICKS:
+        raise PickError(f"unknown pick rule {rule!r}; use one of {', '.join(PICKS)}")
+    ok = candidates(points, constraint)
+    front = pareto_front(ok)
+    if not front:
+        raise PickError(f"no trial is resolved within {constraint.max_drop:g} points of the baseline (upper "
+                        f"{constraint.confidence:.0%} bound of the paired drop); run more trials, or allow more")
+    if rule == "knee":
+        return pick_knee(front, accuracy_scale=constraint.margin)
+    best = pick_fastest(front, min_accuracy=float("-inf"))
+    assert best is not None
+    return best
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The verdict of the declared rule on the test split, with the numbers behind it."""
+
+    confirmed: bool
+    paired: PairedDrop
+    margin: float
+
+    def rule(self) -> dict[str, Any]:
+        p = self.paired
+        return {
+            "rule": "non-inferiority: confirmed when the one-sided upper confidence bound of the paired drop "
+                    "(baseline minus pick, same test items) is at most the margin",
+            "method": METHOD, "confidence": p.confidence, "margin_points": 100 * self.margin,
+            "drop_points": 100 * p.drop, "upper_bound_points": 100 * p.upper, "lower_bound_points": 100 * p.lower,
+            "n": p.n, "baseline_only_correct": p.baseline_only, "pick_only_correct": p.candidate_only,
+            "confirmed": self.confirmed,
+        }
+
+
+def confirm(pick_outcomes: Sequence[bool], baseline_outcomes: Sequence[bool], constraint: Constraint) -> Confirmation:
+    paired = paired_drop(pick_outcomes, baseline_outcomes, constraint.confidence)
+    return Confirmation(paired.upper <= constraint.margin + 1e-12, paired, constraint.margin)
