@@ -187,8 +187,9 @@ class ReplayEvaluator:
 def replay_spec(args: argparse.Namespace) -> StudySpec:
     """The arith spec over the grid's space (categorical knobs, early exit on), its paper reference moved onto
     the grid; Fast-dLLM (early exit off, outside that space) is not a reference here."""
+    windows = [None if w == "null" else int(w) for w in args.windows.split(",")] if args.windows else list(WINDOWS)
     spec = load_spec("arith", [
-        f"search_space.window.choices={list(WINDOWS)}".replace("None", "null"),
+        f"search_space.window.choices={windows}".replace("None", "null"),
         f"search_space.threshold.choices={list(THRESHOLDS)}", f"search_space.alpha.choices={list(ALPHAS)}",
         "search_space.early_exit.choices=[true]", f"trials={args.trials}",
         "references=[{name: vanilla, mode: vanilla, steps: 128}, {name: paper, mode: streaming, window: 32, "
@@ -196,6 +197,13 @@ def replay_spec(args: argparse.Namespace) -> StudySpec:
         *(f"{k}={v}" for k, v in (("constraint.max_drop", args.max_drop), ("race.min_items", args.min_items))
           if v is not None)])
     return spec
+
+
+def space_keys(spec: StudySpec) -> set[str]:
+    """The configurations a replayed study can reach: every point of its (categorical) space, and vanilla."""
+    dims = [[(k.name, v) for v in k.choices] for k in spec.search_space]
+    keys = {config_key(spec.config_for(dict(combo))) for combo in itertools.product(*dims)}
+    return keys | {config_key(spec.reference_config(spec.reference("vanilla")))}
 
 
 @dataclass
@@ -217,8 +225,8 @@ def true_drop(g: Grid, key: str, items: list[int]) -> float:
     return sum((base[i] == "1") - (cand[i] == "1") for i in items) / len(items)
 
 
-def oracle(g: Grid, fresh: list[int], margin: float) -> str:
-    ok = [k for k in g.outcomes if true_drop(g, k, fresh) <= margin]
+def oracle(g: Grid, fresh: list[int], margin: float, space: set[str] | None = None) -> str:
+    ok = [k for k in g.outcomes if (space is None or k in space) and true_drop(g, k, fresh) <= margin]
     return max(ok, key=lambda k: g.speed[k])
 
 
@@ -235,7 +243,8 @@ class Outcome:
     items: int  # validation item-decodes of all trials
 
 
-def run_new(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdir: str) -> Outcome:
+def run_new(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdir: str, space: set[str],
+            min_confirmation: float) -> Outcome:
     spec = replace(spec, seed=seed)
     evaluator = ReplayEvaluator(g)
     storage = optuna.storages.RDBStorage(f"sqlite:///{workdir}/new-{seed}.db")
@@ -244,14 +253,16 @@ def run_new(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdi
                    gc_after_trial=False)
     items = sum(n for k, n in evaluator.decoded.items() if k != g.vanilla)
     try:
-        chosen = pick(trial_points(study, spec.constraint), rule, spec.constraint)
+        chosen = pick(trial_points(study, spec.constraint), rule, spec.constraint, test_items=len(split.test),
+                      min_confirmation=min_confirmation)
     except PickError:
         return Outcome("new", seed, None, False, False, 0.0, None, read_ledger(study).n, items)
     key = study.trials[chosen.number].user_attrs["config_key"]
     test_ids = [int(it.id) for it in split.test]
     verdict = confirm([g.outcomes[key][i] == "1" for i in test_ids],
                       [g.outcomes[g.vanilla][i] == "1" for i in test_ids], spec.constraint)
-    return judge("new", seed, g, key, verdict.confirmed, split, spec.constraint.margin, read_ledger(study).n, items)
+    return judge("new", seed, g, key, verdict.confirmed, split, spec.constraint.margin, read_ledger(study).n, items,
+                 space)
 
 
 class PointEstimateObjective:
@@ -288,7 +299,8 @@ class PointEstimateObjective:
         return r.accuracy, r.tokens_per_s
 
 
-def run_old(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdir: str, n_val: int) -> Outcome:
+def run_old(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdir: str, n_val: int,
+            space: set[str]) -> Outcome:
     spec = replace(spec, seed=seed)
     evaluator = ReplayEvaluator(g)
     storage = optuna.storages.RDBStorage(f"sqlite:///{workdir}/old-{seed}.db")
@@ -309,13 +321,13 @@ def run_old(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdi
     test_ids = [int(it.id) for it in split.test]
     drop = true_drop(g, key, test_ids)  # the point estimate of the test drop
     return judge("today", seed, g, key, drop <= spec.constraint.margin + 1e-12, split, spec.constraint.margin, n_val,
-                 decoded)
+                 decoded, space)
 
 
 def judge(policy: str, seed: int, g: Grid, key: str, confirmed: bool, split: Split, margin: float,
-          vanilla_items: int, items: int) -> Outcome:
+          vanilla_items: int, items: int, space: set[str]) -> Outcome:
     truth = true_drop(g, key, split.fresh)
-    best = oracle(g, split.fresh, margin)
+    best = oracle(g, split.fresh, margin, space)
     return Outcome(policy, seed, key, confirmed, confirmed and truth > margin,
                    g.speed[key] / g.speed[best] if confirmed else 0.0, truth, vanilla_items, items)
 
@@ -327,7 +339,10 @@ def replay(args: argparse.Namespace) -> None:
     spec = replay_spec(args)
     n_val = args.validation
     margin = spec.constraint.margin
-    report(f"### Calibration — dtune/tiny-arith, arith, {len(g.outcomes)} measured configurations × "
+    space = space_keys(spec)
+    if missing := space - set(g.outcomes):
+        raise SystemExit(f"{len(missing)} configurations of the space are not (fully) measured; run `measure`")
+    report(f"### Calibration — dtune/tiny-arith, arith, {len(space)} measured configurations × "
            f"{POOL_SIZE} problems, {args.studies} replayed studies per policy")
     report("")
     report(machine_line())
@@ -345,8 +360,8 @@ def replay(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="dtune-calib-") as workdir:
         for s in range(args.studies):
             split = draw(1000 + s, n_val, args.test)
-            outcomes.append(run_new(spec, g, split, s, args.rule, workdir))
-            outcomes.append(run_old(spec, g, split, s, args.rule, workdir, args.old_validation))
+            outcomes.append(run_new(spec, g, split, s, args.rule, workdir, space, args.min_confirmation))
+            outcomes.append(run_old(spec, g, split, s, args.rule, workdir, args.old_validation, space))
             if (s + 1) % 5 == 0:
                 print(f"  {s + 1}/{args.studies} studies ({time.perf_counter() - t0:.0f}s)", flush=True)
     rows = []
@@ -366,7 +381,7 @@ def replay(args: argparse.Namespace) -> None:
     report(md_table(["policy", "confirmed exports", "confirmed that violate the margin", "speed-up vs oracle (mean)",
                      "(median)", "vanilla validation items", "items per trial"], rows))
     report("")
-    oracles = [oracle(g, draw(1000 + s, n_val, args.test).fresh, margin) for s in range(args.studies)]
+    oracles = [oracle(g, draw(1000 + s, n_val, args.test).fresh, margin, space) for s in range(args.studies)]
     common = max(set(oracles), key=oracles.count)
     report(f"oracle (fastest grid configuration within the margin on each study's fresh problems): "
            f"{describe(g.configs[common])} in {oracles.count(common)}/{len(oracles)} studies, "
@@ -404,6 +419,9 @@ def main() -> None:
     r.add_argument("--max-drop", type=float, default=None, help="default: the arith spec's")
     r.add_argument("--min-items", type=int, default=None, help="default: the arith spec's race.min_items")
     r.add_argument("--rule", choices=["knee", "fastest"], default="knee")
+    r.add_argument("--min-confirmation", type=float, default=0.0,
+                   help="pick only candidates this likely to pass the test (export --min-confirmation)")
+    r.add_argument("--windows", help="comma list restricting the window choices (e.g. 16,32,null)")
     r.add_argument("--out")
     args = ap.parse_args()
     if (warning := threads_warning()) is not None:

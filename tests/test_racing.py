@@ -7,6 +7,7 @@ import math
 import random
 from dataclasses import replace
 
+import numpy as np
 import optuna
 import pytest
 from scipy.stats import norm
@@ -74,13 +75,15 @@ def race_study(tmp_path):
         "borderline": streaming(spec, window=32, threshold=0.9),  # drop 5.0 = the margin: never resolves
         "slow": streaming(spec, window=None, threshold=0.99),  # drop 3.5, slower and less accurate than "lossless"
         "fast-good": streaming(spec, window=16, threshold=0.97),  # drop 1.0, fastest feasible
+        "also-fine": streaming(spec, window=64, threshold=0.97),  # drop 0.5 like "lossless", but slower
     }
     truths = {config_key(vanilla): (0.0, 0.0, 40.0),
               config_key(spec.reference_config(spec.reference("fast-dllm"))): (0.03, 0.01, 400.0),
               config_key(spec.reference_config(spec.reference("paper"))): (0.04, 0.01, 1500.0)}
-    speed = {"lossless": 1000.0, "hopeless": 3000.0, "borderline": 2000.0, "slow": 300.0, "fast-good": 2500.0}
+    speed = {"lossless": 1000.0, "hopeless": 3000.0, "borderline": 2000.0, "slow": 300.0, "fast-good": 2500.0,
+             "also-fine": 500.0}
     drops = {"lossless": (0.005, 0.01), "hopeless": (0.20, 0.01), "borderline": (0.05, 0.015), "slow": (0.035, 0.01),
-             "fast-good": (0.01, 0.01)}
+             "fast-good": (0.01, 0.01), "also-fine": (0.005, 0.01)}
     for name, cfg in configs.items():
         truths[config_key(cfg)] = (*drops[name], speed[name])
     evaluator = ScriptedEvaluator(truths)
@@ -106,7 +109,11 @@ def test_racing_gives_items_to_trials_that_need_them_and_stops_the_rest(race_stu
     used = {name: t.user_attrs["metrics"]["n"] for name, t in results.items()}
     assert verdicts["hopeless"] == racing.INFEASIBLE and used["hopeless"] == 100
     assert results["hopeless"].state == optuna.trial.TrialState.PRUNED
-    assert verdicts["lossless"] == racing.FEASIBLE and used["lossless"] < POOL
+    # Resolved on an early rung, "lossless" was on the front of resolved trials (it could be the pick), so it
+    # earned the whole pool; "also-fine", resolved as early but slower than an equally good rival, stopped there.
+    assert verdicts["lossless"] == racing.FEASIBLE and used["lossless"] == POOL
+    assert results["lossless"].user_attrs["race"][0]["upper"] <= 0.05  # resolved at the first rung already
+    assert verdicts["also-fine"] == racing.FEASIBLE and used["also-fine"] < POOL
     assert verdicts["borderline"] == racing.UNRESOLVED and used["borderline"] == POOL
     assert results["borderline"].constraints["accuracy"] > 0  # not feasible for the sampler either
     # "slow" (drop 3.5, 300 tokens/s) is dominated by the resolved-feasible "lossless" (drop 0.5, 1000 tokens/s)
@@ -186,3 +193,22 @@ def test_rungs_grow_geometrically_to_the_whole_pool():
     assert rungs(1600, Race(min_items=100, growth=2)) == [100, 200, 400, 800, 1600]
     assert rungs(500, Race(min_items=200, growth=2)) == [200, 400, 500]
     assert rungs(24, Race(min_items=100)) == [24]
+
+
+def test_confirmation_probability_is_a_power_calculation_for_the_one_test():
+    from tuner.selection import confirmation_probability
+
+    margin = Constraint(max_drop=5.0)
+    z = norm.ppf(0.95)
+    n, q = 1200, 0.06
+    hair = TrialPoint(1, 0.9, 1.0, n=n, drop=0.05 - z * math.sqrt(q / n), drop_upper=0.05, discordance=q)
+    safe = replace(hair, drop=0.02, drop_upper=0.02 + z * math.sqrt(q / n))
+    by_a_hair = confirmation_probability(hair, margin, test_items=n)
+    assert by_a_hair == pytest.approx(0.5)  # resolved by a hair on validation: a test of the same size, a coin flip
+    assert confirmation_probability(safe, margin, test_items=n) > 0.95
+    assert confirmation_probability(hair, margin, test_items=4 * n) > by_a_hair
+    # Monte Carlo check of the formula: draw the true drop from the validation evidence, then the test estimate.
+    rng = np.random.default_rng(0)
+    d = rng.normal(hair.drop, math.sqrt(q / n), 200_000)
+    test = rng.normal(d, math.sqrt(q / n))
+    assert np.mean(test + z * math.sqrt(q / n) <= 0.05) == pytest.approx(by_a_hair, abs=0.01)

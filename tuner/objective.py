@@ -87,9 +87,10 @@ class Objective:
             result = EvalResult.concat(parts)
             base = ledger.ensure(n)
             paired = paired_drop(result.outcomes, base.bools(n), constraint.confidence)
-            rival = racing.dominated_by(result.tokens_per_s, paired, self._rivals(trial.study, trial.number),
-                                        self.spec.race.speed_tolerance)
-            verdict = racing.judge(paired, constraint.margin, last=n == self.rungs[-1], dominated=rival is not None)
+            rivals = self._rivals(trial.study, trial.number)
+            rival = racing.dominated_by(result.tokens_per_s, paired, rivals, self.spec.race.speed_tolerance)
+            verdict = racing.judge(paired, constraint.margin, last=n == self.rungs[-1], dominated=rival is not None,
+                                   front=racing.on_front(result.tokens_per_s, paired, rivals))
             history.append({"n": n, "drop": paired.drop, "lower": paired.lower, "upper": paired.upper,
                             "verdict": verdict, **({"dominated_by": rival.number} if rival else {})})
             if verdict != racing.CONTINUE:

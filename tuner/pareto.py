@@ -38,6 +38,7 @@ class TrialPoint:
     n: int | None = None  # validation items it used
     drop: float | None = None  # paired drop against the baseline (accuracy fraction)
     drop_upper: float | None = None  # its one-sided upper bound at the constraint's confidence
+    discordance: float | None = None  # share of its items on which it and the baseline disagree
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict (used for trials.json / trials.csv)."""

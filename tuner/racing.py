@@ -10,7 +10,10 @@ it is still plausibly feasible and could still matter:
 * after each rung the trial's paired drop against the baseline on the same items (tuner.stats, Tango's bound at
   the constraint's confidence) gives a verdict:
   - `infeasible`: the lower bound of the drop is above the margin — stop (pruned);
-  - `feasible`: the upper bound is within the margin — resolved, stop (a candidate for the pick);
+  - `feasible`: the upper bound is within the margin — resolved; a trial on the current front of resolved ones
+    (no resolved rival is as fast with a drop no worse: it could be the pick) goes on to the whole pool first, so
+    the pick's bound rests on every validation item (in a study of 30 trials a few resolve on the first rung by
+    luck, and the pick would be the luckiest of them — the winner's curse); others stop;
   - `dominated`: a resolved-feasible rival is faster by more than the speed tolerance and its estimated drop is
     no worse than this trial's optimistic (lower) bound, so this trial can be neither the fastest pick nor a
     more accurate knee — stop (pruned);
@@ -74,14 +77,21 @@ def dominated_by(tokens_per_s: float, paired: PairedDrop, rivals: Iterable[Rival
     return best
 
 
-def judge(paired: PairedDrop, margin: float, *, last: bool, dominated: bool) -> str:
+def on_front(tokens_per_s: float, paired: PairedDrop, rivals: Iterable[Rival]) -> bool:
+    """Could this trial be picked: no resolved-feasible rival is at least as fast with an estimated drop no worse."""
+    return not any(r.tokens_per_s >= tokens_per_s and r.drop <= paired.drop for r in rivals)
+
+
+def judge(paired: PairedDrop, margin: float, *, last: bool, dominated: bool, front: bool) -> str:
     """The verdict after a rung (see the module docstring)."""
     if paired.lower > margin:
         return INFEASIBLE
-    if paired.upper <= margin:
+    if paired.upper <= margin and (last or not front):
         return FEASIBLE
     if dominated:
         return DOMINATED
+    if paired.upper <= margin:
+        return CONTINUE  # resolved, but a candidate for the pick: it earns the whole pool (see the docstring)
     return UNRESOLVED if last else CONTINUE
 
 

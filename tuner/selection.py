@@ -15,14 +15,17 @@ items and let chance confirm one. The profile records the rule with its numbers.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from scipy.stats import norm
+
 from .errors import TunerError
 from .pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
 from .spec import Constraint
-from .stats import METHOD, PairedDrop, paired_drop
+from .stats import METHOD, PairedDrop, paired_drop, z_one_sided
 
 PICKS = ("knee", "fastest")
 
@@ -43,12 +46,33 @@ def candidates(points: Sequence[TrialPoint], constraint: Constraint) -> list[Tri
     return out
 
 
-def pick(points: Sequence[TrialPoint], rule: str, constraint: Constraint) -> TrialPoint:
+def confirmation_probability(p: TrialPoint, constraint: Constraint, test_items: int) -> float:
+    """How likely the declared test confirms `p` on `test_items` items, from its validation evidence.
+
+    With the true drop d ~ N(d̂, q/n) given validation (n items, discordant share q) and the test estimate
+    ~ N(d, q/m) on m test items, the rule (upper bound d̂_test + z·sqrt(q/m) within the margin) passes with
+    probability Φ((margin − z·sqrt(q/m) − d̂) / sqrt(q/n + q/m)). A power calculation for the one test the export
+    will run: a candidate resolved on validation by a hair passes it about half the time."""
+    if p.drop is None or not p.n or not test_items:
+        return 1.0 if p.feasible else 0.0
+    if p.drop == 0.0 and p.drop_upper == 0.0:  # the baseline itself
+        return 1.0
+    q = max(p.discordance or 0.0, 1.0 / p.n)
+    se_val, se_test = math.sqrt(q / p.n), math.sqrt(q / test_items)
+    z = z_one_sided(constraint.confidence)
+    return float(norm.cdf((constraint.margin - z * se_test - p.drop) / math.hypot(se_val, se_test)))
+
+
+def pick(points: Sequence[TrialPoint], rule: str, constraint: Constraint, *, test_items: int | None = None,
+         min_confirmation: float = 0.0) -> TrialPoint:
     """The trial a rule picks among the resolved-feasible ones: `fastest` (highest tokens/s) or `knee` (the knee
-    of their front, accuracy weighed in units of the margin)."""
+    of their front, accuracy weighed in units of the margin). With `min_confirmation`, only candidates whose
+    `confirmation_probability` on `test_items` reaches it are considered."""
     if rule not in PICKS:
         raise PickError(f"unknown pick rule {rule!r}; use one of {', '.join(PICKS)}")
     ok = candidates(points, constraint)
+    if min_confirmation > 0 and test_items:
+        ok = [p for p in ok if confirmation_probability(p, constraint, test_items) >= min_confirmation]
     front = pareto_front(ok)
     if not front:
         raise PickError(f"no trial is resolved within {constraint.max_drop:g} points of the baseline (upper "

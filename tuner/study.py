@@ -210,6 +210,7 @@ def trial_points(study: optuna.Study, constraint: Constraint) -> list[TrialPoint
             params=_shown_params(t), label=t.user_attrs.get("reference"), nfe=m.get("nfe"), ci_low=lo, ci_high=hi,
             n=len(outcomes) or m.get("n"), drop=0.0 if is_baseline else (paired.drop if paired else m.get("drop")),
             drop_upper=0.0 if is_baseline else (paired.upper if paired else m.get("drop_upper")),
+            discordance=0.0 if is_baseline else (paired.discordance if paired else m.get("discordance")),
         ))
     return points
 
