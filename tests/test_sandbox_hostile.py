@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.sandbox import isolation_level, run_program, run_programs
+from tuner.sandbox import Limits, isolation_level, run_program, run_programs
 from tuner.sandbox.procs import pids_of_uid
 from tuner.sandbox.uids import _uid_range
 
@@ -74,7 +74,7 @@ def host_stays_fine():
 @pytest.mark.parametrize("level", LEVELS)
 def test_infinite_loop_times_out(level):
     start = time.monotonic()
-    res = run_program("while True:\n    pass\n", 1.0, isolation=level)
+    res = run_program("while True:\n    pass\n", Limits(timeout_s=1.0), isolation=level)
     assert res.status == "timeout"
     assert time.monotonic() - start < 4
 
@@ -83,10 +83,10 @@ def test_infinite_loop_times_out(level):
 def test_fork_bomb_is_contained(level):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     start = time.monotonic()
-    res = run_program(bomb, 1.5, isolation=level)
+    res = run_program(bomb, Limits(timeout_s=1.5), isolation=level)
     assert res.status in ("timeout", "crashed")
     assert time.monotonic() - start < 8
-    assert run_program("print('after')\n", 3, isolation=level).passed
+    assert run_program("print('after')\n", Limits(timeout_s=3), isolation=level).passed
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -95,7 +95,7 @@ def test_fork_count_is_limited(level):
         "import os, time\nn = 0\ntry:\n    while n < 500:\n        if os.fork() == 0:\n            time.sleep(30)\n"
         "            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nprint('forked', n)\nassert n < 40\n"
     )
-    res = run_program(src, 3, isolation=level, max_processes=16)
+    res = run_program(src, Limits(timeout_s=3, max_processes=16), isolation=level)
     assert res.passed, res
 
 
@@ -103,27 +103,35 @@ def test_fork_count_is_limited(level):
 def test_fork_bomb_does_not_starve_parallel_neighbours():
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     sources = [bomb] + [f"print('neighbour {i}')\n" for i in range(3)]
-    results = run_programs(sources, 1.5, max_workers=4)
+    results = run_programs(sources, Limits(timeout_s=1.5), max_workers=4)
     assert results[0].status in ("timeout", "crashed")
     assert [r.status for r in results[1:]] == ["passed"] * 3
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_huge_output_is_capped(level):
-    res = run_program("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", 3, isolation=level)
+    res = run_program(
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", Limits(timeout_s=3), isolation=level
+    )
     assert res.status == "crashed" and "output limit" in res.reason
     assert len(res.output) < 20_000
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_memory_bomb(level):
-    res = run_program("blocks = [bytearray(10**8) for _ in range(100)]\n", 3, isolation=level, memory_mb=512)
+    res = run_program(
+        "blocks = [bytearray(10**8) for _ in range(100)]\n",
+        Limits(timeout_s=3, memory_mb=512),
+        isolation=level,
+    )
     assert res.status == "crashed" and "memory" in res.reason
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_file_size_limit(level):
-    res = run_program("open('big', 'wb').write(b'x' * (64 << 20))\n", 3, isolation=level, file_size_mb=8)
+    res = run_program(
+        "open('big', 'wb').write(b'x' * (64 << 20))\n", Limits(timeout_s=3, file_size_mb=8), isolation=level
+    )
     assert res.status == "crashed" and "file size" in res.reason
 
 
@@ -137,7 +145,7 @@ def test_killing_the_parent_fails(level, host_stays_fine):
         "    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError as exc:\n        print('denied', pid, exc)\n"
         "os.kill(-1, signal.SIGKILL)\n"
     )
-    res = run_program(src, 3, isolation=level)
+    res = run_program(src, Limits(timeout_s=3), isolation=level)
     assert "denied" in res.output, res  # what happens to the program itself does not matter
     assert host_stays_fine.poll() is None
 
@@ -155,7 +163,7 @@ def test_environment_secrets_are_not_visible(level, monkeypatch, host_stays_fine
         "            if b'" + FAKE_SECRET + "' in data:\n                print('LEAK', pid, f)\n"
         "print('scanned', seen)\n"
     )
-    res = run_program(src, 3, isolation=level)
+    res = run_program(src, Limits(timeout_s=3), isolation=level)
     assert res.passed and "scanned" in res.output
     assert "DTUNE_TEST_SECRET" not in res.output
     if _protected(level):
@@ -180,7 +188,7 @@ def test_writes_outside_the_work_dir_fail(level, tmp_path):
         "    except OSError as exc:\n        print('blocked', path, type(exc).__name__)\n"
         "open('local.txt', 'w').write('fine')\nprint('cwd ok', os.listdir('.'))\n"
     )
-    res = run_program(src, 3, isolation=level)
+    res = run_program(src, Limits(timeout_s=3), isolation=level)
     assert res.passed and "cwd ok" in res.output and "local.txt" in res.output, res.output
     for path in (victim, tmp_path / "new.txt", repo_file, "/etc/dtune-test", "/usr/dtune-test"):
         assert f"WROTE {path}\n" not in res.output
@@ -201,7 +209,7 @@ def test_host_files_are_not_readable(level):
         "    try:\n        data = open(path).read()\n        print('READ', path, len(data))\n"
         "    except OSError as exc:\n        print('blocked', path, type(exc).__name__)\n"
     )
-    res = run_program(src, 3, isolation=level)
+    res = run_program(src, Limits(timeout_s=3), isolation=level)
     assert res.passed
     assert "READ /etc/shadow" not in res.output and "READ /root/.bashrc" not in res.output
 
@@ -236,7 +244,7 @@ def test_no_network_in_bwrap():
         f"        socket.create_connection((host, {port}), timeout=1)\n        print('CONNECTED', host)\n"
         "    except OSError as exc:\n        print('no network', host, exc)\n"
     )
-    res = run_program(src, 3, isolation="bwrap")
+    res = run_program(src, Limits(timeout_s=3), isolation="bwrap")
     done.set()
     thread.join()
     server.close()
@@ -253,6 +261,6 @@ def test_escaped_children_are_killed(level):
         "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\n"
         "time.sleep(0.1)\nprint('parent done')\n"
     )
-    res = run_program(src, 3, isolation=level)
+    res = run_program(src, Limits(timeout_s=3), isolation=level)
     assert res.passed
     # the autouse fixture asserts that no process of the sandbox uids is left

@@ -1,10 +1,13 @@
-"""Running untrusted Python programs: one (:func:`run_program`) or many in parallel (:func:`run_programs`).
+"""Running one untrusted Python program under an isolation that has already been chosen (:func:`run_isolated`).
 
 The parent must survive anything the program does, so it never trusts the child for anything: output is read
 in bounded chunks with a hard cap (a print loop cannot exhaust our memory), the wall clock is enforced here
 (not by the child), on timeout the whole process group is SIGKILLed and then every process of the run's
 throw-away uid (children that called ``setsid`` included), and success is decided by a marker the bootstrap
 writes to a private pipe only after the program's last line.
+
+Which isolation to use is not decided here (see :mod:`tuner.sandbox.levels`); the command lines come from
+:mod:`tuner.sandbox.commands`.
 """
 
 from __future__ import annotations
@@ -17,13 +20,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
 from .bootstrap import BOOT_NAME, MAIN_NAME, render_bootstrap
-from .isolation import BOX_DIR, SCRUBBED_ENV, Isolation, bwrap_command, resolve, subprocess_command
+from .commands import BOX_DIR, SCRUBBED_ENV, Isolation, bwrap_command, subprocess_command
 from .limits import Limits
 from .procs import count_processes_of_uid, kill_uid
 from .result import ProgramResult, SandboxError
@@ -297,56 +298,9 @@ def _pump(proc: subprocess.Popen[bytes], limits: Limits, start: float) -> tuple[
                 exit_grace_until = time.monotonic() + _EXIT_GRACE_S
 
 
-def run_program(
-    source: str,
-    timeout_s: float = 10.0,
-    *,
-    memory_mb: int = 1024,
-    file_size_mb: int = 16,
-    tmp_mb: int = 64,
-    max_processes: int = 16,
-    max_open_files: int = 256,
-    max_output_bytes: int = 1 << 20,
-    isolation: str | Isolation | None = None,
-) -> ProgramResult:
-    """Run ``source`` as ``__main__`` of a fresh, isolated Python interpreter and report how it ended.
-
-    ``isolation``: None (auto: bwrap when it works, else a plain subprocess with a warning), ``"bwrap"``,
-    ``"subprocess"``, or a resolved :class:`~tuner.sandbox.isolation.Isolation`. The program sees an empty
-    working directory, no environment from the caller, and (with bwrap) no network and no host files except
-    the Python installation. Never raises for anything the program does; raises :class:`SandboxError` only
-    when no sandbox can be started at all.
-    """
-    limits = Limits(
-        timeout_s=timeout_s,
-        memory_mb=memory_mb,
-        file_size_mb=file_size_mb,
-        tmp_mb=tmp_mb,
-        max_processes=max_processes,
-        max_open_files=max_open_files,
-        max_output_bytes=max_output_bytes,
-    )
-    iso = isolation if isinstance(isolation, Isolation) else resolve(isolation)
+def run_isolated(source: str, limits: Limits, iso: Isolation) -> ProgramResult:
+    """Run ``source`` once under the already resolved ``iso`` (claiming a throw-away uid for the run when
+    ``iso.drop_uid``). Never raises for anything the program does; :class:`SandboxError` means the sandbox
+    process could not be started or no throw-away uid is free."""
     with claim_uid() if iso.drop_uid else nullcontext(None) as uid:
         return _run_once(source, limits, iso, uid)
-
-
-def run_programs(
-    sources: Sequence[str],
-    timeout_s: float = 10.0,
-    *,
-    max_workers: int | None = None,
-    **kwargs,
-) -> list[ProgramResult]:
-    """Run many programs in parallel (bounded thread pool; each run is its own sandbox) and return the results
-    in the order of ``sources``. ``kwargs`` go to :func:`run_program`."""
-    if not sources:
-        return []
-    iso = kwargs.pop("isolation", None)
-    iso = iso if isinstance(iso, Isolation) else resolve(iso)  # probe once, before the threads start
-    workers = max_workers or min(len(sources), os.cpu_count() or 1)
-    workers = max(1, min(workers, len(sources)))
-    if workers == 1:
-        return [run_program(s, timeout_s, isolation=iso, **kwargs) for s in sources]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dtune-sandbox") as pool:
-        return list(pool.map(lambda s: run_program(s, timeout_s, isolation=iso, **kwargs), sources))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuner.sandbox import ProgramResult, run_programs
+from tuner.sandbox import Limits, ProgramResult, run_programs
 
 from .base import Item, ScoreResult, Task
 from .errors import TaskError
@@ -66,9 +66,8 @@ class CodeTask(Task):
         ]
         runs = run_programs(
             [program for program, _, _ in built],
-            self.timeout_s,
+            Limits(timeout_s=self.timeout_s, memory_mb=self.memory_mb),
             max_workers=self.max_workers,
-            memory_mb=self.memory_mb,
         )
         return [self._result(code, how, run) for (_, code, how), run in zip(built, runs, strict=True)]
 

@@ -1,20 +1,13 @@
-"""Choosing how to isolate a program, and building the command line for it.
-
-Two levels, best first:
-  - ``bwrap``: Debian's bubblewrap. New user/pid/net/ipc/uts/cgroup namespaces (``--unshare-all``), no network,
-    all capabilities dropped, killed with its parent, its own session; the filesystem is only ``/usr`` (plus the
-    interpreter's prefix) read-only, a size-capped tmpfs as ``/tmp`` (the working directory), a read-only copy of
-    the program, a minimal ``/dev`` and a private ``/proc``. As root we first switch to a throw-away uid
-    (see :mod:`tuner.sandbox.uids`): inside a user namespace root would otherwise stay uid 0 on the host, which
-    defeats RLIMIT_NPROC and file permissions (tested recipe, ecosystem-notes section 5).
-  - ``subprocess``: a plain child process with the same rlimits, a new session, a scrubbed environment, an
-    empty temporary working directory and, as root, the throw-away uid. No filesystem or network isolation.
-    Used only where bwrap is missing or does not work (e.g. user namespaces disabled), with a one-time warning.
+"""Choosing the isolation level: ``DTUNE_SANDBOX_ISOLATION``, a probe run per candidate, a per-process cache.
 
 ``DTUNE_SANDBOX_ISOLATION`` = ``auto`` (default) | ``bwrap`` | ``subprocess`` forces a level;
 ``DTUNE_SANDBOX_PYTHON`` picks the interpreter used inside (default: the first of this interpreter, then
 ``/usr/bin/python3``, then ``python3`` on PATH, that starts inside the sandbox; the sandboxed interpreter runs with
 ``-I`` so it sees only its standard library).
+
+A level is only chosen after ``pass`` has really run under it (bwrap can be installed and still not work, e.g.
+where user namespaces are disabled). The probe goes through :func:`tuner.sandbox.runner.run_isolated`, so this
+module sits above the runner; the runner never needs to know how its :class:`Isolation` was chosen.
 """
 
 from __future__ import annotations
@@ -25,72 +18,20 @@ import shutil
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
+from .commands import LEVELS, Isolation
+from .limits import Limits
 from .result import SandboxError
+from .runner import run_isolated
 
 log = logging.getLogger("tuner.sandbox")
 
-LEVELS = ("bwrap", "subprocess")
-BOX_DIR = "/sandbox"  # where the program folder appears inside bwrap
-_ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-#: Environment of every sandboxed program: nothing inherited from the caller (no tokens, no proxies).
-SCRUBBED_ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "LANG": "C.UTF-8",
-    "LC_ALL": "C.UTF-8",
-    "HOME": "/tmp",
-}
-
-
-@dataclass(frozen=True)
-class Isolation:
-    """The chosen level and what it needs: ``bwrap`` binary (or None) and the interpreter to run inside."""
-
-    level: str
-    python: str
-    bwrap: str | None = None
-    drop_uid: bool = False
-
-    def python_roots(self) -> list[str]:
-        """Directories outside /usr that the interpreter needs (its install prefix), for read-only binding."""
-        real = Path(os.path.realpath(self.python))
-        roots = []
-        if not str(real).startswith("/usr/"):
-            roots.append(str(real.parents[1]))
-        return roots
+_PROBE_LIMITS = Limits(timeout_s=20.0)
 
 
 def want_uid_drop() -> bool:
     """We switch to a throw-away uid only when we can (root); unprivileged callers keep their uid."""
     return os.geteuid() == 0
-
-
-def bwrap_command(iso: Isolation, host_dir: str, tmp_mb: int, boot_name: str) -> list[str]:
-    """Full bwrap argv running ``boot_name`` (inside ``host_dir``, bound read-only at /sandbox)."""
-    assert iso.bwrap is not None
-    tmp_bytes = str(tmp_mb << 20)
-    argv = [iso.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    argv += ["--ro-bind", "/usr", "/usr"]
-    for path in _ROOT_LINKS:
-        if os.path.islink(path):
-            argv += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            argv += ["--ro-bind", path, path]
-    for root in iso.python_roots():
-        argv += ["--ro-bind", root, root]
-    argv += ["--dev", "/dev", "--size", tmp_bytes, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
-    argv += ["--proc", "/proc"]
-    argv += ["--ro-bind", host_dir, BOX_DIR]
-    argv += ["--size", tmp_bytes, "--tmpfs", "/tmp", "--chdir", "/tmp", "--remount-ro", "/"]
-    argv += ["--", iso.python, "-I", "-B", "-u", f"{BOX_DIR}/{boot_name}"]
-    return argv
-
-
-def subprocess_command(iso: Isolation, host_dir: str, boot_name: str) -> list[str]:
-    """argv of the fallback level (the program folder is used in place)."""
-    return [iso.python, "-I", "-B", "-u", os.path.join(host_dir, boot_name)]
 
 
 def _candidate_pythons() -> list[str]:
@@ -111,10 +52,8 @@ _warned = False
 
 def _probe(iso: Isolation) -> bool:
     """Run ``pass`` under ``iso`` with the real machinery; True if it works."""
-    from .runner import run_program  # local import: runner imports this module
-
     try:
-        res = run_program("pass\n", timeout_s=20.0, isolation=iso)
+        res = run_isolated("pass\n", _PROBE_LIMITS, iso)
     except SandboxError as exc:
         log.debug("sandbox probe %s failed: %s", iso, exc)
         return False
