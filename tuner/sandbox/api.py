@@ -28,11 +28,12 @@ def run_program(
     """Run ``source`` as ``__main__`` of a fresh, isolated Python interpreter and report how it ended.
 
     ``limits``: a :class:`Limits` (None = the defaults; e.g. ``Limits(timeout_s=3, memory_mb=512)``).
-    ``isolation``: None (auto: bwrap when it works, else a plain subprocess with a warning), ``"bwrap"``,
-    ``"subprocess"``, or a resolved :class:`~tuner.sandbox.commands.Isolation`. The program sees an empty
-    working directory, no environment from the caller, and (with bwrap) no network and no host files except
-    the Python installation. Never raises for anything the program does; raises :class:`SandboxError` only
-    when no sandbox can be started at all.
+    ``isolation``: None (``DTUNE_SANDBOX_ISOLATION``, default ``"bwrap"``), ``"bwrap"``, ``"subprocess"`` (the
+    explicit opt-in to run without bubblewrap), or a resolved :class:`~tuner.sandbox.commands.Isolation`. The
+    program sees an empty working directory, no environment from the caller, and (with bwrap) no network and
+    no host files except the Python installation. Never raises for anything the program does; raises
+    :class:`SandboxError` when the requested isolation cannot be had (bwrap missing or broken: the refusal
+    of :func:`tuner.sandbox.require_isolation`) or no sandbox process can be started.
     """
     return run_isolated(source, limits or Limits(), _isolation(isolation))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tuner.sandbox import Limits, ProgramResult, run_programs
 
@@ -20,7 +20,14 @@ _OUTPUT_EXCERPT = 2000
 
 
 class CodeTask(Task):
-    """A task whose completions are scored by executing tests (pass@1 with one sample)."""
+    """A task whose completions are scored by executing tests (pass@1 with one sample).
+
+    ``needs_sandbox``: scoring runs model-written code in :mod:`tuner.sandbox`, which refuses without a working
+    bubblewrap (unless ``DTUNE_SANDBOX_ISOLATION=subprocess``); a CLI checks that with
+    ``tuner.sandbox.require_isolation()`` before it loads a model, instead of failing at the first score.
+    """
+
+    needs_sandbox: ClassVar[bool] = True
 
     def __init__(
         self,
