@@ -4,7 +4,7 @@ Pure functions of a resolved :class:`Isolation`: nothing here probes, caches, re
 starts a process, so the runner (which executes these command lines) and :mod:`tuner.sandbox.levels` (which
 picks the level by running a probe through the runner) can both depend on it without depending on each other.
 
-What each level isolates (see ``docs/tasks.md``):
+What each level isolates (``docs/sandbox.md`` has the full table):
   - ``bwrap``: Debian's bubblewrap. New user/pid/net/ipc/uts/cgroup namespaces (``--unshare-all``), no network,
     all capabilities dropped, killed with its parent, its own session; the filesystem is only ``/usr`` (plus the
     interpreter's prefix) read-only, a size-capped tmpfs as ``/tmp`` (the working directory), a read-only copy of
@@ -12,7 +12,8 @@ What each level isolates (see ``docs/tasks.md``):
     uid (see :mod:`tuner.sandbox.uids`): inside a user namespace root would otherwise stay uid 0 on the host,
     which defeats RLIMIT_NPROC and file permissions (tested recipe, ecosystem-notes section 5).
   - ``subprocess``: a plain child process with the same rlimits, a new session, a scrubbed environment, an
-    empty temporary working directory and, as root, the throw-away uid. No filesystem or network isolation.
+    empty private working directory (also its ``HOME`` and ``TMPDIR``) and, as root, the throw-away uid. No
+    filesystem or network isolation; an explicit opt-in only (``DTUNE_SANDBOX_ISOLATION=subprocess``).
 """
 
 from __future__ import annotations
@@ -76,3 +77,13 @@ def bwrap_command(iso: Isolation, host_dir: str, tmp_mb: int, boot_name: str) ->
 def subprocess_command(iso: Isolation, host_dir: str, boot_name: str) -> list[str]:
     """argv of the ``subprocess`` level (the program folder is used in place)."""
     return [iso.python, "-I", "-B", "-u", os.path.join(host_dir, boot_name)]
+
+
+def sandbox_env(iso: Isolation, workdir: str) -> dict[str, str]:
+    """Environment of one run: :data:`SCRUBBED_ENV`; at the ``subprocess`` level ``HOME`` and ``TMPDIR`` point
+    into the run's own folder, so that well-behaved temporary files go where the clean-up removes them (inside
+    bwrap ``/tmp`` is the run's own tmpfs already)."""
+    env = dict(SCRUBBED_ENV)
+    if iso.level == "subprocess":
+        env["HOME"] = env["TMPDIR"] = workdir
+    return env
