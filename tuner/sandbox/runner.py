@@ -2,9 +2,9 @@
 
 The parent must survive anything the program does, so it never trusts the child for anything: output is read
 in bounded chunks with a hard cap (a print loop cannot exhaust our memory), the wall clock is enforced here
-(not by the child), on timeout the whole process group is SIGKILLed and then every process of the run's
-throw-away uid (children that called ``setsid`` included), and success is decided by a marker the bootstrap
-writes to a private pipe only after the program's last line.
+(not by the child), on timeout the whole process group is SIGKILLed, afterwards everything the run started is
+ended and what it left removed (:class:`_Reaper`: by throw-away uid as root, by lineage unprivileged), and
+success is decided by a marker the bootstrap writes to a private pipe only after the program's last line.
 
 Which isolation to use is not decided here (see :mod:`tuner.sandbox.levels`); the command lines come from
 :mod:`tuner.sandbox.commands`.
