@@ -1,38 +1,62 @@
-"""Sandbox basics: statuses, output capture, ordering of parallel runs, configuration errors."""
+"""Sandbox basics at both levels: statuses, output capture, ordering of parallel runs, configuration errors."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from tuner.sandbox import Limits, ProgramResult, SandboxError, isolation_level, run_program, run_programs
+from tuner.sandbox import (
+    Limits,
+    ProgramResult,
+    SandboxError,
+    isolation_level,
+    run_program,
+    run_programs,
+)
 
-LEVELS = ["subprocess"] + (["bwrap"] if isolation_level() == "bwrap" else [])
+
+def _bwrap_works() -> bool:
+    try:
+        return isolation_level("bwrap") == "bwrap"
+    except SandboxError:
+        return False
 
 
-def test_isolation_level_is_known():
-    assert isolation_level() in ("bwrap", "subprocess")
-    if not shutil.which("bwrap"):
-        assert isolation_level() == "subprocess"
+BWRAP = _bwrap_works()
+LEVELS = [
+    pytest.param(
+        "bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubblewrap missing or not working here")
+    ),
+    "subprocess",
+]
+T3 = Limits(timeout_s=3)
+
+
+def test_default_level_is_bwrap_or_a_refusal(monkeypatch):
+    monkeypatch.delenv("DTUNE_SANDBOX_ISOLATION", raising=False)
+    if BWRAP:
+        assert isolation_level() == "bwrap"
+        assert run_program("pass\n", T3).isolation == "bwrap"
+    else:
+        with pytest.raises(SandboxError, match="DTUNE_SANDBOX_ISOLATION=subprocess"):
+            isolation_level()
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_statuses(level):
-    ok = run_program("print('hello')\n", 3, isolation=level)
+    ok = run_program("print('hello')\n", T3, isolation=level)
     assert isinstance(ok, ProgramResult)
     assert ok.status == "passed" and ok.passed and ok.returncode == 0 and "hello" in ok.output
     assert ok.isolation == level and ok.duration_s > 0
-    bad = run_program("assert 1 + 1 == 3, 'math is broken'\n", 3, isolation=level)
+    bad = run_program("assert 1 + 1 == 3, 'math is broken'\n", T3, isolation=level)
     assert bad.status == "failed" and "math is broken" in bad.output and "AssertionError" in bad.reason
-    syntax = run_program("def f(:\n", 3, isolation=level)
+    syntax = run_program("def f(:\n", T3, isolation=level)
     assert syntax.status == "failed" and "SyntaxError" in syntax.reason
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_exit_zero_before_the_end_is_not_a_pass(level):
     for early in ("import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit\n", "exit()\n"):
-        res = run_program(early + "assert False, 'tests never ran'\n", 3, isolation=level)
+        res = run_program(early + "assert False, 'tests never ran'\n", T3, isolation=level)
         assert res.status == "failed", (early, res)
         assert res.returncode == 0 and "before the end" in res.reason
 
@@ -40,30 +64,49 @@ def test_exit_zero_before_the_end_is_not_a_pass(level):
 @pytest.mark.parametrize("level", LEVELS)
 def test_main_guard_and_future_import(level):
     src = "from __future__ import annotations\nif __name__ == '__main__':\n    print('main ran')\n"
-    res = run_program(src, 3, isolation=level)
+    res = run_program(src, T3, isolation=level)
     assert res.passed and "main ran" in res.output
 
 
-def test_run_programs_keeps_order_and_runs_in_parallel():
+@pytest.mark.parametrize("level", LEVELS)
+def test_run_programs_keeps_order_and_runs_in_parallel(level):
     sources = [f"import time\ntime.sleep({0.3 if i % 2 else 0.0})\nprint('item', {i})\n" for i in range(8)]
     sources[3] = "assert False\n"
-    results = run_programs(sources, 3, max_workers=4)
+    results = run_programs(sources, T3, max_workers=4, isolation=level)
     assert [r.status for r in results] == ["passed"] * 3 + ["failed"] + ["passed"] * 4
+    assert {r.isolation for r in results} == {level}
     for i, r in enumerate(results):
         if i != 3:
             assert f"item {i}" in r.output
-    assert run_programs([], 3) == []
+    assert run_programs([], T3, isolation=level) == []
 
 
-def test_output_is_bounded_excerpt():
-    res = run_program("for i in range(20000):\n    print('line', i)\n", 5)
+@pytest.mark.parametrize("level", LEVELS)
+def test_output_is_bounded_excerpt(level):
+    res = run_program("for i in range(20000):\n    print('line', i)\n", Limits(timeout_s=5), isolation=level)
     assert res.passed and res.output_truncated
     assert "line 0" in res.output and "line 19999" in res.output and "bytes omitted" in res.output
     assert len(res.output) < 3 * Limits().excerpt_bytes
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_limits_are_applied_as_given(level):
+    src = (
+        "import resource\n"
+        "print('AS', resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)\n"
+        "print('FSIZE', resource.getrlimit(resource.RLIMIT_FSIZE)[0] >> 20)\n"
+        "print('NOFILE', resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    res = run_program(
+        src, Limits(timeout_s=3, memory_mb=300, file_size_mb=5, max_open_files=77), isolation=level
+    )
+    assert res.passed and "AS 300\n" in res.output and "FSIZE 5\n" in res.output and "NOFILE 77" in res.output
+
+
 def test_bad_configuration():
     with pytest.raises(ValueError):
-        run_program("pass", 0)
-    with pytest.raises(SandboxError):
-        run_program("pass", 1, isolation="docker")
+        Limits(timeout_s=0)
+    with pytest.raises(SandboxError, match="unknown sandbox isolation 'docker'"):
+        run_program("pass", T3, isolation="docker")
+    with pytest.raises(SandboxError, match="unknown sandbox isolation 'auto'"):
+        run_program("pass", T3, isolation="auto")  # there is no silent fallback any more

@@ -2,26 +2,38 @@
 
 Public API::
 
-    from tuner.sandbox import run_program, run_programs, isolation_level, ProgramResult, SandboxError
-    res = run_program(source, timeout_s=10.0)     # res.status in {"passed", "failed", "timeout", "crashed"}
-    results = run_programs(sources, timeout_s=3.0, max_workers=4)   # same order as sources
+    from tuner.sandbox import Limits, run_program, run_programs, isolation_level, ProgramResult, SandboxError
+    res = run_program(source)                      # default Limits(); res.status in STATUSES
+    res = run_program(source, Limits(timeout_s=3, memory_mb=512))
+    results = run_programs(sources, Limits(timeout_s=3), max_workers=4)   # same order as sources
+    require_isolation()   # at CLI start: raises the one-line SandboxError where bwrap is missing or broken
 
-See :mod:`tuner.sandbox.isolation` for what each isolation level does and the environment variables that
-control it, and ``docs/tasks.md`` for the threat model.
+Refuses by default: without a working bubblewrap every run raises :class:`SandboxError`, unless the user opts
+in with ``DTUNE_SANDBOX_ISOLATION=subprocess`` (plain subprocesses; docs/sandbox.md lists what that exposes).
+
+Modules, each depending only on those listed before it: ``result`` and ``limits`` (data), ``bootstrap`` (the
+script that runs first inside), ``procs``, ``uids`` and ``sweep`` (processes, throw-away uids, what a run left
+behind), ``commands`` (argv of a resolved :class:`Isolation`), ``runner`` (one program under a resolved
+isolation), ``levels`` (choosing the isolation: env var, probe, cache, refusal), ``api`` (the public
+functions). See ``docs/sandbox.md`` for the threat model.
 """
 
-from .isolation import isolation_level
+from .api import run_program, run_programs
+from .commands import Isolation
+from .levels import isolation_level, require_isolation, reset_cache
 from .limits import Limits
 from .result import STATUSES, ProgramResult, SandboxError, Status
-from .runner import run_program, run_programs
 
 __all__ = [
     "STATUSES",
+    "Isolation",
     "Limits",
     "ProgramResult",
     "SandboxError",
     "Status",
     "isolation_level",
+    "require_isolation",
+    "reset_cache",
     "run_program",
     "run_programs",
 ]

@@ -11,8 +11,12 @@ Why a bootstrap instead of running the program file directly:
     but without importing it: a few ms per run), so ``if __name__ == "__main__"`` blocks run, line numbers are
     preserved and ``from __future__`` imports stay legal.
 
-The marker is not a secret from a program that goes looking for it (it can read this script); it defends
-against accidental or careless early exits, not against code written to fake a pass.
+The marker is not a secret from a program that goes looking for it (it can read this script through
+``sys._getframe(1)`` or ``/proc/self/cmdline``, write the marker itself and ``os._exit(0)``); it defends
+against accidental or careless early exits, not against code written to fake a pass. No in-process harness can
+do better: whatever this script does after the program, the program can do first, in the same process with the
+same rights; and the tests themselves run in that process (an ``__eq__`` that always says True passes them
+without touching the marker). See docs/sandbox.md, "Score integrity".
 """
 
 from __future__ import annotations
@@ -25,10 +29,15 @@ import os as _os
 import sys as _sys
 _fd = {fd}
 _os.set_inheritable(_fd, False)
-if {pdeathsig}:
+if {pdeathsig} or {subreaper}:
     try:
         import ctypes as _ctypes
-        _ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        _libc = _ctypes.CDLL(None, use_errno=True)
+        if {pdeathsig}:
+            _libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        if {subreaper}:
+            _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphaned descendants stay our children
+        del _libc, _ctypes
     except Exception:
         pass
 import resource as _resource
@@ -54,11 +63,27 @@ _os.write(_fd, {marker!r})
 
 
 def render_bootstrap(
-    *, fd: int, main_path: str, marker: bytes, limits: list[tuple[str, int, int]], pdeathsig: bool
+    *,
+    fd: int,
+    main_path: str,
+    marker: bytes,
+    limits: list[tuple[str, int, int]],
+    pdeathsig: bool,
+    subreaper: bool = False,
 ) -> str:
     """Source of the bootstrap for one run.
 
     ``fd`` is the write end of the status pipe as numbered in the child, ``main_path`` where the program file
-    is as seen from inside the sandbox, ``marker`` the random success marker.
+    is as seen from inside the sandbox, ``marker`` the random success marker. ``pdeathsig``: die with the
+    parent (levels without bwrap's ``--die-with-parent``). ``subreaper``: the unprivileged ``subprocess`` level,
+    where the runner can only find descendants by ancestry: a double-forked daemon is then re-parented to the
+    program's first process instead of init while that process lives, so a scan still sees its ancestry.
     """
-    return _TEMPLATE.format(fd=fd, main=main_path, marker=marker, limits=limits, pdeathsig=bool(pdeathsig))
+    return _TEMPLATE.format(
+        fd=fd,
+        main=main_path,
+        marker=marker,
+        limits=limits,
+        pdeathsig=bool(pdeathsig),
+        subreaper=bool(subreaper),
+    )

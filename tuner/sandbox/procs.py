@@ -1,8 +1,16 @@
-"""Finding and killing processes by uid, via /proc.
+"""Finding and killing a run's processes, via /proc.
 
-Each sandbox run gets a uid of its own (see :mod:`tuner.sandbox.uids`), so "every process of that uid" is
-exactly "everything the program started", including children that escaped the process group with
-``setsid``. Cheap: one ``stat`` per process.
+As root each sandbox run gets a uid of its own (see :mod:`tuner.sandbox.uids`), so "every process of that uid"
+(:func:`kill_uid`) is exactly "everything the program started", including children that escaped the process
+group with ``setsid``. Cheap: one ``stat`` per process.
+
+Unprivileged, the program shares the caller's uid, so that rule would kill the caller. :class:`Lineage` is the
+best effort for that case (the ``subprocess`` level only: under bwrap the pid namespace takes everything down
+with the program): a process belongs to the run if it is the run's first process, is in its session or process
+group, descends from a member (checked while the run goes on, so that ancestry seen once is kept after the
+parent exits), or carries the run's random tag in its environment. What escapes all four is a descendant
+that leaves the session and the group, replaces its environment (``exec`` with a new one) *and* loses its
+ancestry before the next scan; see ``docs/sandbox.md``.
 """
 
 from __future__ import annotations
@@ -10,6 +18,10 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import dataclass
+
+#: Environment variable carrying a run's random tag (unprivileged ``subprocess`` level).
+RUN_TAG_VAR = "DTUNE_SANDBOX_RUN"
 
 
 def _is_zombie(pid: str) -> bool:
@@ -75,3 +87,127 @@ def kill_uid(uid: int, wait_s: float = 2.0) -> int:
             except (ProcessLookupError, PermissionError):
                 pass
         time.sleep(0.002)
+
+
+@dataclass(frozen=True)
+class _Stat:
+    ppid: int
+    pgrp: int
+    session: int
+    starttime: int  # clock ticks since boot: with the pid, identifies a process across pid reuse
+    zombie: bool
+
+
+def _read_stat(pid: int) -> _Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()  # the command name may hold spaces and parentheses
+    try:
+        return _Stat(
+            int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]), fields[0] in (b"Z", b"X")
+        )
+    except (IndexError, ValueError):
+        return None
+
+
+def _environ_has(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return needle in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _signal_exact(pid: int, starttime: int, sig: int = signal.SIGKILL) -> bool:
+    """Send ``sig`` to ``pid`` only if it is still the process that started at ``starttime``.
+
+    A pidfd pins the process before the check, so a pid reused meanwhile by an unrelated process of the caller
+    is never hit; without pidfds (kernel < 5.3) the window is one ``stat``.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):
+        fd = -1
+    try:
+        st = _read_stat(pid)
+        if st is None or st.starttime != starttime or st.zombie:
+            return False
+        if fd >= 0:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+class Lineage:
+    """The processes of one unprivileged run (we share the program's uid), found by session, process group,
+    ancestry and an environment tag; see the module docstring for exactly what escapes."""
+
+    def __init__(self, root: int, tag: str) -> None:
+        st = _read_stat(root)
+        self.root = root
+        self.tag = f"{RUN_TAG_VAR}={tag}".encode()
+        self.uid = os.getuid()
+        self.root_start = st.starttime if st else 0
+        self.members: dict[int, int] = {root: self.root_start} if st else {}  # pid -> starttime
+
+    def _candidates(self) -> dict[int, _Stat]:
+        """Live processes of our uid that started no earlier than the run (nothing older can be its child)."""
+        found: dict[int, _Stat] = {}
+        me = os.getpid()
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return found
+        for name in names:
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                if os.stat(f"/proc/{name}").st_uid != self.uid:
+                    continue
+            except OSError:
+                continue
+            st = _read_stat(int(name))
+            if st is not None and not st.zombie and st.starttime >= self.root_start:
+                found[int(name)] = st
+        return found
+
+    def scan(self) -> dict[int, int]:
+        """Add every live process that belongs to the run to :attr:`members`; returns the live members."""
+        procs = self._candidates()
+        live: dict[int, int] = {}
+        for pid, st in procs.items():
+            known = self.members.get(pid) == st.starttime
+            if known or self.root in (st.session, st.pgrp) or _environ_has(pid, self.tag):
+                live[pid] = st.starttime
+        grown = True
+        while grown:  # ancestry; ``live`` holds only processes alive now, so a reused ppid cannot match
+            grown = False
+            for pid, st in procs.items():
+                if pid not in live and st.ppid in live:
+                    live[pid] = st.starttime
+                    grown = True
+        self.members.update(live)
+        return live
+
+    def kill(self, wait_s: float = 2.0) -> list[int]:
+        """SIGKILL every member, re-scanning for processes forked meanwhile, until none is left or ``wait_s``
+        has passed; returns the members still alive then (normally none)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            live = self.scan()
+            if not live or time.monotonic() > deadline:
+                return sorted(live)
+            for pid, starttime in live.items():
+                _signal_exact(pid, starttime)
+            time.sleep(0.002)

@@ -9,14 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from tuner.errors import TunerError
+
 Status = Literal["passed", "failed", "timeout", "crashed"]
 
 #: All values ``ProgramResult.status`` can take, in a stable order (useful for counting).
 STATUSES: tuple[Status, ...] = ("passed", "failed", "timeout", "crashed")
 
 
-class SandboxError(RuntimeError):
+class SandboxError(TunerError, RuntimeError):
     """The sandbox itself could not be set up (not: the program failed).
+
+    A :class:`~tuner.errors.TunerError`, so the CLI reports it as one line; still a ``RuntimeError`` for
+    callers written before that base existed.
 
     Raised only for caller mistakes or a broken host (e.g. an interpreter that cannot be found); a program that
     misbehaves always yields a :class:`ProgramResult` instead, so that scoring loops never die on bad code.

@@ -1,37 +1,45 @@
-"""Running untrusted Python programs: one (:func:`run_program`) or many in parallel (:func:`run_programs`).
+"""Running one untrusted Python program under an isolation that has already been chosen (:func:`run_isolated`).
 
 The parent must survive anything the program does, so it never trusts the child for anything: output is read
 in bounded chunks with a hard cap (a print loop cannot exhaust our memory), the wall clock is enforced here
-(not by the child), on timeout the whole process group is SIGKILLed and then every process of the run's
-throw-away uid (children that called ``setsid`` included), and success is decided by a marker the bootstrap
-writes to a private pipe only after the program's last line.
+(not by the child), on timeout the whole process group is SIGKILLed, afterwards everything the run started is
+ended and what it left removed (:class:`_Reaper`: by throw-away uid as root, by lineage unprivileged), and
+success is decided by a marker the bootstrap writes to a private pipe only after the program's last line.
+
+Which isolation to use is not decided here (see :mod:`tuner.sandbox.levels`); the command lines come from
+:mod:`tuner.sandbox.commands`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import selectors
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 from .bootstrap import BOOT_NAME, MAIN_NAME, render_bootstrap
-from .isolation import BOX_DIR, SCRUBBED_ENV, Isolation, bwrap_command, resolve, subprocess_command
+from .commands import BOX_DIR, Isolation, bwrap_command, sandbox_env, subprocess_command
 from .limits import Limits
-from .procs import count_processes_of_uid, kill_uid
+from .procs import RUN_TAG_VAR, Lineage, count_processes_of_uid, kill_uid
 from .result import ProgramResult, SandboxError
+from .sweep import remove_run_dir, sweep_files_of_uid, sweep_ipc_of_uid
 from .uids import claim_uid
+
+log = logging.getLogger("tuner.sandbox")
 
 #: processes bwrap itself keeps under the sandbox uid (the outer bwrap and the pid-namespace init).
 _BWRAP_OWN_PROCESSES = 2
 _EXIT_GRACE_S = 0.2
+#: How often an unprivileged ``subprocess`` run's descendants are recorded while it runs (and the longest
+#: select() wait of the output pump).
+_SCAN_INTERVAL_S = 0.05
 
 
 class _Capture:
@@ -166,6 +174,7 @@ def _prepare_dir(
         marker=marker,
         limits=limits.rlimits(nproc),
         pdeathsig=iso.level != "bwrap",
+        subreaper=iso.level == "subprocess" and uid is None,
     )
     for name, text in ((MAIN_NAME, source), (BOOT_NAME, boot)):
         path = Path(host_dir) / name
@@ -178,6 +187,64 @@ def _prepare_dir(
     return host_dir, workdir, argv
 
 
+class _Reaper:
+    """Ends everything one run started and removes what it left, as far as its level and our privilege allow.
+
+    - bwrap: the pid namespace dies with the program (``--die-with-parent``, and the kernel kills a namespace
+      whose init exits); its files live on a tmpfs that goes with it. As root, every process of the run's uid
+      is killed as well (the outer bwrap and its namespace init run under it).
+    - subprocess as root: every process of the run's throw-away uid (:func:`kill_uid`), then every file and
+      SysV IPC object that uid owns in the world-writable places (:mod:`tuner.sandbox.sweep`).
+    - subprocess unprivileged: the process group, then the run's :class:`Lineage` (session, group, ancestry,
+      environment tag), scanned while the run goes on and again at the end; no file sweep (nothing can be
+      told apart from the caller's own files), only the run folder, which is also its ``HOME`` and ``TMPDIR``.
+    """
+
+    def __init__(self, iso: Isolation, uid: int | None) -> None:
+        self.iso = iso
+        self.uid = uid
+        self.tag = secrets.token_hex(16)
+        self.tracks_lineage = uid is None and iso.level == "subprocess"
+        self.lineage: Lineage | None = None
+        self._next_scan = 0.0
+        self.done = False
+
+    def env(self, workdir: str) -> dict[str, str]:
+        env = sandbox_env(self.iso, workdir)
+        if self.iso.level == "subprocess":
+            env[RUN_TAG_VAR] = self.tag
+        return env
+
+    def started(self, proc: subprocess.Popen[bytes]) -> None:
+        if self.tracks_lineage:
+            self.lineage = Lineage(proc.pid, self.tag)
+
+    def tick(self) -> None:
+        """While the program runs: record its descendants before they can lose their ancestry."""
+        if self.lineage is not None and time.monotonic() >= self._next_scan:
+            self.lineage.scan()
+            self._next_scan = time.monotonic() + _SCAN_INTERVAL_S
+
+    def finish(self, proc: subprocess.Popen[bytes] | None) -> None:
+        """After the program's first process has exited (or was killed): end the rest, sweep what it left."""
+        if self.done:
+            return
+        self.done = True
+        if proc is not None:
+            _kill_group(proc.pid)
+        if self.uid is not None:
+            kill_uid(self.uid)
+            if self.iso.level == "subprocess":
+                sweep_files_of_uid(self.uid)
+                sweep_ipc_of_uid(self.uid)
+        elif self.lineage is not None:
+            left = self.lineage.kill()
+            if left:
+                log.warning(
+                    "tuner.sandbox: processes %s of a sandbox run are still alive after SIGKILL", left
+                )
+
+
 def _run_once(source: str, limits: Limits, iso: Isolation, uid: int | None) -> ProgramResult:
     if uid is not None:
         nproc = limits.max_processes + (_BWRAP_OWN_PROCESSES if iso.level == "bwrap" else 0)
@@ -185,10 +252,10 @@ def _run_once(source: str, limits: Limits, iso: Isolation, uid: int | None) -> P
         nproc = count_processes_of_uid(os.getuid()) + limits.max_processes
         nproc += _BWRAP_OWN_PROCESSES if iso.level == "bwrap" else 0
     marker = b"DTUNE-OK-" + secrets.token_hex(16).encode()
+    reaper = _Reaper(iso, uid)
     status_r, status_w = os.pipe()
     host_dir = None
     proc: subprocess.Popen[bytes] | None = None
-    swept = False
     try:
         host_dir, workdir, argv = _prepare_dir(source, iso, uid, limits, status_w, marker, nproc)
         ids = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
@@ -200,7 +267,7 @@ def _run_once(source: str, limits: Limits, iso: Isolation, uid: int | None) -> P
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 pass_fds=(status_w,),
-                env=dict(SCRUBBED_ENV),
+                env=reaper.env(workdir),
                 cwd=workdir,
                 start_new_session=True,
                 close_fds=True,
@@ -208,9 +275,10 @@ def _run_once(source: str, limits: Limits, iso: Isolation, uid: int | None) -> P
             )
         except OSError as exc:
             raise SandboxError(f"cannot start sandbox process {argv[0]!r}: {exc}") from exc
+        reaper.started(proc)
         os.close(status_w)
         status_w = -1
-        capture, timed_out, overflow = _pump(proc, limits, start)
+        capture, timed_out, overflow = _pump(proc, limits, start, reaper.tick)
         if not (timed_out or overflow):
             # EOF does not mean the program ended (it may have closed its stdout): wait for it, within budget
             try:
@@ -219,13 +287,10 @@ def _run_once(source: str, limits: Limits, iso: Isolation, uid: int | None) -> P
                 timed_out = True
         if timed_out or overflow:
             _kill_group(proc.pid)
+        reaper.tick()
         rc = proc.wait()
         duration = time.monotonic() - start
-        if uid is not None:
-            kill_uid(uid)
-        else:
-            _kill_group(proc.pid)
-        swept = True
+        reaper.finish(proc)
         status_bytes = _read_nonblocking(status_r)
         output = capture.text()
         status, reason = _classify(
@@ -251,8 +316,7 @@ def _run_once(source: str, limits: Limits, iso: Isolation, uid: int | None) -> P
         if proc is not None and proc.poll() is None:
             _kill_group(proc.pid)
             proc.wait()
-        if uid is not None and proc is not None and not swept:
-            kill_uid(uid)
+        reaper.finish(proc)
         for fd in (status_r, status_w):
             if fd >= 0:
                 try:
@@ -262,12 +326,14 @@ def _run_once(source: str, limits: Limits, iso: Isolation, uid: int | None) -> P
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
         if host_dir is not None:
-            shutil.rmtree(host_dir, ignore_errors=True)
+            remove_run_dir(host_dir)
 
 
-def _pump(proc: subprocess.Popen[bytes], limits: Limits, start: float) -> tuple[_Capture, bool, bool]:
-    """Read the merged stdout/stderr until EOF, the deadline or the output cap. Returns (capture, timed_out,
-    overflow)."""
+def _pump(
+    proc: subprocess.Popen[bytes], limits: Limits, start: float, tick: Callable[[], None]
+) -> tuple[_Capture, bool, bool]:
+    """Read the merged stdout/stderr until EOF, the deadline or the output cap, calling ``tick`` every loop.
+    Returns (capture, timed_out, overflow)."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
@@ -277,12 +343,13 @@ def _pump(proc: subprocess.Popen[bytes], limits: Limits, start: float) -> tuple[
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         while True:
+            tick()
             now = time.monotonic()
             if now >= deadline:
                 return capture, True, False
             if exit_grace_until is not None and now >= exit_grace_until:
                 return capture, False, False  # exited; something it left behind still holds the pipe
-            if sel.select(min(deadline - now, 0.1)):
+            if sel.select(min(deadline - now, _SCAN_INTERVAL_S)):
                 while True:
                     try:
                         chunk = os.read(fd, 65536)
@@ -297,56 +364,9 @@ def _pump(proc: subprocess.Popen[bytes], limits: Limits, start: float) -> tuple[
                 exit_grace_until = time.monotonic() + _EXIT_GRACE_S
 
 
-def run_program(
-    source: str,
-    timeout_s: float = 10.0,
-    *,
-    memory_mb: int = 1024,
-    file_size_mb: int = 16,
-    tmp_mb: int = 64,
-    max_processes: int = 16,
-    max_open_files: int = 256,
-    max_output_bytes: int = 1 << 20,
-    isolation: str | Isolation | None = None,
-) -> ProgramResult:
-    """Run ``source`` as ``__main__`` of a fresh, isolated Python interpreter and report how it ended.
-
-    ``isolation``: None (auto: bwrap when it works, else a plain subprocess with a warning), ``"bwrap"``,
-    ``"subprocess"``, or a resolved :class:`~tuner.sandbox.isolation.Isolation`. The program sees an empty
-    working directory, no environment from the caller, and (with bwrap) no network and no host files except
-    the Python installation. Never raises for anything the program does; raises :class:`SandboxError` only
-    when no sandbox can be started at all.
-    """
-    limits = Limits(
-        timeout_s=timeout_s,
-        memory_mb=memory_mb,
-        file_size_mb=file_size_mb,
-        tmp_mb=tmp_mb,
-        max_processes=max_processes,
-        max_open_files=max_open_files,
-        max_output_bytes=max_output_bytes,
-    )
-    iso = isolation if isinstance(isolation, Isolation) else resolve(isolation)
+def run_isolated(source: str, limits: Limits, iso: Isolation) -> ProgramResult:
+    """Run ``source`` once under the already resolved ``iso`` (claiming a throw-away uid for the run when
+    ``iso.drop_uid``). Never raises for anything the program does; :class:`SandboxError` means the sandbox
+    process could not be started or no throw-away uid is free."""
     with claim_uid() if iso.drop_uid else nullcontext(None) as uid:
         return _run_once(source, limits, iso, uid)
-
-
-def run_programs(
-    sources: Sequence[str],
-    timeout_s: float = 10.0,
-    *,
-    max_workers: int | None = None,
-    **kwargs,
-) -> list[ProgramResult]:
-    """Run many programs in parallel (bounded thread pool; each run is its own sandbox) and return the results
-    in the order of ``sources``. ``kwargs`` go to :func:`run_program`."""
-    if not sources:
-        return []
-    iso = kwargs.pop("isolation", None)
-    iso = iso if isinstance(iso, Isolation) else resolve(iso)  # probe once, before the threads start
-    workers = max_workers or min(len(sources), os.cpu_count() or 1)
-    workers = max(1, min(workers, len(sources)))
-    if workers == 1:
-        return [run_program(s, timeout_s, isolation=iso, **kwargs) for s in sources]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dtune-sandbox") as pool:
-        return list(pool.map(lambda s: run_program(s, timeout_s, isolation=iso, **kwargs), sources))

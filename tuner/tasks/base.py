@@ -82,6 +82,8 @@ class Task(ABC):
     name: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("validation", "test")
     _stop_sequences: ClassVar[tuple[str, ...]] = ()
+    #: True for tasks that execute model-written code (a CLI then calls ``tuner.sandbox.require_isolation()``).
+    needs_sandbox: ClassVar[bool] = False
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir: Path | None = resolve_data_dir(data_dir)

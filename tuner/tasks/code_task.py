@@ -9,9 +9,9 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from tuner.sandbox import ProgramResult, run_programs
+from tuner.sandbox import Limits, ProgramResult, run_programs
 
 from .base import Item, ScoreResult, Task
 from .errors import TaskError
@@ -20,7 +20,14 @@ _OUTPUT_EXCERPT = 2000
 
 
 class CodeTask(Task):
-    """A task whose completions are scored by executing tests (pass@1 with one sample)."""
+    """A task whose completions are scored by executing tests (pass@1 with one sample).
+
+    ``needs_sandbox``: scoring runs model-written code in :mod:`tuner.sandbox`, which refuses without a working
+    bubblewrap (unless ``DTUNE_SANDBOX_ISOLATION=subprocess``); a CLI checks that with
+    ``tuner.sandbox.require_isolation()`` before it loads a model, instead of failing at the first score.
+    """
+
+    needs_sandbox: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -66,9 +73,8 @@ class CodeTask(Task):
         ]
         runs = run_programs(
             [program for program, _, _ in built],
-            self.timeout_s,
+            Limits(timeout_s=self.timeout_s, memory_mb=self.memory_mb),
             max_workers=self.max_workers,
-            memory_mb=self.memory_mb,
         )
         return [self._result(code, how, run) for (_, code, how), run in zip(built, runs, strict=True)]
 

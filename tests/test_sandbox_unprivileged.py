@@ -1,0 +1,165 @@
+"""The hostile tests again, as an unprivileged user: run as root, this re-runs tests/test_sandbox_hostile.py
+under a throw-away uid and asserts that it passes.
+
+Why a test inside the suite rather than a CI-only step: CI then runs exactly README's ``python -m pytest -q``
+and still covers the unprivileged case (bwrap without the root-only uid switch, and the ``subprocess`` level
+with its documented exposures), and a developer who runs the suite as root gets the same coverage.
+
+The uid is a random one far from real users and from the sandbox pool, with no passwd entry: nothing is added
+to /etc/passwd and nothing needs removing afterwards except its processes (killed by uid) and its temp folder.
+It needs to read the checkout and the interpreter (``sys.executable`` and its prefix): CI's ``.venv`` inside a
+world-readable checkout works; an interpreter under a private home (e.g. a pyenv in ``/root``) does not, and
+the test is then skipped with that reason -- unless ``DTUNE_TEST_UNPRIVILEGED=require`` (set by ``.ci/run``),
+which turns every such skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tuner.sandbox import SandboxError, isolation_level
+from tuner.sandbox.procs import kill_uid, pids_of_uid
+from tuner.sandbox.uids import _uid_range
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = os.environ.get("DTUNE_TEST_UNPRIVILEGED", "") == "require"
+#: Where the throw-away uid is drawn from: above login uids and the usual subuid ranges, below the sandbox pool.
+UID_BASE, UID_SPAN = 1_400_000_000, 1_000_000
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="switching to a throw-away uid needs root"),
+]
+
+
+def _cannot(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"DTUNE_TEST_UNPRIVILEGED=require, but {reason}")
+    pytest.skip(reason)
+
+
+def _free_uid() -> int:
+    pool = _uid_range()
+    for _ in range(100):
+        uid = random.randrange(UID_BASE, UID_BASE + UID_SPAN)
+        try:
+            pwd.getpwuid(uid)
+            continue
+        except KeyError:
+            pass
+        if uid not in pool and not pids_of_uid(uid):
+            return uid
+    raise RuntimeError("no free uid found")
+
+
+@pytest.fixture
+def unprivileged():
+    """(uid, home) for one test; afterwards every process of the uid is killed and its folder removed."""
+    uid = _free_uid()
+    home = Path(tempfile.mkdtemp(prefix="dtune-unpriv-"))
+    os.chown(home, uid, uid)
+    try:
+        yield uid, home
+    finally:
+        kill_uid(uid)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _as(uid: int, home: Path, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),  # the same bwrap as ours
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(REPO),  # this checkout, whatever an editable install elsewhere points to
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    if "DTUNE_SANDBOX_PYTHON" in os.environ:
+        env["DTUNE_SANDBOX_PYTHON"] = os.environ["DTUNE_SANDBOX_PYTHON"]
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    except OSError as exc:  # exec as that uid failed, e.g. the interpreter is under a private home
+        return subprocess.CompletedProcess(argv, 126, f"{type(exc).__name__}: {exc}", None)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{argv[1:4]} as uid {uid} timed out after {timeout}s:\n{out[-4000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, None)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def test_hostile_programs_as_an_unprivileged_user(unprivileged):
+    uid, home = unprivileged
+    probe = _as(uid, home, [sys.executable, "-c", "import pytest, tuner; print(tuner.__file__)"], 60)
+    if probe.returncode != 0:
+        _cannot(
+            f"uid {uid} cannot run {sys.executable} on {REPO} ({_last_line(probe.stdout)}): the checkout and the "
+            "interpreter, including its prefix, must be readable by other users"
+        )
+    assert Path(probe.stdout.strip()).resolve().is_relative_to(REPO), probe.stdout
+
+    try:
+        bwrap_as_root = isolation_level("bwrap") == "bwrap"
+    except SandboxError:
+        bwrap_as_root = False
+    check = "from tuner.sandbox import isolation_level as f\ntry:\n    print(f('bwrap'))\nexcept Exception as e:\n    print(e)"
+    bwrap_probe = _as(uid, home, [sys.executable, "-c", check], 60)
+    bwrap_unprivileged = bwrap_probe.stdout.strip().endswith("bwrap")
+    if bwrap_as_root and not bwrap_unprivileged:
+        _cannot(f"bwrap works as root but not as uid {uid}: {_last_line(bwrap_probe.stdout)}")
+
+    report = home / "report.xml"
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/test_sandbox_hostile.py",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+    ]
+    argv += [f"--basetemp={home / 'pytest'}", f"--junitxml={report}"]
+    run = _as(uid, home, argv, 400)
+    assert run.returncode == 0, f"hostile tests failed as uid {uid}:\n{run.stdout[-6000:]}"
+
+    cases = ET.parse(report).getroot().iter("testcase")
+    ran: dict[str, int] = {"bwrap": 0, "subprocess": 0}
+    for case in cases:
+        name = case.get("name", "")
+        if case.find("skipped") is None and case.find("failure") is None and case.find("error") is None:
+            for level in ran:
+                if name.endswith(f"[{level}]"):
+                    ran[level] += 1
+    assert ran["subprocess"] >= 10, (ran, run.stdout[-3000:])
+    if bwrap_unprivileged:
+        assert ran["bwrap"] >= 10, (ran, run.stdout[-3000:])
+    print(f"as uid {uid}: {ran} tests passed per level; {_last_line(run.stdout)}")
