@@ -71,3 +71,20 @@ def mlflow_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture
+def scoring_sandbox(monkeypatch):
+    """For tests of code-task *scoring* (not of isolation, which tests/test_sandbox_hostile.py covers): where
+    bubblewrap is missing they opt into the subprocess level, as a user would with DTUNE_SANDBOX_ISOLATION, rather
+    than being refused; with bwrap they use it as production does."""
+    from tuner.sandbox import SandboxError
+    from tuner.sandbox.levels import require_isolation, reset_cache
+
+    try:
+        require_isolation()
+    except SandboxError:
+        monkeypatch.setenv("DTUNE_SANDBOX_ISOLATION", "subprocess")
+        reset_cache()
+    yield
+    reset_cache()

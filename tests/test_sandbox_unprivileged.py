@@ -7,10 +7,11 @@ with its documented exposures), and a developer who runs the suite as root gets 
 
 The uid is a random one far from real users and from the sandbox pool, with no passwd entry: nothing is added
 to /etc/passwd and nothing needs removing afterwards except its processes (killed by uid) and its temp folder.
-It needs to read the checkout and the interpreter (``sys.executable`` and its prefix): CI's ``.venv`` inside a
-world-readable checkout works; an interpreter under a private home (e.g. a pyenv in ``/root``) does not, and
-the test is then skipped with that reason -- unless ``DTUNE_TEST_UNPRIVILEGED=require`` (set by ``.ci/run``),
-which turns every such skip into a failure.
+The throw-away uid can't be assumed to read the checkout or this interpreter (a clone under /root, a pyenv in a
+private home), so the run is staged: a world-readable temp folder gets a copy of the `tuner` package, the hostile
+test module and the pure-Python packages pytest needs, and runs under this interpreter if that uid can execute it,
+else the system's `python3` of the same version. Only when neither works is the test skipped with the reason --
+unless ``DTUNE_TEST_UNPRIVILEGED=require`` (set by ``.ci/run``), which turns every such skip into a failure.
 """
 
 from __future__ import annotations
@@ -76,12 +77,49 @@ def unprivileged():
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _as(uid: int, home: Path, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+#: What the staged run imports besides the standard library: pytest and the packages it needs (all pure Python).
+STAGED_PACKAGES = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "pygments", "py")
+
+
+def _stage(home: Path) -> Path:
+    """A world-readable copy of what the hostile tests need, outside the checkout."""
+    import importlib.util
+
+    stage = home / "stage"
+    shutil.copytree(REPO / "tuner", stage / "tuner", ignore=shutil.ignore_patterns("__pycache__"))
+    (stage / "tests").mkdir()
+    shutil.copy(REPO / "tests" / "test_sandbox_hostile.py", stage / "tests")
+    for name in STAGED_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        origin = Path(spec.origin)
+        if origin.name == "__init__.py":
+            shutil.copytree(origin.parent, stage / "site" / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (stage / "site").mkdir(exist_ok=True)
+            shutil.copy(origin, stage / "site" / origin.name)
+    for path in [stage, *stage.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return stage
+
+
+def _interpreters() -> list[str]:
+    """This interpreter, then the system's python3 of the same version (world-executable on Debian)."""
+    found = [sys.executable]
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system and os.path.realpath(system) != os.path.realpath(sys.executable):
+        found.append(system)
+    return found
+
+
+def _as(uid: int, home: Path, argv: list[str], timeout: float, cwd: Path = REPO,
+        pythonpath: str = str(REPO)) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),  # the same bwrap as ours
         "HOME": str(home),
         "LANG": "C.UTF-8",
-        "PYTHONPATH": str(REPO),  # this checkout, whatever an editable install elsewhere points to
+        "PYTHONPATH": pythonpath,  # the staged copy, whatever an editable install elsewhere points to
         "PYTHONDONTWRITEBYTECODE": "1",
         "OMP_NUM_THREADS": "1",
     }
@@ -90,7 +128,7 @@ def _as(uid: int, home: Path, argv: list[str], timeout: float) -> subprocess.Com
     try:
         proc = subprocess.Popen(
             argv,
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             user=uid,
             group=uid,
@@ -118,27 +156,34 @@ def _last_line(text: str) -> str:
 
 def test_hostile_programs_as_an_unprivileged_user(unprivileged):
     uid, home = unprivileged
-    probe = _as(uid, home, [sys.executable, "-c", "import pytest, tuner; print(tuner.__file__)"], 60)
-    if probe.returncode != 0:
-        _cannot(
-            f"uid {uid} cannot run {sys.executable} on {REPO} ({_last_line(probe.stdout)}): the checkout and the "
-            "interpreter, including its prefix, must be readable by other users"
-        )
-    assert Path(probe.stdout.strip()).resolve().is_relative_to(REPO), probe.stdout
+    stage = _stage(home)
+    path = f"{stage}{os.pathsep}{stage / 'site'}"
+    version = f"import sys; assert sys.version_info[:2] == {tuple(sys.version_info[:2])}"
+    python, why = None, ""
+    for candidate in _interpreters():
+        probe = _as(uid, home, [candidate, "-S", "-c", f"{version}; import pytest, tuner; print(tuner.__file__)"], 60,
+                    cwd=stage, pythonpath=path)
+        if probe.returncode == 0 and Path(probe.stdout.strip()).resolve().is_relative_to(stage):
+            python = candidate
+            break
+        why += f" {candidate}: {_last_line(probe.stdout)};"
+    if python is None:
+        _cannot(f"uid {uid} can run no Python {sys.version_info[0]}.{sys.version_info[1]} on the staged copy:{why}")
 
     try:
         bwrap_as_root = isolation_level("bwrap") == "bwrap"
     except SandboxError:
         bwrap_as_root = False
     check = "from tuner.sandbox import isolation_level as f\ntry:\n    print(f('bwrap'))\nexcept Exception as e:\n    print(e)"
-    bwrap_probe = _as(uid, home, [sys.executable, "-c", check], 60)
+    bwrap_probe = _as(uid, home, [python, "-S", "-c", check], 60, cwd=stage, pythonpath=path)
     bwrap_unprivileged = bwrap_probe.stdout.strip().endswith("bwrap")
     if bwrap_as_root and not bwrap_unprivileged:
         _cannot(f"bwrap works as root but not as uid {uid}: {_last_line(bwrap_probe.stdout)}")
 
     report = home / "report.xml"
     argv = [
-        sys.executable,
+        python,
+        "-S",
         "-m",
         "pytest",
         "tests/test_sandbox_hostile.py",
@@ -147,8 +192,8 @@ def test_hostile_programs_as_an_unprivileged_user(unprivileged):
         "-p",
         "no:cacheprovider",
     ]
-    argv += [f"--basetemp={home / 'pytest'}", f"--junitxml={report}"]
-    run = _as(uid, home, argv, 400)
+    argv += [f"--basetemp={home / 'pytest'}", f"--junitxml={report}", f"--rootdir={stage}"]
+    run = _as(uid, home, argv, 400, cwd=stage, pythonpath=path)
     assert run.returncode == 0, f"hostile tests failed as uid {uid}:\n{run.stdout[-6000:]}"
 
     cases = ET.parse(report).getroot().iter("testcase")

@@ -18,6 +18,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = [
     pytest.mark.shared_data,
     pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} not present"),
+    pytest.mark.usefixtures("scoring_sandbox"),
 ]
 
 EXPECTED = {

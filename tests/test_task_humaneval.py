@@ -9,6 +9,8 @@ import pytest
 from tuner.tasks import get_task
 from tuner.tasks.code_extract import strip_markdown
 
+pytestmark = pytest.mark.usefixtures("scoring_sandbox")  # scoring, not isolation (conftest.py)
+
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
 

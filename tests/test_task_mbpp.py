@@ -8,6 +8,8 @@ import pytest
 
 from tuner.tasks import get_task
 
+pytestmark = pytest.mark.usefixtures("scoring_sandbox")  # scoring, not isolation (conftest.py)
+
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
 

@@ -84,6 +84,14 @@ class Context:
         size = self.spec.validation_size if split == "validation" else self.spec.test_size
         return items if size is None else items[:size]
 
+    def check_sandbox(self) -> None:
+        """A code task runs model-written programs only inside bubblewrap (or the explicit opt-in): refuse at once,
+        before any model loads, where that can't be done (tuner.sandbox.SandboxError, one line)."""
+        if getattr(self.task, "needs_sandbox", False):
+            from .sandbox import require_isolation
+
+            require_isolation()
+
     # ---------------------------------------------------------------------------------------- model
     @functools.cached_property
     def model_and_tokenizer(self) -> tuple[Any, Any]:

@@ -61,6 +61,7 @@ def choose(study: optuna.Study, spec: StudySpec, rule: str, max_drop: float | No
 def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
            out: str | Path | None = None, force: bool = False, on_progress=None) -> ExportReport:
     spec = ctx.spec
+    ctx.check_sandbox()  # before the study, the model or any split: a code task without isolation stops here
     constraint = spec.constraint if max_drop is None else dataclasses.replace(spec.constraint, max_drop=max_drop)
     study = ctx.load_study()
     chosen = choose(study, spec, rule, max_drop)

@@ -172,6 +172,7 @@ class Worker:
             console.print(f"study {name}: budget of {spec.trials} trials already spent ({done} finished); nothing to do")
             return study
 
+        self.ctx.check_sandbox()
         items = self.ctx.items("validation")
         split = self.ctx.task.split_info("validation")
         evaluator = self.ctx.evaluator

@@ -20,6 +20,7 @@ def main(args: argparse.Namespace) -> int:
     knobs = {**spec.fixed_knobs(), **knobs_from_args(args)} if not args.profile else knobs_from_args(args)
     config = build_config(args.profile, knobs)
     ctx = context_from_args(args, spec)
+    ctx.check_sandbox()
     items = ctx.task.load(args.split)
     items = items[: args.limit] if args.limit else items
     evaluator = ctx.evaluator

@@ -29,6 +29,7 @@ def main(args: argparse.Namespace) -> int:
     if n_workers is None:
         raise usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
     ctx = context_from_args(args, spec)
+    ctx.check_sandbox()
     if not args.accept_low_power:  # before any model loads: a margin the items can't resolve wastes the study
         from ..racing import power_check
 
