@@ -110,3 +110,36 @@ def test_bad_configuration():
         run_program("pass", T3, isolation="docker")
     with pytest.raises(SandboxError, match="unknown sandbox isolation 'auto'"):
         run_program("pass", T3, isolation="auto")  # there is no silent fallback any more
+
+
+def test_process_limit_counts_threads_and_zombies_of_the_shared_uid():
+    """Unprivileged, RLIMIT_NPROC is sized as "what the uid already has + the program's allowance". The kernel
+    charges every thread and every unreaped zombie, so the count must too, or the program's first fork fails."""
+    import os
+    import threading
+
+    from tuner.sandbox.procs import count_tasks_of_uid, tasks_of_uid
+
+    stop = threading.Event()
+    threads = [threading.Thread(target=stop.wait) for _ in range(3)]
+    for t in threads:
+        t.start()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)  # stays a zombie until we reap it below
+    try:
+        for _ in range(500):  # wait until the child has exited (a zombie), without reaping it
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+            stop.wait(0.01)
+        tasks = tasks_of_uid(os.getuid())
+        total = count_tasks_of_uid(os.getuid())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        os.waitpid(pid, 0)
+    assert tasks[os.getpid()] >= 4  # ourselves: the main thread and three more
+    assert tasks[pid] == 1  # the zombie still counts
+    assert total >= tasks[os.getpid()] + tasks[pid]  # both existed throughout

@@ -59,9 +59,34 @@ def pids_of_uid(uid: int) -> list[int]:
     return found
 
 
-def count_processes_of_uid(uid: int) -> int:
-    """Number of live processes of ``uid`` (used to size RLIMIT_NPROC when we share the caller's uid)."""
-    return len(pids_of_uid(uid)) + (1 if os.getuid() == uid else 0)
+def tasks_of_uid(uid: int) -> dict[int, int]:
+    """Tasks (threads) per process of ``uid``, zombies and ourselves included: what RLIMIT_NPROC charges.
+
+    The kernel counts every thread of every process of the uid, and zombies until they are reaped. Counting
+    live processes instead undercounts: the caller's own threads, and orphans killed earlier whose zombies wait
+    for an init that reaps slowly (or never, in some containers), leave the program too few forks (CI saw
+    ``BlockingIOError: [Errno 11]`` on its first ``fork``).
+    """
+    found: dict[int, int] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid == uid:
+                found[int(name)] = max(1, len(os.listdir(f"/proc/{name}/task")))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def count_tasks_of_uid(uid: int) -> int:
+    """What RLIMIT_NPROC charges to ``uid`` now (see :func:`tasks_of_uid`): used to size that limit when the
+    program shares the caller's uid."""
+    return sum(tasks_of_uid(uid).values())
 
 
 def kill_uid(uid: int, wait_s: float = 2.0) -> int:

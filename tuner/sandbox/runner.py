@@ -27,7 +27,7 @@ from pathlib import Path
 from .bootstrap import BOOT_NAME, MAIN_NAME, render_bootstrap
 from .commands import BOX_DIR, Isolation, bwrap_command, sandbox_env, subprocess_command
 from .limits import Limits
-from .procs import RUN_TAG_VAR, Lineage, count_processes_of_uid, kill_uid
+from .procs import RUN_TAG_VAR, Lineage, count_tasks_of_uid, kill_uid
 from .result import ProgramResult, SandboxError
 from .sweep import remove_run_dir, sweep_files_of_uid, sweep_ipc_of_uid
 from .uids import claim_uid
@@ -249,7 +249,7 @@ def _run_once(source: str, limits: Limits, iso: Isolation, uid: int | None) -> P
     if uid is not None:
         nproc = limits.max_processes + (_BWRAP_OWN_PROCESSES if iso.level == "bwrap" else 0)
     else:  # we share the caller's uid: RLIMIT_NPROC counts the caller's processes too
-        nproc = count_processes_of_uid(os.getuid()) + limits.max_processes
+        nproc = count_tasks_of_uid(os.getuid()) + limits.max_processes
         nproc += _BWRAP_OWN_PROCESSES if iso.level == "bwrap" else 0
     marker = b"DTUNE-OK-" + secrets.token_hex(16).encode()
     reaper = _Reaper(iso, uid)
