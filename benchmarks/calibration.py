@@ -85,8 +85,9 @@ def measure(args: argparse.Namespace) -> None:
     items = task.load("validation")
     model, tok = load_model("dtune/tiny-arith", device="cpu")
     evaluator = Evaluator(model, tok, task, batch_size=args.batch_size)
+    only = {int(i) for i in args.only.split(",")} if args.only else None
     for idx, cfg in enumerate(grid()):
-        if idx % shards != shard:
+        if idx % shards != shard or (only is not None and idx not in only):
             continue
         f = out / f"{idx:03d}-{file_key(cfg)}.jsonl"
         done = sum(json.loads(line)["n"] for line in f.read_text().splitlines()[1:]) if f.exists() else 0
@@ -405,6 +406,7 @@ def main() -> None:
     m.add_argument("--chunk", type=int, default=500)
     m.add_argument("--batch-size", type=int, default=32)
     m.add_argument("--shard", default="0/1")
+    m.add_argument("--only", help="comma list of grid indices to measure (e.g. 0 for vanilla)")
     t = sub.add_parser("time")
     t.add_argument("--grid", required=True)
     t.add_argument("--probe", type=int, default=16)
