@@ -109,9 +109,12 @@ class Grid:
     counted: dict[str, float]  # config_key -> answer tokens per item
     vanilla: str
     fast: str
+    pool: int  # problems every kept configuration has outcomes for (indices 0 .. pool-1)
 
 
-def load_grid(folder: str) -> Grid:
+def load_grid(folder: str, pool: int | None = None) -> Grid:
+    """The measured grid, cut to the first ``pool`` problems (default: as many as vanilla has); configurations
+    measured on fewer are left out."""
     configs, outcomes, speed, counted = {}, {}, {}, {}
     for f in sorted(Path(folder).glob("*.jsonl")):
         lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
@@ -125,14 +128,16 @@ def load_grid(folder: str) -> Grid:
     timed = Path(folder) / "speeds.json"
     if timed.exists():  # the robust timing pass replaces the measurement run's wall clock
         speed.update(json.loads(timed.read_text()))
-    full = [k for k, o in outcomes.items() if len(o) >= POOL_SIZE]
     keys = {config_key(c): c for c in grid()[:2]}
     vanilla, fast = list(keys)
-    missing = [k for k in (vanilla, fast) if k not in full]
-    if missing:
-        raise SystemExit("the grid lacks vanilla or Fast-dLLM on the whole pool; run `measure` to the end")
-    return Grid({k: configs[k] for k in full}, {k: outcomes[k] for k in full}, {k: speed[k] for k in full},
-                {k: counted[k] for k in full}, vanilla, fast)
+    if vanilla not in outcomes or fast not in outcomes:
+        raise SystemExit("the grid lacks vanilla or Fast-dLLM; run `measure`")
+    pool = min(pool or POOL_SIZE, len(outcomes[vanilla]))
+    full = [k for k, o in outcomes.items() if len(o) >= pool]
+    if fast not in full:
+        raise SystemExit(f"Fast-dLLM is measured on fewer than the pool's {pool} problems; run `measure`")
+    return Grid({k: configs[k] for k in full}, {k: outcomes[k][:pool] for k in full}, {k: speed[k] for k in full},
+                {k: counted[k] for k in full}, vanilla, fast, pool)
 
 
 # ------------------------------------------------------------------------------------------------- time
@@ -146,6 +151,9 @@ def time_grid(args: argparse.Namespace) -> None:
     evaluator = Evaluator(model, tok, task, batch_size=args.probe)
     configs = grid()
     yardstick = configs[1]
+    if args.only:  # the yardstick is timed with every pass anyway; keep vanilla and the yardstick in the table
+        only = {0, 1} | {int(i) for i in args.only.split(",")}
+        configs = [c for i, c in enumerate(configs) if i in only]
     ratios: dict[str, list[float]] = {config_key(c): [] for c in configs}
     tokens: dict[str, int] = {}
     yard_times: list[float] = []
@@ -189,9 +197,11 @@ def replay_spec(args: argparse.Namespace) -> StudySpec:
     """The arith spec over the grid's space (categorical knobs, early exit on), its paper reference moved onto
     the grid; Fast-dLLM (early exit off, outside that space) is not a reference here."""
     windows = [None if w == "null" else int(w) for w in args.windows.split(",")] if args.windows else list(WINDOWS)
+    thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else list(THRESHOLDS)
+    alphas = [float(a) for a in args.alphas.split(",")] if args.alphas else list(ALPHAS)
     spec = load_spec("arith", [
         f"search_space.window.choices={windows}".replace("None", "null"),
-        f"search_space.threshold.choices={list(THRESHOLDS)}", f"search_space.alpha.choices={list(ALPHAS)}",
+        f"search_space.threshold.choices={thresholds}", f"search_space.alpha.choices={alphas}",
         "search_space.early_exit.choices=[true]", f"trials={args.trials}",
         "references=[{name: vanilla, mode: vanilla, steps: 128}, {name: paper, mode: streaming, window: 32, "
         "threshold: 0.9, alpha: 0.35, early_exit: true}]",
@@ -214,8 +224,8 @@ class Split:
     fresh: list[int]
 
 
-def draw(seed: int, n_val: int, n_test: int) -> Split:
-    order = list(range(POOL_SIZE))
+def draw(seed: int, n_val: int, n_test: int, pool: int) -> Split:
+    order = list(range(pool))
     random.Random(seed).shuffle(order)
     val, test, fresh = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
     return Split([Item(str(i), {}) for i in val], [Item(str(i), {}) for i in test], fresh)
@@ -336,7 +346,9 @@ def judge(policy: str, seed: int, g: Grid, key: str, confirmed: bool, split: Spl
 def replay(args: argparse.Namespace) -> None:
     report = Report(args.out)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    g = load_grid(args.grid)
+    g = load_grid(args.grid, args.pool)
+    if g.pool - args.validation - args.test < 1:
+        raise SystemExit(f"a pool of {g.pool} problems leaves no fresh ones after {args.validation} + {args.test}")
     spec = replay_spec(args)
     n_val = args.validation
     margin = spec.constraint.margin
@@ -344,7 +356,7 @@ def replay(args: argparse.Namespace) -> None:
     if missing := space - set(g.outcomes):
         raise SystemExit(f"{len(missing)} configurations of the space are not (fully) measured; run `measure`")
     report(f"### Calibration — dtune/tiny-arith, arith, {len(space)} measured configurations × "
-           f"{POOL_SIZE} problems, {args.studies} replayed studies per policy")
+           f"{g.pool} problems, {args.studies} replayed studies per policy")
     report("")
     report(machine_line())
     report(f"command: `{command_line()}`")
@@ -353,14 +365,14 @@ def replay(args: argparse.Namespace) -> None:
     report(f"spec: arith, margin {spec.constraint.max_drop:g} points, {spec.trials} trials, GP sampler; new policy: "
            f"validation pool {n_val}, rungs from {spec.race.min_items} ×{spec.race.growth:g}, one-sided "
            f"{spec.constraint.confidence:.0%} Tango bounds; today's policy: first {args.old_validation} validation "
-           f"items; both: {args.test} test items, {POOL_SIZE - n_val - args.test} fresh problems per study; "
+           f"items; both: {args.test} test items, {g.pool - n_val - args.test} fresh problems per study; "
            f"pick `{args.rule}`; speeds {speeds}")
     report("")
     outcomes: list[Outcome] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dtune-calib-") as workdir:
         for s in range(args.studies):
-            split = draw(1000 + s, n_val, args.test)
+            split = draw(1000 + s, n_val, args.test, g.pool)
             outcomes.append(run_new(spec, g, split, s, args.rule, workdir, space, args.min_confirmation))
             outcomes.append(run_old(spec, g, split, s, args.rule, workdir, args.old_validation, space))
             if (s + 1) % 5 == 0:
@@ -382,7 +394,7 @@ def replay(args: argparse.Namespace) -> None:
     report(md_table(["policy", "confirmed exports", "confirmed that violate the margin", "speed-up vs oracle (mean)",
                      "(median)", "vanilla validation items", "items per trial"], rows))
     report("")
-    oracles = [oracle(g, draw(1000 + s, n_val, args.test).fresh, margin, space) for s in range(args.studies)]
+    oracles = [oracle(g, draw(1000 + s, n_val, args.test, g.pool).fresh, margin, space) for s in range(args.studies)]
     common = max(set(oracles), key=oracles.count)
     report(f"oracle (fastest grid configuration within the margin on each study's fresh problems): "
            f"{describe(g.configs[common])} in {oracles.count(common)}/{len(oracles)} studies, "
@@ -411,6 +423,7 @@ def main() -> None:
     t.add_argument("--grid", required=True)
     t.add_argument("--probe", type=int, default=16)
     t.add_argument("--rounds", type=int, default=5)
+    t.add_argument("--only", help="comma list of grid indices to time (vanilla and Fast-dLLM always are)")
     r = sub.add_parser("replay")
     r.add_argument("--grid", required=True)
     r.add_argument("--studies", type=int, default=100)
@@ -424,6 +437,9 @@ def main() -> None:
     r.add_argument("--min-confirmation", type=float, default=0.0,
                    help="pick only candidates this likely to pass the test (export --min-confirmation)")
     r.add_argument("--windows", help="comma list restricting the window choices (e.g. 16,32,null)")
+    r.add_argument("--thresholds", help="comma list restricting the tau0 choices (e.g. 0.9,0.97)")
+    r.add_argument("--alphas", help="comma list restricting the alpha choices (e.g. 0,0.35)")
+    r.add_argument("--pool", type=int, default=None, help="problems of the grid to use (default: all vanilla has)")
     r.add_argument("--out")
     args = ap.parse_args()
     if (warning := threads_warning()) is not None:
