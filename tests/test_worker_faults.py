@@ -6,6 +6,7 @@ fails on the code before the fix. The end-to-end run that found them is in tests
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 import warnings
@@ -19,7 +20,7 @@ from rich.console import Console
 
 from tuner.context import Context, Options
 from tuner.objective import Objective
-from tuner.storage import StudyLock, open_storage
+from tuner.storage import StudyLock, open_storage, stale_handler
 from tuner.study import FINISHED, config_key, create_study, distributions, fail_stale_trials, suggest
 from tuner.worker import Worker, WorkerOptions
 
@@ -35,9 +36,7 @@ def _fail_as_stale(url: str, study_name: str, number: int) -> None:
     other = optuna.load_study(study_name=study_name, storage=open_storage(url, heartbeat_interval=1))
     trial = next(t for t in other.get_trials() if t.number == number)
     other._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-    from tuner.storage import queue_retry
-
-    queue_retry(other, other.get_trials()[number])
+    stale_handler(other._storage)(other, other.get_trials()[number])
 
 
 # --------------------------------------------------------------------------------------- 1: taken over
@@ -254,15 +253,22 @@ def test_show_finds_a_study_run_with_validation_size(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------- 10: stderr noise
-def test_creating_a_study_prints_no_optuna_info_line(tmp_path, capfd):
+def test_creating_a_study_prints_no_optuna_info_line(tmp_path):
     """The --n-workers parent creates the study; Optuna's "[I …] A new study created in RDB" is not for users."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    optuna_logger = logging.getLogger("optuna")
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.INFO)
+    optuna_logger.addHandler(handler)
     try:
         create_study(spec_for(tmp_path, 4), open_storage(f"sqlite:///{tmp_path}/s.db"), "quiet", 0)
     finally:
+        optuna_logger.removeHandler(handler)
         optuna.logging.set_verbosity(before)
-    assert "A new study created" not in capfd.readouterr().err
+    assert not [r for r in records if "A new study created" in r.getMessage()]
+    assert optuna.logging.get_verbosity() == before
 
 
 def test_the_waiting_line_does_not_count_a_dead_workers_trial(tmp_path):
