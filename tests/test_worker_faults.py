@@ -97,6 +97,24 @@ def test_the_study_lock_marks_the_storage_recovered_after_an_outage(pg):
     lock.close()
 
 
+def test_reading_trials_through_optunas_cache_waits_out_an_outage(pg):
+    """`study.get_trials()` goes through Optuna's cache to private storage methods (`_get_trials`); those wait
+    through an outage like every other call (they once ended the worker: "lost the study storage …
+    PendingRollbackError"), and mark the storage recovered."""
+    url = pg.create_database("cache_outage")
+    storage = open_storage(url, heartbeat_interval=1)
+    study = optuna.create_study(storage=storage, study_name="cached", directions=["maximize", "maximize"])
+    study.enqueue_trial({})
+    pg.halt("fast")
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(len(study.get_trials(deepcopy=False))))
+    reader.start()
+    time.sleep(2)
+    pg.resume()
+    reader.join(60)
+    assert got == [1] and storage.recovered_at is not None
+
+
 # --------------------------------------------------------------------------------------- 3: constraints
 def test_a_retry_sets_its_own_constraint(tmp_path):
     """A stale trial that had already set its constraint is retried without it: the retry's own

@@ -212,8 +212,13 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         return orphans
 
 
-for _name in sorted(optuna.storages.BaseStorage.__abstractmethods__):
-    setattr(ResilientRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
+# Every storage call: the abstract API, and the private methods through which Optuna's cache in front of an RDB
+# storage (`optuna.storages._CachedStorage`, what `optuna.Study` holds) reads trials, creates them and sets params.
+# Left unwrapped, `study.get_trials()` or a claim during an outage ended the worker instead of waiting.
+_CACHE_CALLS = ("_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id")
+for _name in sorted({*optuna.storages.BaseStorage.__abstractmethods__, *_CACHE_CALLS}):
+    if hasattr(optuna.storages.RDBStorage, _name):
+        setattr(ResilientRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
 
 
 # What one attempt of a trial wrote about its own outcome; a retry starts without them. Optuna keeps constraints in
