@@ -556,6 +556,7 @@ def test_four_workers_two_sigkills_a_40_s_postgresql_stop_and_a_replacement(pg, 
     assert "Traceback" not in everything, everything[-6000:]
     assert "constraint value is ignored" not in everything
     assert "View run" not in everything and "A new study created" not in everything
+    assert "Falling back to a slower alternative" not in everything
     # The parent names the killed workers as their own lines do.
     for label in killed.values():
         index, pid = re.match(r"worker (\d+) \([^:]+:(\d+)\)", label).groups()

@@ -221,6 +221,18 @@ for _name in sorted({*optuna.storages.BaseStorage.__abstractmethods__, *_CACHE_C
         setattr(ResilientRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
 
 
+class _NoFallbackNotice(logging.Filter):
+    """Drop Optuna's "Caught an error from sqlalchemy: … Falling back to a slower alternative." (with the SQL
+    statement, several lines): it comes with every trial read a connection drop interrupts, and the outage is
+    reported once by `OutageWatch` instead. The fallback itself (also taken for over-long IN lists) still runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Caught an error from sqlalchemy")
+
+
+logging.getLogger("optuna.storages._rdb.storage").addFilter(_NoFallbackNotice())
+
+
 # What one attempt of a trial wrote about its own outcome; a retry starts without them. Optuna keeps constraints in
 # system attrs (`constraints:<key>`, or `constraints` from create_trial), and `set_constraint` ignores a key already
 # set (with a UserWarning): a retry that inherited them would carry the failed attempt's constraint, not its own.
