@@ -8,6 +8,7 @@ the study and the tracking server hold afterwards. Heartbeats are every 2 s (sta
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import signal
@@ -229,15 +230,13 @@ def test_worker_command_lines():
 
 
 def test_an_objective_error_surfaces_and_is_not_taken_for_a_stale_take_over(tmp_path):
-    """Only Optuna's refusal to finish a trial another worker failed ("Cannot tell a FAIL trial") means "taken
-    over, go on"; the objective's own errors stop the worker at once (they once made it fail trials forever)."""
+    """Only a trial another worker finished while this one ran it means "taken over, go on" (tests/
+    test_worker_faults.py); the objective's own errors stop the worker at once (they once made it fail trials
+    forever)."""
     from tuner.context import Context, Options
     from tuner.storage import StudyLock
-    from tuner.worker import Worker, WorkerOptions, _taken_over
+    from tuner.worker import Worker, WorkerOptions
 
-    assert _taken_over(ValueError("Cannot tell a FAIL trial."))
-    assert _taken_over(optuna.exceptions.UpdateFinishedTrialError("Trial#3 has already finished"))
-    assert not _taken_over(ValueError("CategoricalDistribution does not support dynamic value space."))
     url = f"sqlite:///{tmp_path}/s.db"
     storage = open_storage(url, heartbeat_interval=1)
     lock = StudyLock(storage, "bug")
@@ -443,3 +442,152 @@ def test_a_postgresql_outage_mid_run_is_waited_out(pg, tmp_path):
     assert "unreachable" in err and "is back" in err
     study = load(storage, name)
     assert len(study.get_trials(states=FINISHED)) == budget
+
+
+# ---------------------------------------------------------------------------------------------- issue 18
+
+
+def test_an_mlflow_server_prints_no_view_run_lines_per_trial(mlflow_server, capfd):
+    """MLflow prints "🏃 View run … / 🧪 View experiment …" each time a run on a server ends, one pair per trial
+    even with --no-progress; the tracker switches that off and gives the study's run URL once (Tracker.run_url)."""
+    from tuner.tracking import Tracker
+
+    tracker = Tracker.open(mlflow_server, "dtune-noise", retries=0)
+    parent = tracker.parent_run("noise", params={}, tags={})
+    for number in range(2):
+        tracker.log_trial(parent, number, params={}, metrics={"accuracy": 0.5}, tags={}, state="COMPLETE")
+    tracker.finish(parent)
+    out = capfd.readouterr()
+    assert "View run" not in out.out + out.err and "View experiment" not in out.out + out.err
+    assert tracker.run_url(parent) == f"{mlflow_server}/#/experiments/{tracker.experiment_id}/runs/{parent}"
+
+
+def _running_evaluations(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        running = load(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    except Exception:  # the study may not exist yet, or the database is down
+        return []
+    return [t for t in running if "config_key" in t.user_attrs and worker_pid(t) is not None]
+
+
+def test_four_workers_two_sigkills_a_40_s_postgresql_stop_and_a_replacement(pg, mlflow_server, tmp_path):
+    """Issue 18's run: `--n-workers 4` on PostgreSQL and an MLflow server; two workers SIGKILLed mid-trial, a
+    replacement worker started by hand, PostgreSQL stopped for 40 s mid-run. The study ends with exactly its
+    budget, every kill retried and no live trial failed, every surviving process exits 0 without a traceback,
+    MLflow holds one nested run per finished trial under a FINISHED parent, and no configuration is evaluated
+    twice. The timeline is printed (pytest -s shows it)."""
+    storage = pg.create_database("chaos")
+    # Enough trials that the run goes on well after the replacement is up (it starts slowly beside 3 busy
+    # workers on 2 cores) and a 40 s outage fits in the middle.
+    name, budget = "chaos", 20
+    args = [*tiny_args(budget, validation_size=16), "--storage", storage, "--tracking-uri", mlflow_server,
+            "--study-name", name]
+    timeline: list[tuple[dt.datetime, str]] = []
+
+    def note(what: str, when: dt.datetime | None = None) -> None:
+        timeline.append((when or dt.datetime.now(), what))
+
+    out = open(tmp_path / "parent.out", "w")  # noqa: SIM115 - closed below
+    parent = subprocess.Popen([sys.executable, "-m", "tuner", "run", *args, "--n-workers", "4"], cwd=tmp_path,
+                              env=child_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+    procs = [parent]
+    killed: dict[int, str] = {}  # trial number -> its worker's label
+    spared: set[int | None] = set()  # the replacement (not the parent's child) and the workers killed already
+
+    def victims() -> list[optuna.trial.FrozenTrial]:
+        return [t for t in _running_evaluations(storage, name) if worker_pid(t) not in spared]
+
+    try:
+        for round_ in range(2):
+            assert wait_until(lambda: bool(victims()), 240, poll_s=0.2)
+            victim = victims()[0]
+            spared.add(worker_pid(victim))
+            os.kill(worker_pid(victim), signal.SIGKILL)
+            killed[victim.number] = victim.user_attrs["worker"]
+            note(f"SIGKILL {victim.user_attrs['worker']} in trial {victim.number} "
+                 f"({victim.user_attrs.get('reference') or 'sampled'})")
+            if round_ == 0:
+                replacement = subprocess.Popen([sys.executable, "-m", "tuner", "run", *args], cwd=tmp_path,
+                                               env=child_env(), stdout=open(tmp_path / "replacement.out", "w"),  # noqa: SIM115
+                                               stderr=subprocess.STDOUT, text=True)
+                procs.append(replacement)
+                spared.add(replacement.pid)
+                note(f"replacement worker started (pid {replacement.pid})")
+        # The outage comes once the replacement is up (a worker refuses to start on an unreachable database) and
+        # while trials are evaluating.
+        assert wait_until(lambda: f"study {name} ·" in (tmp_path / "replacement.out").read_text(), 180, poll_s=0.5)
+        assert wait_until(lambda: bool(_running_evaluations(storage, name)), 120, poll_s=0.2)
+        finished_before = len(load(storage, name).get_trials(states=FINISHED))
+        pg.halt("fast")
+        note(f"PostgreSQL stopped ({finished_before}/{budget} finished)")
+        time.sleep(40)
+        pg.resume()
+        note("PostgreSQL started again")
+        codes = wait_all(procs, 240)
+        note(f"parent exited {codes[0]}, replacement exited {codes[1]}")
+    except BaseException:
+        for p in procs:
+            p.kill()
+        print((tmp_path / "parent.out").read_text()[-6000:])
+        raise
+    finally:
+        out.close()
+    text = {p: (tmp_path / p).read_text() for p in ("parent.out", "replacement.out")}
+    everything = "\n".join(text.values())
+    study = load(storage, name)
+    trials = study.get_trials()
+    for t in trials:  # the study's own times (the workers' clocks: this machine's)
+        if t.state == TrialState.FAIL:
+            note(f"trial {t.number} failed (started {t.datetime_start:%H:%M:%S})", t.datetime_complete)
+        if "failed_trial" in t.system_attrs:
+            note(f"trial {t.number} queued as the retry of trial {t.system_attrs['failed_trial']}",
+                 trials[t.system_attrs["failed_trial"]].datetime_complete)
+            if t.datetime_start:
+                note(f"trial {t.number} (retry of {t.system_attrs['failed_trial']}) started by "
+                     f"{t.user_attrs.get('worker')}", t.datetime_start)
+        if t.state in FINISHED and t.number == max(x.number for x in trials if x.state in FINISHED):
+            note(f"last trial ({t.number}) finished", t.datetime_complete)
+    print("\n".join(f"{when:%H:%M:%S.%f}"[:-5] + f"  {what}" for when, what in sorted(timeline)))
+    print("\n".join(line for line in everything.splitlines() if any(
+        w in line for w in ("unreachable", "is back", "lost its worker", "killed by signal", "re-queued by",
+                            "still running", "trials finished", "holds its"))))
+
+    assert codes == [0, 0], everything[-8000:]
+    assert "Traceback" not in everything, everything[-6000:]
+    assert "constraint value is ignored" not in everything
+    assert "View run" not in everything and "A new study created" not in everything
+    assert "Falling back to a slower alternative" not in everything
+    # The parent names the killed workers as their own lines do.
+    for label in killed.values():
+        index, pid = re.match(r"worker (\d+) \([^:]+:(\d+)\)", label).groups()
+        assert f"worker {index} (pid {pid}) was killed by signal 9" in text["parent.out"], text["parent.out"][-3000:]
+    assert "exited with code" not in text["parent.out"]
+    # Exactly the budget; every kill retried; no live trial failed (the only failures are the killed trials).
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == budget and not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    failed = {t.number for t in trials if t.state == TrialState.FAIL}
+    assert failed == set(killed), (failed, killed)
+    retry_of = {t.system_attrs["failed_trial"]: t for t in trials if "failed_trial" in t.system_attrs}
+    for number in killed:
+        assert retry_of[number].state in FINISHED and retry_of[number].params == trials[number].params
+    for ref in REFERENCES:
+        assert [t.user_attrs.get("reference") for t in finished].count(ref) == 1, ref
+    # No configuration evaluated twice: a repeat copies the earlier result.
+    evaluated = [t.user_attrs["config_key"] for t in finished if "duplicate_of" not in t.user_attrs]
+    assert len(evaluated) == len(set(evaluated))
+    # MLflow: one parent, FINISHED; one nested run per finished trial (and the killed trials as FAILED).
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("dtune-arith")
+    parents = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL,
+                                 filter_string=f"tags.`dtune.run_type` = 'study' AND tags.`dtune.study` = '{name}'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000,
+                                  filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    by_number: dict[int, list] = {}
+    for c in children:
+        by_number.setdefault(int(c.data.tags["dtune.trial_number"]), []).append(c)
+    assert all(len(runs) == 1 for runs in by_number.values())
+    assert {n for n, runs in by_number.items() if runs[0].data.tags["dtune.state"] in ("COMPLETE", "PRUNED")} == {
+        t.number for t in finished}
+    assert parents[0].data.metrics["n_failed"] == len(killed)
+

@@ -62,12 +62,13 @@ class Context:
 
     def __init__(self, spec: StudySpec, options: Options) -> None:
         self.spec, self.options = spec, options
+        self._found_name: str | None = None  # the study `load_study` found under another name
 
     @property
     def study_name(self) -> str:
         from .study import default_study_name
 
-        return self.options.study_name or default_study_name(self.spec)
+        return self.options.study_name or self._found_name or default_study_name(self.spec)
 
     @property
     def experiment(self) -> str:
@@ -125,11 +126,65 @@ class Context:
         return Tracker.open(self.options.tracking_uri, self.experiment)
 
     def load_study(self) -> optuna.Study:
-        """The existing study of this spec (for `show` and `export`); NoStudyError if there is none."""
+        """The existing study of this spec (for `show` and `export`); NoStudyError if there is none.
+
+        Without `--study-name` the name is derived from the spec, and `run`'s shortcuts (`--validation-size`,
+        `--batch-size`, `--sampler`, `--seed`) change it while `show` and `export` have no such options. So when
+        no study has the derived name, the one study of this task and model whose recorded spec differs from this
+        one in those fields only is used (said on stderr); several such studies are listed, with `--study-name`.
+        """
         import optuna
 
+        storage = self.open_storage()
         try:
-            return optuna.load_study(study_name=self.study_name, storage=self.open_storage())
+            return optuna.load_study(study_name=self.study_name, storage=storage)
         except KeyError:
-            raise NoStudyError(f"no study {self.study_name!r} in {redact_url(self.options.storage)}; run `python -m "
-                               f"tuner run --task {self.spec.task}` first (or pass --study-name)") from None
+            pass
+        where = redact_url(self.options.storage)
+        if self.options.study_name:
+            raise NoStudyError(f"no study {self.study_name!r} in {where}; check --study-name and --storage") from None
+        from .study import default_study_name
+
+        prefix = default_study_name(self.spec).rsplit("-", 1)[0] + "-"
+        summaries = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+                     if s.study_name.startswith(prefix)]
+        mine = _comparable(self.spec.to_dict())
+        matches = [s for s in summaries if _comparable(s.user_attrs.get("spec") or {}) == mine]
+        if len(matches) == 1:
+            found = matches[0]
+            differs = _run_options(found.user_attrs.get("spec") or {}, self.spec.to_dict())
+            import sys
+
+            print(f"study {found.study_name!r}: the study of this spec {differs}", file=sys.stderr)
+            self._found_name = found.study_name
+            return optuna.load_study(study_name=found.study_name, storage=storage)
+        if matches:
+            listed = "; ".join(f"{s.study_name} ({_run_options(s.user_attrs.get('spec') or {}, self.spec.to_dict())})"
+                               for s in matches)
+            raise NoStudyError(f"no study {self.study_name!r} in {where}, but {len(matches)} studies of this spec run "
+                               f"with other options: {listed}; pick one with --study-name") from None
+        others = ", ".join(s.study_name for s in summaries)
+        raise NoStudyError(f"no study {self.study_name!r} in {where}"
+                           + (f" (other studies of {self.spec.task} on this model, from other specs: {others}; pick "
+                              "one with --study-name, or pass the same --set options as its run)" if others else
+                              f"; run `python -m tuner run --task {self.spec.task}` first (or pass --study-name "
+                              "and --storage)")) from None
+
+
+# The spec fields `run` has shortcut options for (`--trials`, `--validation-size`, ...) that `show` and `export`
+# lack, plus what the study name ignores anyway.
+_RUN_FIELDS = ("trials", "validation_size", "batch_size", "sampler", "seed", "test_size", "description")
+
+
+def _comparable(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The spec without those fields, in its stored (JSON) form."""
+    import json
+
+    return json.loads(json.dumps({k: v for k, v in spec.items() if k not in _RUN_FIELDS}, default=str)) if spec else None
+
+
+def _run_options(stored: dict[str, Any], mine: dict[str, Any]) -> str:
+    """How a study's recorded spec differs from this one in `run`'s option fields, as options."""
+    diff = [f"--{k.replace('_', '-')} {stored.get(k)}" for k in _RUN_FIELDS[:5]
+            if k != "trials" and stored.get(k) != mine.get(k)]
+    return "run with " + " ".join(diff) if diff else "run with the same options"

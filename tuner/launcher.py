@@ -144,6 +144,16 @@ class SignalForwarder:
             signal.signal(sig, handler)
 
 
+def exit_lines(indices: list[int], pids: list[int], codes: list[int]) -> list[str]:
+    """One line per worker that did not exit 0, naming it by its worker index (the one its own lines show)."""
+    lines = []
+    for index, pid, code in zip(indices, pids, codes, strict=True):
+        if code != 0:
+            why = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            lines.append(f"worker {index} (pid {pid}) {why}")
+    return lines
+
+
 def run_workers(ctx: Context, opts: WorkerOptions, argv: list[str], n: int,
                 console: Console) -> tuple[int, optuna.Study | None]:
     """Prepare the study, start `n` workers, forward signals, wait; returns (exit code, the study)."""
@@ -152,7 +162,9 @@ def run_workers(ctx: Context, opts: WorkerOptions, argv: list[str], n: int,
     storage = ctx.open_storage(heartbeat_interval=opts.heartbeat_interval, grace_period=opts.grace_period)
     lock = StudyLock(storage, name)
     try:
-        study, _ = create_study(spec, storage, name, spec.seed, worker=0, lock=lock)
+        # The workers' indices are taken from the study here (or start at --worker-index) and handed to each
+        # worker, so what this parent reports about worker i is what that worker's own lines call worker i.
+        study, first = create_study(spec, storage, name, spec.seed, worker=opts.worker_index, lock=lock, reserve=n)
     finally:
         lock.close()
     done = finished_count(study)
@@ -166,8 +178,8 @@ def run_workers(ctx: Context, opts: WorkerOptions, argv: list[str], n: int,
     if on_cpu and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, _cpu_count() // n))
     procs: list[subprocess.Popen] = []
-    for i, device in enumerate(devices):
-        index = None if opts.worker_index is None else opts.worker_index + i
+    indices = [first + i for i in range(n)]
+    for index, device in zip(indices, devices, strict=True):
         cmd = [sys.executable, "-m", "tuner", *child_argv(argv, device, index)]
         procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     where = ", ".join(sorted({d or "default device" for d in devices}))
@@ -180,10 +192,10 @@ def run_workers(ctx: Context, opts: WorkerOptions, argv: list[str], n: int,
         codes = [p.wait() for p in procs]
 
     finished = finished_count(study)
-    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
-    for i, c in failed:
-        why = f"was killed by signal {-c}" if c < 0 else f"exited with code {c}"
-        console.print(f"worker {i} (pid {procs[i].pid}) {why}")
+    lines = exit_lines(indices, [p.pid for p in procs], codes)
+    failed = bool(lines)
+    for line in lines:
+        console.print(line)
     if forwarder.forwarded or any(c == EXIT_INTERRUPTED for c in codes):
         return EXIT_INTERRUPTED, study
     if finished >= spec.trials:

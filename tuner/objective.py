@@ -8,6 +8,7 @@ reports it; any trial may grow the ledger, so no trial waits for the baseline tr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from .baseline import BaselineLedger, LedgerState
 from .evaluate import EvalResult, Evaluator
 from .spec import StudySpec
 from .stats import PairedDrop, paired_drop, wilson_interval
-from .study import FINISHED, config_key, distributions, suggest
+from .study import FINISHED, config_key, distributions, fail_stale_trials, suggest
 
 LedgerFactory = Callable[[optuna.Study], BaselineLedger]
 
@@ -38,13 +39,17 @@ class Objective:
         self.dists = distributions(spec)
         self.rungs = racing.rungs(len(items), spec.race)
         self.ledger_factory = ledger or self._default_ledger
+        self.poll_s = 1.0  # how often a trial waiting for an identical running one looks again
 
     def _default_ledger(self, study: optuna.Study) -> BaselineLedger:
         name = self.spec.constraint.baseline
         return BaselineLedger(study, self.spec.reference_config(self.spec.reference(name)), name, self.evaluator,
                               self.items, chunk_size=self.spec.chunk_size, on_progress=self.on_progress)
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+    def __call__(self, trial: optuna.Trial, on_keyed: Callable[[], None] | None = None) -> tuple[float, float]:
+        """Run the trial. `on_keyed` is called once its configuration is recorded (`config_key`): a worker holds
+        the study's claim lock until then, so of two trials of one configuration claimed at the same time the
+        second always sees the first (and waits for its result instead of evaluating it again)."""
         params = {name: suggest(trial, name, dist) for name, dist in self.dists.items()}
         trials = trial.study.get_trials(deepcopy=False)  # one read for the reference and duplicate look-ups
         reference = self.reference_of(trial, trials)
@@ -55,7 +60,12 @@ class Objective:
         key = config_key(config)
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("config_key", key)
+        if on_keyed is not None:
+            on_keyed()
         earlier = self._earlier(trials, key, trial.number)
+        while earlier is not None and earlier.state == TrialState.RUNNING:
+            self._wait_while_running(trial.study, earlier.number)
+            earlier = self._earlier(trial.study.get_trials(deepcopy=False), key, trial.number)
         if earlier is not None:
             return self._reuse(trial, earlier)
         if self.on_trial_start:
@@ -144,11 +154,29 @@ class Objective:
 
     @staticmethod
     def _earlier(trials: list[FrozenTrial], key: str, number: int) -> FrozenTrial | None:
-        """A finished trial (complete, or stopped early) that ran the same configuration."""
+        """A trial that ran the same configuration: a finished one (complete, or stopped early), else one still
+        running that started before this one (whose result this trial then waits for). Only earlier running
+        trials count, so two trials never wait for each other."""
+        running = None
         for t in trials:
-            if t.state in FINISHED and t.number != number and t.user_attrs.get("config_key") == key:
+            if t.number == number or t.user_attrs.get("config_key") != key:
+                continue
+            if t.state in FINISHED:
                 return t
-        return None
+            if t.state == TrialState.RUNNING and t.number < number and running is None:
+                running = t
+        return running
+
+    def _wait_while_running(self, study: optuna.Study, number: int) -> None:
+        """Wait until trial `number` is no longer running. Stale trials are failed meanwhile (every worker may be
+        busy waiting or evaluating, and a dead worker's trial must not hold this one forever); a failed one is
+        re-queued, and this trial then evaluates the configuration itself."""
+        while True:
+            fail_stale_trials(study)
+            states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+            if states.get(number) != TrialState.RUNNING:
+                return
+            time.sleep(self.poll_s)
 
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> tuple[float, float]:
         """Copy an earlier trial's outcome: its values, or its stop (a repeat of a hopeless trial stops too)."""

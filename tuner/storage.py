@@ -70,32 +70,57 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+class OutageWatch:
+    """How every path that waits on the study database through an outage reports it: one warning when it starts
+    failing, retries until `outage_s` have passed, and once it answers again one "is back" warning and the
+    storage marked recovered (`ResilientRDBStorage.mark_recovered`), so no trial is judged stale for a grace
+    period afterwards — nobody could write heartbeats meanwhile. Storage calls, heartbeats and the study lock
+    all wait through this one class, so none of them can skip the grace period.
+    """
+
+    def __init__(self, storage: Any, url: str, outage_s: float) -> None:
+        self.storage, self.url, self.outage_s = storage, url, outage_s
+        self.deadline: float | None = None
+
+    def failed(self, exc: BaseException) -> bool:
+        """A transient failure: True to retry (warned once), False once the outage has lasted `outage_s`."""
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.outage_s
+            log.warning("study storage %s unreachable (%s); retrying for up to %.0f s", redact_url(self.url),
+                        db_error(exc), self.outage_s)
+        return now < self.deadline
+
+    def remaining(self) -> float:
+        return 0.0 if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def answered(self) -> None:
+        """The database answered: if it had been failing, say it is back and mark the storage recovered."""
+        if self.deadline is None:
+            return
+        self.deadline = None
+        log.warning("study storage %s is back", redact_url(self.url))
+        mark = getattr(self.storage, "mark_recovered", None)
+        if mark is not None:
+            mark()
+
+
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a storage method: transient errors are retried with backoff for up to `self.outage_s` seconds."""
 
     @functools.wraps(method)
     def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
-        deadline, wait, warned = None, 0.5, False
+        watch, wait = OutageWatch(self, self.url, self.outage_s), 0.5
         while True:
             try:
                 result = method(self, *args, **kwargs)
             except Exception as exc:
-                if not is_transient(exc):
+                if not is_transient(exc) or not watch.failed(exc):
                     raise
-                now = time.monotonic()
-                deadline = deadline or now + self.outage_s
-                if now >= deadline:
-                    raise
-                if not warned:
-                    log.warning("study storage %s unreachable (%s); retrying for up to %.0f s",
-                                redact_url(self.url), db_error(exc), self.outage_s)
-                    warned = True
-                time.sleep(min(wait, max(0.0, deadline - now)) * random.uniform(0.8, 1.2))
+                time.sleep(min(wait, watch.remaining()) * random.uniform(0.8, 1.2))
                 wait = min(wait * 2, _MAX_BACKOFF_S)
                 continue
-            if warned:
-                log.warning("study storage %s is back", redact_url(self.url))
-                self.recovered_at = time.monotonic()
+            watch.answered()
             return result
 
     return wrapper
@@ -121,6 +146,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     orphan_after_s: float = 300.0
     recovered_at: float | None = None  # monotonic time the last outage ended
 
+    def mark_recovered(self) -> None:
+        """An outage just ended (`OutageWatch.answered`): start the post-outage grace period."""
+        self.recovered_at = time.monotonic()
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             self._record_heartbeat_retrying(trial_id)
@@ -145,6 +174,26 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         stale = super()._get_stale_trial_ids(study_id)
         return stale + [t for t in self._orphan_trial_ids(study_id) if t not in stale]
 
+    @_retrying
+    def silent_running_trials(self, study_id: int, silent_s: float) -> dict[int, float]:
+        """Numbers of the study's RUNNING trials whose last heartbeat is more than `silent_s` old (their worker
+        looks dead; they are failed and re-queued once stale), with that age in seconds, on the database's
+        clock as Optuna's stale check is."""
+        query = sqlalchemy.text(
+            "SELECT t.number, h.heartbeat FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+            "WHERE t.study_id = :study AND t.state = 'RUNNING'")
+        with self.engine.connect() as conn:
+            now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
+            rows = list(conn.execute(query, {"study": study_id}))
+        now = now.replace(tzinfo=None) if isinstance(now, dt.datetime) else dt.datetime.fromisoformat(str(now))
+        ages = {}
+        for number, beat in rows:
+            beat = beat if isinstance(beat, dt.datetime) else dt.datetime.fromisoformat(str(beat))
+            age = (now - beat.replace(tzinfo=None)).total_seconds()
+            if age > silent_s:
+                ages[int(number)] = age
+        return ages
+
     def _orphan_trial_ids(self, study_id: int) -> list[int]:
         # Optuna's schema (tables `trials`, `trial_heartbeats`; versioned by its alembic migrations) rather than
         # its ORM classes, whose Python attributes change between releases.
@@ -163,23 +212,64 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         return orphans
 
 
-for _name in sorted(optuna.storages.BaseStorage.__abstractmethods__):
-    setattr(ResilientRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
+# Every storage call: the abstract API, and the private methods through which Optuna's cache in front of an RDB
+# storage (`optuna.storages._CachedStorage`, what `optuna.Study` holds) reads trials, creates them and sets params.
+# Left unwrapped, `study.get_trials()` or a claim during an outage ended the worker instead of waiting.
+_CACHE_CALLS = ("_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id")
+for _name in sorted({*optuna.storages.BaseStorage.__abstractmethods__, *_CACHE_CALLS}):
+    if hasattr(optuna.storages.RDBStorage, _name):
+        setattr(ResilientRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
+
+
+class _NoFallbackNotice(logging.Filter):
+    """Drop Optuna's "Caught an error from sqlalchemy: … Falling back to a slower alternative." (with the SQL
+    statement, several lines): it comes with every trial read a connection drop interrupts, and the outage is
+    reported once by `OutageWatch` instead. The fallback itself (also taken for over-long IN lists) still runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Caught an error from sqlalchemy")
+
+
+logging.getLogger("optuna.storages._rdb.storage").addFilter(_NoFallbackNotice())
+
+
+# What one attempt of a trial wrote about its own outcome; a retry starts without them. Optuna keeps constraints in
+# system attrs (`constraints:<key>`, or `constraints` from create_trial), and `set_constraint` ignores a key already
+# set (with a UserWarning): a retry that inherited them would carry the failed attempt's constraint, not its own.
+ATTEMPT_USER_ATTRS = ("metrics", "outcomes", "race", "pruned_after", "duplicate_of", "worker")
+
+
+def _attempt_system_attr(key: str) -> bool:
+    return key == "constraints" or key.startswith("constraints:")
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = None) -> bool:
+    """Queue a copy of failed `trial` as WAITING, as Optuna's RetryHeartbeatStaleTrialCallback does (same params
+    and distributions, `system_attrs["failed_trial"]` = the first attempt, `["retry_history"]`), but without what
+    the failed attempt wrote about its outcome (see ATTEMPT_USER_ATTRS). False when `max_retry` is used up."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if max_retry is not None and len(history) > max_retry:
+        return False
+    system_attrs = {k: v for k, v in trial.system_attrs.items() if not _attempt_system_attr(k)}
+    system_attrs.update(failed_trial=trial.system_attrs.get("failed_trial", trial.number), retry_history=history)
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_USER_ATTRS}
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
+                                              distributions=trial.distributions, user_attrs=user_attrs,
+                                              system_attrs=system_attrs))
+    return True
 
 
 class StaleTrialHandler:
-    """Optuna's RetryHeartbeatStaleTrialCallback (re-queue the stale trial as WAITING with its params, user
-    attrs and `system_attrs["failed_trial"]`), plus listeners so a run can log the failed trial (to MLflow)."""
+    """Re-queue a heartbeat-stale trial (`queue_retry`: Optuna's RetryHeartbeatStaleTrialCallback without the
+    failed attempt's outcome), plus listeners so a run can log the failed trial (to MLflow)."""
 
     def __init__(self, max_retry: int | None) -> None:
-        with warnings.catch_warnings():  # "experimental" since Optuna 2.8, unchanged since
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.max_retry = max_retry
         self.listeners: list[Callable[[FrozenTrial], None]] = []
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         log.warning("trial %d lost its worker (no heartbeat); failed and re-queued", trial.number)
-        self._retry(study, trial)
+        queue_retry(study, trial, self.max_retry)
         for listener in self.listeners:
             try:
                 listener(trial)
@@ -327,7 +417,7 @@ class StudyLock:
     """
 
     def __init__(self, storage: optuna.storages.RDBStorage, study_name: str, timeout_s: float = 120.0) -> None:
-        self.url = storage.url
+        self.storage, self.url = storage, storage.url
         self.key = _lock_key(f"study:{study_name}")
         self.timeout_s = timeout_s
         self.outage_s = getattr(storage, "outage_s", DEFAULT_OUTAGE_S)
@@ -386,7 +476,7 @@ class StudyLock:
     def _acquire_pg(self) -> bool:
         assert self._engine is not None
         deadline = time.monotonic() + self.timeout_s
-        outage_deadline, wait = None, 0.05
+        watch, wait = OutageWatch(self.storage, self.url, self.outage_s), 0.05
         while True:
             try:
                 if self._conn is None:
@@ -396,19 +486,12 @@ class StudyLock:
                 self._drop_conn()
                 if not is_transient(exc):
                     raise
-                now = time.monotonic()
-                if outage_deadline is None:
-                    outage_deadline = now + self.outage_s
-                    log.warning("study storage %s unreachable (%s); retrying for up to %.0f s", redact_url(self.url),
-                                db_error(exc), self.outage_s)
-                if now >= outage_deadline:
+                if not watch.failed(exc):
                     raise StorageError(f"lost the study storage {redact_url(self.url)} for {self.outage_s:.0f} s: "
                                        f"{db_error(exc)}") from None
-                time.sleep(2.0)
+                time.sleep(min(2.0, watch.remaining()))
                 continue
-            if outage_deadline is not None:
-                log.warning("study storage %s is back", redact_url(self.url))
-                outage_deadline = None
+            watch.answered()
             if got:
                 return True
             if time.monotonic() >= deadline:

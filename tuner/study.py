@@ -22,10 +22,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -38,7 +40,7 @@ from .pareto import TrialPoint, pareto_front
 from .sampling import make_sampler
 from .spec import Constraint, StudySpec
 from .stats import paired_drop
-from .storage import StudyLock
+from .storage import StudyLock, queue_retry
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def config_key(config: DecodeConfig) -> str:
 
 
 def create_study(spec: StudySpec, storage: optuna.storages.RDBStorage, name: str, seed: int | None, *,
-                 worker: int | None = 0, lock: StudyLock | None = None) -> tuple[optuna.Study, int]:
+                 worker: int | None = 0, lock: StudyLock | None = None, reserve: int = 1) -> tuple[optuna.Study, int]:
     """Create the study, or load it (resume, or another worker created it first); returns it and the worker index.
 
     Runs under the study lock, so of N workers starting together exactly one creates the study, records the
@@ -102,26 +104,40 @@ def create_study(spec: StudySpec, storage: optuna.storages.RDBStorage, name: str
 
     `worker=None` allocates the next free index from the study (`workers_started`), so workers started on
     several machines without `--worker-index` still get distinct sampler seeds (identical seeds propose
-    identical points, optuna#1547). The sampler is seeded with `seed + worker`.
+    identical points, optuna#1547). `reserve` indices are allocated then (the `--n-workers` parent takes one per
+    worker and hands them out, so its reports and the workers' own lines name the same index). The sampler is
+    seeded with `seed + worker`.
     """
     own_lock = lock is None
     lock = lock or StudyLock(storage, name)
     try:
         with lock:
             try:
-                study = optuna.create_study(storage=storage, study_name=name, directions=["maximize", "maximize"])
+                with _quiet_optuna():  # not Optuna's "[I …] A new study created in RDB with name: …" on stderr
+                    study = optuna.create_study(storage=storage, study_name=name, directions=["maximize", "maximize"])
             except optuna.exceptions.DuplicatedStudyError:
                 study = optuna.load_study(study_name=name, storage=storage)
             if not study.user_attrs.get("initialized"):
                 _initialize(study, spec)
             if worker is None:
                 worker = int(study.user_attrs.get("workers_started", 0))
-                study.set_user_attr("workers_started", worker + 1)
+                study.set_user_attr("workers_started", worker + max(1, reserve))
     finally:
         if own_lock:
             lock.close()
     study.sampler = make_sampler(spec.sampler, None if seed is None else seed + worker, spec.trials)
     return study, worker
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines off for the block (dtune prints its own; the verbosity before is restored)."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(before, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def _initialize(study: optuna.Study, spec: StudySpec) -> None:
@@ -161,9 +177,7 @@ def requeue(study: optuna.Study, number: int) -> None:
         study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     trial = next(t for t in study.get_trials() if t.number == number)
     if trial.state == TrialState.FAIL:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
+        queue_retry(study, trial)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

@@ -40,7 +40,15 @@ from .storage import (
     is_transient,
     stale_handler,
 )
-from .study import budget_counts, create_study, fail_stale_trials, finished_count, requeue, trial_points
+from .study import (
+    FINISHED,
+    budget_counts,
+    create_study,
+    fail_stale_trials,
+    finished_count,
+    requeue,
+    trial_points,
+)
 from .tracking import Backlog, Tracker
 from .urls import redact_url
 
@@ -140,6 +148,8 @@ class Worker:
         self.label = ""
         self.failures = 0  # this worker's trials that failed in a row
         self.mine: int | None = None  # the number of the trial this worker runs now
+        self.returned = False  # its objective returned (or stopped it early): the outcome was this worker's to tell
+        self.taken = False  # its trial was finished by another worker while the objective ran
         self.parent: str | None = None  # the study's MLflow parent run
         self.study: optuna.Study | None = None
         self.lock: StudyLock | None = None
@@ -170,6 +180,9 @@ class Worker:
         done = finished_count(study)
         if done >= spec.trials:
             console.print(f"study {name}: budget of {spec.trials} trials already spent ({done} finished); nothing to do")
+            self.parent, self.tracker = study.user_attrs.get("mlflow_parent_run_id"), tracker
+            if self.parent:  # every worker may have died before closing the study's MLflow run: converge now
+                self._finish_tracking()
             return study
 
         self.ctx.check_sandbox()
@@ -184,10 +197,13 @@ class Worker:
                                              tags={**tags, "dtune.storage": redact_url(self.ctx.options.storage)})
             if self.parent and study.user_attrs.get("mlflow_parent_run_id") != self.parent:
                 study.set_user_attr("mlflow_parent_run_id", self.parent)
+        if self.parent:
+            tracker.mark_running(self.parent)  # a study resumed with a larger budget is running again
         self.label = f"worker {index} ({socket.gethostname()}:{os.getpid()})"
+        url = tracker.run_url(self.parent) if self.parent else None
         console.print(f"study [bold]{name}[/] · {spec.task} on {spec.model} · {len(items)} validation items · "
                       f"{hardware.summary(hw)} · {finished_count(study)}/{spec.trials} trials finished · "
-                      f"{self.label}")
+                      f"{self.label}" + (f" · MLflow run {url}" if url else ""))
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
@@ -205,8 +221,8 @@ class Worker:
         try:
             with self.progress:
                 self.work(study, self.lock, objective)
-            if self.parent:
-                backlog.submit(self._refresh)
+            if self.parent:  # the study holds its budget: the last worker out leaves MLflow complete and closed
+                backlog.submit(self._finish_tracking)
         finally:
             backlog.close()  # interrupted or not, what finished is logged before the run returns
         return study
@@ -259,30 +275,45 @@ class Worker:
                         continue
                 finally:
                     self.lock.release()
-            except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
-                if not (_taken_over(exc) and self.mine is not None):
-                    raise
-                # Its heartbeat went stale while it ran (a stalled machine, a long storage outage): another worker
-                # failed and re-queued it, so its retry will hold the result (optuna#5470's "Cannot tell a FAIL
-                # trial").
-                self.console.print(f"trial {self.mine} was failed and re-queued by another worker while this one "
-                                   "ran it; going on")
-                continue
             except Exception as exc:
+                if self.mine is not None and self._taken_over():
+                    # Its heartbeat went stale while it ran (a stalled machine, a long storage outage): another
+                    # worker failed and re-queued it, so its retry will hold the result. Optuna's own error for this
+                    # changes between releases (optuna#5470's "Cannot tell a FAIL trial", 5.x's "Should not
+                    # reach."), so the storage is asked instead.
+                    self.console.print(f"trial {self.mine} was failed and re-queued by another worker while this "
+                                       "one ran it; going on")
+                    continue
                 if is_transient(exc):
                     raise StorageError(f"lost the study storage {redact_url(self.ctx.options.storage)}: "
                                        f"{db_error(exc)}") from None
                 raise
             if waiting_since is None:
                 waiting_since = time.monotonic()
-                self.console.print(f"{budget - finished} trial(s) still running on other workers; waiting for them "
-                                   "(a dead worker's trial is re-queued once its heartbeat is stale)")
+                self.console.print(self._waiting_line(study, before))
             time.sleep(poll_s)
+
+    def _waiting_line(self, study: optuna.Study, running: set[int]) -> str:
+        """What this worker waits for: the running trials with a live worker, and apart from them those whose
+        heartbeat has stopped (their worker looks dead; they are re-queued once stale)."""
+        backend = getattr(study._storage, "_backend", study._storage)
+        interval = self.options.heartbeat_interval
+        silent: dict[int, float] = {}
+        if interval and hasattr(backend, "silent_running_trials"):
+            silent = {n: age for n, age in backend.silent_running_trials(study._study_id, 1.5 * interval).items()
+                      if n in running}
+        line = f"{len(running) - len(silent)} trial(s) still running on other workers; waiting for them"
+        if silent:
+            numbers = ", ".join(str(n) for n in sorted(silent))
+            line += (f"; trial(s) {numbers} without a heartbeat for {max(silent.values()):.0f} s (worker dead?) are "
+                     "re-queued once stale")
+        return line
 
     def _run_one(self, before: set[int]) -> None:
         """Run one trial through Optuna (heartbeats work with `optimize` only); the lock is released by `_claimed`
         once the trial exists. An interrupt re-queues the trial."""
         assert self.study is not None
+        self.returned = self.taken = False
         try:
             self.study.optimize(self._claimed, n_trials=1, callbacks=[self._after_trial], catch=(RuntimeError,),
                                 gc_after_trial=False)
@@ -301,11 +332,46 @@ class Worker:
             raise KeyboardInterrupt from None
 
     def _claimed(self, trial: optuna.Trial) -> tuple[float, float]:
+        """The objective of a claimed trial. The claim lock is released as soon as the trial's configuration is
+        recorded (an `Objective` says when; any other objective at once): from then on the trial counts as running
+        and other workers see its configuration, so the next worker can claim."""
         assert self.lock is not None and self.objective is not None
-        self.lock.release()  # the trial exists now and counts as running: let the next worker claim
         self.mine = trial.number
         trial.set_user_attr("worker", self.label)
-        return self.objective(trial)
+        try:
+            if isinstance(self.objective, Objective):
+                values = self.objective(trial, on_keyed=self.lock.release)
+            else:
+                self.lock.release()
+                values = self.objective(trial)
+        except optuna.TrialPruned:
+            self.returned = True
+            raise
+        except Exception:
+            # Finished by someone else while the objective ran (its writes then fail, whatever the error)?
+            self.taken = self._stored_state() not in (None, TrialState.RUNNING)
+            raise
+        self.returned = True
+        return values
+
+    def _stored_state(self) -> TrialState | None:
+        """This worker's trial's state as the storage holds it now (not as this process last wrote it)."""
+        assert self.study is not None
+        try:
+            trials = self.study.get_trials(deepcopy=False)
+        except Exception as exc:  # noqa: BLE001 - asked while handling another error; unknown is the answer
+            log.warning("could not read trial %s's state: %s", self.mine, db_error(exc))
+            return None
+        return next((t.state for t in trials if t.number == self.mine), None)
+
+    def _taken_over(self) -> bool:
+        """Was this worker's trial finished by another worker (failed as stale and re-queued) while it ran it?
+
+        Judged from the storage, never from the text or type of Optuna's error: the trial is FAIL there although
+        this worker's objective returned (its own tell would have written COMPLETE or PRUNED), or the objective
+        failed after the trial had already been finished by someone else.
+        """
+        return self.taken or (self.returned and self._stored_state() == TrialState.FAIL)
 
     def _requeue_mine(self, before: set[int]) -> None:
         """Re-queue this worker's interrupted trial: the one its objective ran, or else the trial its claim created
@@ -348,11 +414,35 @@ class Worker:
 
     # ------------------------------------------------------------------------------------- tracking
     def _refresh(self) -> None:
-        """Rewrite the study's report on the parent run (on the tracking thread)."""
+        """Make MLflow hold what the study holds, then rewrite the study's report on the parent run (on the
+        tracking thread)."""
         assert self.study is not None and self.parent is not None and self.tracker is not None
+        self._reconcile()
         constraint = self.ctx.spec.constraint
+        failed = len(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
         self.tracker.refresh_study_artifacts(self.parent, trial_points(self.study, constraint),
-                                             title=self.ctx.study_name, accuracy_scale=constraint.margin)
+                                             title=self.ctx.study_name, accuracy_scale=constraint.margin,
+                                             extra_metrics={"n_failed": failed})
+
+    def _reconcile(self) -> None:
+        """Log every finished or failed trial whose nested run is missing or shows another state: one logged
+        while MLflow failed (a 503 outlasting the retries), by a worker killed before its backlog drained, or
+        taken over from a live worker. MLflow thus converges to the study at every refresh and at the end."""
+        assert self.study is not None and self.parent is not None and self.tracker is not None
+        logged = self.tracker.trial_states(self.parent)
+        if logged is None:  # MLflow unavailable now: the next refresh tries again
+            return
+        for trial in self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)):
+            if logged.get(trial.number) != trial.state.name:
+                self._log_trial(trial)
+
+    def _finish_tracking(self) -> None:
+        """The study holds its budget: reconcile, refresh the report and close the parent run. Every worker that
+        sees the study complete does it (idempotent), so the last one out leaves the run FINISHED."""
+        assert self.parent is not None and self.tracker is not None
+        if self.study is not None:
+            self._refresh()
+        self.tracker.finish(self.parent, "FINISHED")
 
     def _log_trial(self, trial: FrozenTrial) -> None:
         if not self.parent or self.tracker is None:
@@ -365,16 +455,10 @@ class Worker:
                 "retry_of": str(trial.system_attrs.get("failed_trial", "")),
                 "worker": trial.user_attrs.get("worker", "")}
         params = {**trial.params, **{f"config.{k}": v for k, v in trial.user_attrs.get("config", {}).items()}}
-        self.tracker.log_trial(self.parent, trial.number, params=params, metrics=metrics, tags=tags,
-                               state=trial.state.name)
+        # MLflow has no create-if-absent: the nested run is looked up and created under a study-wide lock of its
+        # own, so the trial's worker and another one reconciling it never create two runs for one trial.
+        assert self.lock is not None
+        with held_study_lock(self.lock.storage, f"{self.ctx.study_name}:mlflow"):
+            self.tracker.log_trial(self.parent, trial.number, params=params, metrics=metrics, tags=tags,
+                                   state=trial.state.name)
 
-
-def _taken_over(exc: BaseException) -> bool:
-    """Did Optuna refuse to finish this worker's trial because another worker already failed it as stale?
-
-    Optuna then raises "Cannot tell a FAIL trial." from its tell (optuna#5470), or UpdateFinishedTrialError from
-    a write; any other error is the objective's own and must surface.
-    """
-    if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
-        return True
-    return isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")

@@ -322,10 +322,26 @@ class Tracker:
 
         return self._attempt(f"trial {number}", work)
 
+    def trial_states(self, parent_run_id: str) -> dict[int, str] | None:
+        """The Optuna state each trial's nested run records (``dtune.state``), by trial number; None when MLflow
+        can't be asked now. What a reconciliation compares with the study."""
+
+        def work() -> dict[int, str]:
+            runs = self._search(f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
+            out: dict[int, str] = {}
+            for run in runs:
+                number = run.data.tags.get(TRIAL_TAG)
+                if number is not None and number.isdigit():
+                    out.setdefault(int(number), run.data.tags.get(STATE_TAG, ""))
+            return out
+
+        return self._attempt("trial runs", work)
+
     # ------------------------------------------------------------------------------------------ artifacts
 
     def refresh_study_artifacts(self, parent_run_id: str, points: list[TrialPoint], *, title: str,
-                                accuracy_scale: float | None = None) -> None:
+                                accuracy_scale: float | None = None,
+                                extra_metrics: dict[str, float] | None = None) -> None:
         """(Re)write the study's Pareto artifacts and summary metrics on the parent run.
 
         Artifacts: pareto.html (self-contained plotly, works offline), pareto.png (matplotlib, since plotly
@@ -334,9 +350,11 @@ class Tracker:
         best_tokens_per_s (over the feasible front) and hypervolume (front vs the worst corner of all complete
         points). A failing file is skipped with a warning; the others are still uploaded. ``accuracy_scale``
         goes to :func:`pick_knee` (the knee in front.json is the one ``export --pick knee`` takes).
+        ``extra_metrics`` override the summary's: points hold finished trials only, so the caller passes
+        ``n_failed`` from the study.
         """
         try:
-            metrics = study_metrics(points)
+            metrics = {**study_metrics(points), **(extra_metrics or {})}
         except Exception as exc:  # noqa: BLE001 - odd points must not stop the study either
             _log.warning("MLflow tracking: study summary skipped: %s", one_line(exc, with_type=True, limit=300))
             return
@@ -360,6 +378,17 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict) -> None:
         """Set (overwrite) tags on a run."""
         self._attempt("tags", lambda: self._log_batch(run_id, tags=tags))
+
+    def mark_running(self, run_id: str) -> None:
+        """Set a run's status back to RUNNING (a finished study resumed with a larger budget)."""
+        self._attempt("reopen run", lambda: self.client.update_run(run_id, status="RUNNING"))
+
+    def run_url(self, run_id: str) -> str | None:
+        """The run's page on a tracking server (None for a local store): printed once per study, since MLflow's
+        own per-run "View run" lines are switched off (store.HTTP_ENV_DEFAULTS)."""
+        if uri_scheme(self.tracking_uri) not in ("http", "https"):
+            return None
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         """Terminate a run (``FINISHED``, ``FAILED`` or ``KILLED``; Optuna state names are mapped)."""

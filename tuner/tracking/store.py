@@ -21,8 +21,11 @@ class TrackingError(TunerError):
 
 
 # Bound a dead tracking server's cost per call: MLflow's defaults (7 retries, 120 s timeout) stall a trial for
-# minutes on every log call. Only set when the user has not chosen values (os.environ.setdefault).
-HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# minutes on every log call. And no "🏃 View run … / 🧪 View experiment …" lines on every terminated run (one per
+# trial): a worker prints its study's run URL once (Tracker.run_url). Only set when the user has not chosen values
+# (os.environ.setdefault).
+HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 HTTP_CHECK_BUDGET_S = 8.0
 
 
