@@ -1,5 +1,9 @@
 """Pictures of a study: the interactive Pareto plot (plotly, self-contained HTML) and the same picture as a PNG
-(matplotlib; plotly's PNG export needs kaleido and a browser). Plotly and matplotlib are imported on use."""
+(matplotlib; plotly's PNG export needs kaleido and a browser). Plotly and matplotlib are imported on use.
+
+The speed axis is logarithmic: what matters is the ratio to the baseline (tuned settings run 20-60x vanilla), and on
+a linear axis vanilla and every cautious setting crowd into its left edge. The baseline is a dotted vertical line,
+each reference a labelled star with its speed-up."""
 
 from __future__ import annotations
 
@@ -75,11 +79,23 @@ def _ci_err(p: TrialPoint) -> tuple[float, float]:
 
 
 def _plottable(points: Iterable[TrialPoint]) -> list[TrialPoint]:
-    return [p for p in points if has_objectives(p)]
+    """Points that can sit on a log speed axis (a failed trial has no speed; a zero speed has no logarithm)."""
+    return [p for p in points if has_objectives(p) and p.tokens_per_s > 0]
 
 
-def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], title: str) -> go.Figure:
-    """Interactive plotly figure: x = tokens/s, y = accuracy (%), one trace per trial category.
+def _baseline_speed(points: Sequence[TrialPoint], baseline: str) -> float | None:
+    """The baseline reference's tokens/s (its latest plottable trial), the unit of every speed-up label."""
+    found = [p for p in _plottable(points) if p.label == baseline]
+    return found[-1].tokens_per_s if found else None
+
+
+def _ref_text(p: TrialPoint, base: float | None) -> str:
+    return f"{p.label} {p.tokens_per_s / base:.1f}×" if base else str(p.label)
+
+
+def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], title: str, *,
+                  baseline: str = "vanilla") -> go.Figure:
+    """Interactive plotly figure: x = tokens/s (log scale), y = accuracy (%), one trace per trial category.
 
     The front is drawn as the staircase of the dominated region (vertical-then-horizontal between front
     points), reference trials (those with a ``label``) are starred and named, hover shows params/NFE/CI.
@@ -115,6 +131,7 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
             )
         )
     refs = [p for p in pts if p.label]
+    base = _baseline_speed(pts, baseline)
     if refs:
         fig.add_trace(
             go.Scatter(
@@ -122,7 +139,7 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                 y=[100 * p.accuracy for p in refs],
                 mode="markers+text",
                 name="reference",
-                text=[p.label for p in refs],
+                text=[_ref_text(p, base) for p in refs],
                 textposition="top center",
                 marker={"color": _COLOURS["reference"], "size": 13, "symbol": "star"},
                 hovertext=[_hover(p) for p in refs],
@@ -143,9 +160,22 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                 hovertemplate="%{hovertext}<extra>front</extra>",
             )
         )
+    if base and pts:
+        ys = [100 * p.accuracy for p in pts]
+        fig.add_trace(
+            go.Scatter(  # a trace, not a shape: shapes and annotations take log10 coordinates on a log axis
+                x=[base, base],
+                y=[min(ys) - 1, max(ys) + 1],
+                mode="lines",
+                line={"color": _COLOURS["reference"], "dash": "dot", "width": 1.5},
+                name=f"baseline ({baseline}) {base:.1f} tok/s",
+                hoverinfo="name",
+            )
+        )
+    fig.update_xaxes(type="log")
     fig.update_layout(
         title=title,
-        xaxis_title="tokens / s",
+        xaxis_title="tokens / s (log scale" + (f"; speed-ups vs {baseline} on the stars)" if base else ")"),
         yaxis_title="accuracy (%)",
         hovermode="closest",
         template="plotly_white",
@@ -155,7 +185,8 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
 
 
 def save_pareto_png(
-    points: Sequence[TrialPoint], front: Sequence[TrialPoint], path: str | Path, title: str
+    points: Sequence[TrialPoint], front: Sequence[TrialPoint], path: str | Path, title: str, *,
+    baseline: str = "vanilla",
 ) -> Path:
     """Static PNG of the same picture, drawn with matplotlib's Agg canvas.
 
@@ -211,6 +242,10 @@ def save_pareto_png(
             zorder=4,
         )
     refs = [p for p in pts if p.label]
+    base = _baseline_speed(pts, baseline)
+    if base:
+        ax.axvline(base, color=_COLOURS["reference"], linestyle=":", linewidth=1.2,
+                   label=f"baseline ({baseline}) {base:.1f} tok/s", zorder=1)
     if refs:
         ax.scatter(
             [p.tokens_per_s for p in refs],
@@ -223,16 +258,30 @@ def save_pareto_png(
         )
         for p in refs:
             ax.annotate(
-                str(p.label),
+                _ref_text(p, base),
                 (p.tokens_per_s, 100 * p.accuracy),
                 textcoords="offset points",
                 xytext=(6, 6),
                 fontsize=9,
                 color=_COLOURS["reference"],
             )
-    ax.set_xlabel("tokens / s")
+    if pts:
+        from matplotlib.ticker import FuncFormatter, LogLocator
+
+        ax.set_xscale("log")
+        # Plain numbers (12, 50, 200), not 10^1: a study rarely spans more than two decades.
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter("")
+        if base:
+            top = ax.secondary_xaxis("top", functions=(lambda x: x / base, lambda r: r * base))
+            top.set_xlabel(f"speed-up vs {baseline} (×)")
+            top.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            top.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+            top.xaxis.set_minor_formatter("")
+    ax.set_xlabel("tokens / s (log scale)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title, pad=30 if pts and base else 6)  # room for the speed-up axis above the plot
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)

@@ -42,6 +42,7 @@ from .storage import (
 )
 from .study import budget_counts, create_study, fail_stale_trials, finished_count, requeue, trial_points
 from .tracking import Backlog, Tracker
+from .tracking.store import run_link
 from .urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ class WorkerOptions:
     # Sampler seed offset; None: the study allocates the next free index (distinct seeds on every machine).
     worker_index: int | None = None
     show_progress: bool = True
-    # Print one line per finished trial (workers started by --n-workers, whose progress bars would interleave).
+    # Print one line per finished trial: workers started by --n-workers (whose progress bars would interleave) and
+    # any run whose stderr is not a terminal (a log file shows a progress bar only once it ends).
     log_trials: bool = False
     # Stop this worker after this many of its own trials failed in a row (say, CUDA out of memory every time).
     max_consecutive_failures: int = 3
@@ -187,7 +189,10 @@ class Worker:
         self.label = f"worker {index} ({socket.gethostname()}:{os.getpid()})"
         console.print(f"study [bold]{name}[/] · {spec.task} on {spec.model} · {len(items)} validation items · "
                       f"{hardware.summary(hw)} · {finished_count(study)}/{spec.trials} trials finished · "
-                      f"{self.label}")
+                      f"{self.label}", soft_wrap=True)
+        if self.parent:  # once per study and worker; MLflow's own per-run "View run" lines are switched off
+            console.print(f"MLflow: {run_link(tracker.tracking_uri, tracker.experiment_id, self.parent)}",
+                          soft_wrap=True, highlight=False, markup=False)
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
@@ -337,9 +342,8 @@ class Worker:
         if self.progress is not None:
             self.progress.update(self.trials_bar, completed=finished)
         if self.options.log_trials:
-            m = trial.user_attrs.get("metrics", {})
-            self.console.print(f"{self.label}: trial {trial.number} {trial.state.name}"
-                               + (f" · accuracy {m['accuracy']:.1%} · {m['tokens_per_s']:.1f} tokens/s" if m else ""))
+            self.console.print(f"{self.label}: {trial_log_line(trial, finished, self.ctx.spec.trials)}",
+                               soft_wrap=True, highlight=False, markup=False)
         if self.backlog is None:  # tracking not set up (work() driven directly)
             return
         self.backlog.submit(self._log_trial, trial)
@@ -367,6 +371,36 @@ class Worker:
         params = {**trial.params, **{f"config.{k}": v for k, v in trial.user_attrs.get("config", {}).items()}}
         self.tracker.log_trial(self.parent, trial.number, params=params, metrics=metrics, tags=tags,
                                state=trial.state.name)
+
+
+def trial_log_line(trial: FrozenTrial, finished: int | None = None, budget: int | None = None) -> str:
+    """One line for a finished trial, for logs: number, state, knobs, accuracy with its CI, the paired drop's upper
+    bound, tokens/s, items used, and why it stopped."""
+    m = trial.user_attrs.get("metrics") or {}
+    config = trial.user_attrs.get("config") or {}
+    ref = trial.user_attrs.get("reference")
+    parts = [f"trial {trial.number}" + (f" ({ref})" if ref else "") + f" {trial.state.name}"]
+    if finished is not None and budget:
+        parts[0] += f" [{finished}/{budget}]"
+    knobs = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in config.items() if k in _SHOWN_KNOBS)
+    if knobs:
+        parts.append(knobs)
+    if "accuracy" in m:
+        ci = (f" [95% CI {m['accuracy_ci_low']:.1%}–{m['accuracy_ci_high']:.1%}]"
+              if "accuracy_ci_low" in m and "accuracy_ci_high" in m else "")
+        parts.append(f"accuracy {m['accuracy']:.1%}{ci}")
+    if "drop" in m and "drop_upper" in m and not ref:
+        parts.append(f"drop {100 * m['drop']:.1f} pts (upper {100 * m['drop_upper']:.1f})")
+    if "tokens_per_s" in m:
+        parts.append(f"{m['tokens_per_s']:.1f} tokens/s")
+    if "n" in m:
+        parts.append(f"{m['n']} items")
+    if m.get("race_verdict"):
+        parts.append(str(m["race_verdict"]))
+    if "duplicate_of" in trial.user_attrs:
+        parts.append(f"repeat of trial {trial.user_attrs['duplicate_of']}")
+    return " · ".join(parts)
 
 
 def _taken_over(exc: BaseException) -> bool:
