@@ -382,8 +382,9 @@ def trial_log_line(trial: FrozenTrial, finished: int | None = None, budget: int 
     parts = [f"trial {trial.number}" + (f" ({ref})" if ref else "") + f" {trial.state.name}"]
     if finished is not None and budget:
         parts[0] += f" [{finished}/{budget}]"
-    knobs = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in config.items() if k in _SHOWN_KNOBS)
+    mode = config.get("mode")
+    knobs = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
+                     if k in _SHOWN_KNOBS and (k == "mode" or mode in KNOBS[k].modes))  # the knobs its mode reads
     if knobs:
         parts.append(knobs)
     if "accuracy" in m:
