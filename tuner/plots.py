@@ -188,7 +188,16 @@ def save_pareto_png(
     points: Sequence[TrialPoint], front: Sequence[TrialPoint], path: str | Path, title: str, *,
     baseline: str = "vanilla",
 ) -> Path:
-    """Static PNG of the same picture, drawn with matplotlib's Agg canvas.
+    """Static PNG of the same picture (:func:`pareto_png_figure`)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pareto_png_figure(points, front, title, baseline=baseline).savefig(out, format="png")
+    return out
+
+
+def pareto_png_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], title: str, *,
+                      baseline: str = "vanilla") -> Any:
+    """The matplotlib figure of the PNG, drawn on a bare Agg canvas.
 
     Uses a bare ``Figure`` + ``FigureCanvasAgg`` rather than pyplot: no global figure registry and no
     backend switching, so it is safe from worker threads and headless machines.
@@ -196,8 +205,6 @@ def save_pareto_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(8, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -286,5 +293,4 @@ def save_pareto_png(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, format="png")
-    return out
+    return fig
