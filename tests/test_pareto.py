@@ -159,3 +159,14 @@ def test_front_table_rows(mixed):
 
 def test_points_are_hashable_despite_params():
     assert len({pt(1, 0.5, 1.0, params={"a": 1}), pt(1, 0.5, 1.0, params={"a": 1})}) == 1
+
+
+def test_log_ticks_are_plain_1_2_5_numbers_spanning_the_speeds():
+    from tuner.plots import log_ticks
+
+    assert log_ticks([150.0, 1400.0]) == [100.0, 200.0, 500.0, 1000.0, 2000.0]
+    assert log_ticks([10.0, 30.0]) == [10.0, 20.0]
+    assert log_ticks([12.0, 13.0]) == [10.0, 20.0]  # always two ticks at least
+    assert log_ticks([]) == []
+    fig = pareto_figure([pt(0, 0.8, 150.0, label="vanilla"), pt(1, 0.7, 1400.0)], [], "s")
+    assert list(fig.layout.xaxis.ticktext) == ["100", "200", "500", "1000", "2000"]

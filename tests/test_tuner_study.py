@@ -52,7 +52,8 @@ def test_a_run_logged_to_a_file_prints_a_line_per_trial_and_the_study_link_once(
     assert len(trials) == 5, lines
     assert re.search(r": trial 0 \(vanilla\) COMPLETE \[1/5\] · mode=vanilla", trials[0]), trials[0]
     for line in trials:
-        assert re.search(r" (COMPLETE|PRUNED) \[\d/5\]", line) and "window=" in line, line
+        assert re.search(r" (COMPLETE|PRUNED) \[\d/5\]", line), line
+        assert ("window=" in line) != ("mode=vanilla" in line), line  # the knobs its mode reads, only those
         assert re.search(r"accuracy \d+\.\d% \[95% CI \d+\.\d%–\d+\.\d%\]", line), line
         assert re.search(r" · \d+\.\d tokens/s · \d+ items", line), line
     assert "drop " in trials[3] and "(upper " in trials[3]  # a searched trial: its paired drop and bound
@@ -89,6 +90,14 @@ def test_mlflow_holds_one_parent_with_nested_trials_and_pareto_artifacts(finishe
     assert parent.data.params["task"] == "arith" and "validation_hash" in parent.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto.html", "pareto.png", "trials.csv"} <= artifacts
+    # What a reviewer reads: the UI opens the experiment on its runs ("Model training") side, the study run and
+    # every trial run carry a one-line description, and no empty tags.
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.data.tags["mlflow.note.content"].startswith("dtune study ")
+    for c in children:
+        note = c.data.tags["mlflow.note.content"]
+        assert note.startswith(f"trial {c.data.tags['dtune.trial_number']}") and "tokens/s" in note, note
+        assert all(v != "" for v in c.data.tags.values())
 
 
 def test_rerunning_resumes_without_losing_or_repeating_trials(finished_study):

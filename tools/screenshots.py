@@ -102,23 +102,38 @@ def body_has(*texts: str) -> str:
     return " && ".join(f"document.body && document.body.innerText.includes({json.dumps(t)})" for t in texts)
 
 
-# Expand the study run's row in the runs table (MLflow nests child runs under a collapsed parent row).
+# Expand the study run's row in the runs table (MLflow nests child runs under a collapsed parent row: the
+# expander is the icon button in the run-name cell).
 EXPAND_PARENT = """(() => {
-  const buttons = [...document.querySelectorAll('button, [role=button]')];
-  const b = buttons.find(x => /expand/i.test(x.getAttribute('aria-label') || '') ||
-                              /expand/i.test(x.getAttribute('data-testid') || ''));
+  const b = document.querySelector('button[data-component-id*="runnamecellrenderer"]');
   if (b) { b.click(); return true; }
   return false;
 })()"""
 
-# Open an artifact in the run's artifact browser by clicking its name in the file tree.
+# What a reviewer does first: the "Model training" side of the UI (runs, not GenAI traces), and the assistant
+# panel closed (it takes a third of the window).
+SET_UP = """(() => {
+  const buttons = [...document.querySelectorAll('button')];
+  const training = buttons.find(b => b.innerText.trim() === 'Model training');
+  if (training) training.click();
+  const close = buttons.find(b => b.getAttribute('aria-label') === 'Close');
+  if (close) close.click();
+  return Boolean(training);
+})()"""
+
+
 def click_text(text: str) -> str:
+    """Click the innermost element showing exactly `text` (a file in the artifact tree)."""
     return f"""(() => {{
-  const nodes = [...document.querySelectorAll('span, div, a, button')].filter(
-      n => n.childElementCount === 0 && n.textContent.trim() === {json.dumps(text)});
-  if (nodes.length) {{ nodes[0].click(); return true; }}
-  return false;
+  const nodes = [...document.querySelectorAll('body *')].filter(n => n.textContent.trim() === {json.dumps(text)});
+  if (!nodes.length) return false;
+  nodes[nodes.length - 1].click();
+  return true;
 }})()"""
+
+
+def ready_text(*texts: str) -> str:
+    return body_has(*texts) + " && !document.body.innerText.includes('Loading...')"
 
 
 async def take(base: str, shots: list[dict], out: Path, width: int, height: int, timeout_s: float) -> list[str]:
@@ -145,6 +160,10 @@ async def take(base: str, shots: list[dict], out: Path, width: int, height: int,
             await page.call("Page.enable")
             await page.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
                             mobile=False)
+            await page.call("Page.navigate", url=base + "/")
+            await page.wait_for(body_has("Model training"), timeout_s)
+            await asyncio.sleep(2.0)
+            await page.js(SET_UP)
             for shot in shots:
                 await page.call("Page.navigate", url=base + shot["path"])
                 ok = await page.wait_for(shot["ready"], timeout_s)
@@ -183,19 +202,20 @@ def plan(tracking_uri: str, experiment: str, model: str | None) -> list[dict]:
     name = parent.info.run_name
     shots = [
         {"file": "01-runs-nested-trials.png", "what": "the experiment's runs, the study run expanded into its trials",
-         "path": f"/#/experiments/{e}", "ready": body_has(name), "actions": [EXPAND_PARENT],
+         "path": f"/#/experiments/{e}/runs", "ready": ready_text(name), "actions": [EXPAND_PARENT],
          "after": body_has("trial-")},
         {"file": "02-study-run-overview.png", "what": "the study run: parameters, metrics, tags",
-         "path": f"/#/experiments/{e}/runs/{p}", "ready": body_has("Parameters", "task")},
+         "path": f"/#/experiments/{e}/runs/{p}", "ready": ready_text("Parameters", "task")},
         {"file": "03-study-run-pareto-html.png", "what": "the study run's artifacts, pareto.html embedded",
-         "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": body_has("pareto.html"),
-         "actions": [click_text("pareto.html")], "settle_s": 4.0},
+         "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": ready_text("pareto.html"),
+         "actions": [click_text("pareto.html")], "after": "document.querySelector('iframe')", "settle_s": 5.0},
         {"file": "04-study-run-pareto-png.png", "what": "the study run's artifacts, pareto.png",
-         "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": body_has("pareto.png"),
-         "actions": [click_text("pareto.png")], "settle_s": 3.0},
+         "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": ready_text("pareto.png"),
+         "actions": [click_text("pareto.png")], "after": "document.querySelector('img[src*=\"pareto\"]')",
+         "settle_s": 3.0},
         {"file": "05-study-run-front-json.png", "what": "the study run's artifacts, front.json",
-         "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": body_has("front.json"),
-         "actions": [click_text("front.json")], "settle_s": 2.0},
+         "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": ready_text("front.json"),
+         "actions": [click_text("front.json")], "after": body_has("knee_trial"), "settle_s": 2.0},
         {"file": "07-pareto-html-alone.png", "what": "pareto.html opened on its own (full width)",
          "path": f"/get-artifact?path=pareto.html&run_uuid={p}",
          "ready": "document.querySelector('.plot-container')", "settle_s": 3.0},
@@ -203,13 +223,13 @@ def plan(tracking_uri: str, experiment: str, model: str | None) -> list[dict]:
     if trial is not None:
         shots.insert(5, {"file": "06-trial-run.png", "what": f"a nested trial run ({trial.info.run_name})",
                          "path": f"/#/experiments/{e}/runs/{trial.info.run_id}",
-                         "ready": body_has("Parameters", "accuracy")})
+                         "ready": ready_text("Parameters", "accuracy")})
     if model:
         shots += [
             {"file": "08-registered-model.png", "what": f"registered model {model}: versions and aliases",
-             "path": f"/#/models/{model}", "ready": body_has(model, "Version")},
+             "path": f"/#/models/{model}", "ready": ready_text(model, "Version")},
             {"file": "09-model-version.png", "what": f"{model} version 1: tags (task, model, test accuracy + CI)",
-             "path": f"/#/models/{model}/versions/1", "ready": body_has("test_accuracy")},
+             "path": f"/#/models/{model}/versions/1", "ready": ready_text("test_accuracy")},
         ]
     return shots
 
@@ -222,7 +242,7 @@ def main() -> int:
     ap.add_argument("--out", default="screenshots")
     ap.add_argument("--width", type=int, default=1600)
     ap.add_argument("--height", type=int, default=1000)
-    ap.add_argument("--timeout", type=float, default=30.0, help="seconds a page may take to render")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds a page may take to render")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,9 +252,13 @@ def main() -> int:
         for line in asyncio.run(take(base, shots, out, args.width, args.height, args.timeout)):
             print(line)
     finally:
-        if server is not None:
+        if server is not None:  # the server and its job consumers share its process group
             os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=10)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=10)
     return 0
 
 

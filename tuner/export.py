@@ -86,14 +86,14 @@ def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
     task, items, evaluator, model = ctx.task, ctx.items("test"), ctx.evaluator, ctx.model
     split_val, split_test = task.split_info("validation"), task.split_info("test")
     stage(f"export: decoding the pick, trial {chosen.number} ({rule}), on {len(items)} test items")
-    picked = evaluator.evaluate(items, config, on_progress=on_progress)
+    picked = evaluator.evaluate(items, config, chunk_size=spec.chunk_size, on_progress=on_progress)
     stage(f"export: pick done: accuracy {picked.accuracy:.1%} · {picked.tokens_per_s:.1f} tokens/s")
     key = test_key(config_key(baseline_cfg), model.source.get("fingerprint"), split_test.content_hash, len(items))
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     cached = cached_test(study, key)
     if cached is None:
         stage(f"export: decoding the baseline ({constraint.baseline}) on the same {len(items)} test items")
-        base = evaluator.evaluate(items, baseline_cfg, on_progress=on_progress)
+        base = evaluator.evaluate(items, baseline_cfg, chunk_size=spec.chunk_size, on_progress=on_progress)
         base_outcomes, base_metrics = base.outcomes, base.metrics()
         store_test(study, key, base_outcomes, base_metrics, now)
         reused = None

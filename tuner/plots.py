@@ -89,6 +89,23 @@ def _baseline_speed(points: Sequence[TrialPoint], baseline: str) -> float | None
     return found[-1].tokens_per_s if found else None
 
 
+def log_ticks(values: Iterable[float]) -> list[float]:
+    """1-2-5 ticks spanning `values` on a log axis: plotly labels a narrow log axis with bare digits ("2", "5" for
+    200 and 500), which a reader can't tell apart."""
+    import math
+
+    vals = [v for v in values if v > 0]
+    if not vals:
+        return []
+    lo, hi = min(vals), max(vals)
+    ticks = [m * 10.0**e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
+    if len(inside) >= 2:
+        return inside
+    return [max(t for t in ticks if t <= lo), min(t for t in ticks if t >= hi and t > lo)]  # the ticks around them
+
+
 def _ref_text(p: TrialPoint, base: float | None) -> str:
     return f"{p.label} {p.tokens_per_s / base:.1f}×" if base else str(p.label)
 
@@ -130,7 +147,7 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                 hovertemplate="%{hovertext}<extra></extra>",
             )
         )
-    refs = [p for p in pts if p.label]
+    refs = sorted((p for p in pts if p.label), key=lambda p: p.tokens_per_s)
     base = _baseline_speed(pts, baseline)
     if refs:
         fig.add_trace(
@@ -140,7 +157,8 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                 mode="markers+text",
                 name="reference",
                 text=[_ref_text(p, base) for p in refs],
-                textposition="top center",
+                # Above and below in turn: references often sit close together (fast-dllm and paper).
+                textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(refs))],
                 marker={"color": _COLOURS["reference"], "size": 13, "symbol": "star"},
                 hovertext=[_hover(p) for p in refs],
                 hovertemplate="%{hovertext}<extra></extra>",
@@ -172,7 +190,8 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                 hoverinfo="name",
             )
         )
-    fig.update_xaxes(type="log")
+    ticks = log_ticks(p.tokens_per_s for p in pts)
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     fig.update_layout(
         title=title,
         xaxis_title="tokens / s (log scale" + (f"; speed-ups vs {baseline} on the stars)" if base else ")"),

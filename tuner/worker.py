@@ -42,6 +42,7 @@ from .storage import (
 )
 from .study import budget_counts, create_study, fail_stale_trials, finished_count, requeue, trial_points
 from .tracking import Backlog, Tracker
+from .tracking.client import NOTE_TAG
 from .tracking.store import run_link
 from .urls import redact_url
 
@@ -183,7 +184,8 @@ class Worker:
         params["validation_items_used"] = len(items)
         with self.lock:  # one parent run however many workers start together (MLflow has no create-if-absent)
             self.parent = tracker.parent_run(name, params=params,
-                                             tags={**tags, "dtune.storage": redact_url(self.ctx.options.storage)})
+                                             tags={**tags, "dtune.storage": redact_url(self.ctx.options.storage),
+                                                   NOTE_TAG: study_description(self.ctx)})
             if self.parent and study.user_attrs.get("mlflow_parent_run_id") != self.parent:
                 study.set_user_attr("mlflow_parent_run_id", self.parent)
         self.label = f"worker {index} ({socket.gethostname()}:{os.getpid()})"
@@ -368,9 +370,22 @@ class Worker:
                 "duplicate_of": str(trial.user_attrs.get("duplicate_of", "")),
                 "retry_of": str(trial.system_attrs.get("failed_trial", "")),
                 "worker": trial.user_attrs.get("worker", "")}
+        tags = {k: v for k, v in tags.items() if v}  # an empty tag is clutter on the run's page
+        tags[NOTE_TAG] = trial_log_line(trial)  # the run's description: the trial in one readable line
         params = {**trial.params, **{f"config.{k}": v for k, v in trial.user_attrs.get("config", {}).items()}}
         self.tracker.log_trial(self.parent, trial.number, params=params, metrics=metrics, tags=tags,
                                state=trial.state.name)
+
+
+def study_description(ctx: Context) -> str:
+    """The study run's description on its MLflow page: what was tuned, the promise, where to look."""
+    spec, c = ctx.spec, ctx.spec.constraint
+    return (f"dtune study {ctx.study_name}: {spec.task} on {spec.model}, {spec.trials} trials maximising accuracy and "
+            f"tokens/s while losing at most {c.max_drop:g} accuracy points against {c.baseline} (one-sided "
+            f"{c.confidence:.0%} bound of the paired drop). Each nested run is a trial; its description gives its "
+            "state, knobs, accuracy with its CI, paired drop, tokens/s and items used. Artifacts: pareto.html "
+            "(interactive, log speed axis), pareto.png, front.json (the front and the knee that export --pick knee "
+            "takes), trials.csv/json; exported profiles under profiles/, registered ones under registry/.")
 
 
 def trial_log_line(trial: FrozenTrial, finished: int | None = None, budget: int | None = None) -> str:

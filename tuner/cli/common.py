@@ -80,13 +80,13 @@ def item_progress(console: Console, label: str, *, every: float = 0.1) -> Iterat
     steps = round(1 / every)
 
     def line(seen: int, total: int, correct: int) -> None:
-        if seen < state["seen"]:  # the next decode began
+        if seen <= state["seen"]:  # the next decode began
             state["step"] = -1
         state["seen"] = seen
         step = min(int(seen * steps / max(total, 1)), steps)
         if step > state["step"]:
             state["step"] = step
             console.print(f"  {seen}/{total} {label} · accuracy so far {correct / max(seen, 1):.1%}",
-                          highlight=False, markup=False)
+                          highlight=False, markup=False, soft_wrap=True)
 
     yield line

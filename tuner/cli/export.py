@@ -19,7 +19,7 @@ def main(args: argparse.Namespace) -> int:
     with item_progress(err, "test items") as on_progress:
         report = export(context_from_args(args, spec), rule=args.pick, max_drop=args.max_drop, out=args.out,
                         force=args.force, register=args.register, on_progress=on_progress,
-                        on_stage=lambda line: err.print(line, highlight=False, markup=False))
+                        on_stage=lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True))
     t = report.test
     rule = t["non_inferiority"]
     speedup = t["speedup_tokens_per_s"]
@@ -29,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
         f"drop {rule['drop_points']:.1f} points, {rule['confidence']:.0%} upper bound {rule['upper_bound_points']:.1f}"
         f" vs margin {rule['margin_points']:g} → {'confirmed' if report.confirmed else 'NOT CONFIRMED (forced)'}"
         + (f" · {speedup:.1f}x the baseline's tokens/s" if speedup else "")
-        + (" · baseline's test figures reused" if t["baseline"].get("reused_from") else ""))
+        + (" · baseline's test figures reused" if t["baseline"].get("reused_from") else ""), soft_wrap=True)
     if report.registered is not None:
         r = report.registered
         Console().print(f"registered: {r.name} version {r.version}, alias {r.alias} ({r.uri}); promote it with "
