@@ -132,6 +132,11 @@ def click_text(text: str) -> str:
 }})()"""
 
 
+# The embedded pareto.html has drawn (the artifact view shows HTML in a same-origin iframe).
+IFRAME_PLOT = ("[...document.querySelectorAll('iframe')].some(f => f.contentDocument && "
+               "f.contentDocument.querySelector('.plot-container .main-svg'))")
+
+
 def ready_text(*texts: str) -> str:
     return body_has(*texts) + " && !document.body.innerText.includes('Loading...')"
 
@@ -165,7 +170,7 @@ async def take(base: str, shots: list[dict], out: Path, width: int, height: int,
             await asyncio.sleep(2.0)
             await page.js(SET_UP)
             for shot in shots:
-                await page.call("Page.navigate", url=base + shot["path"])
+                await page.call("Page.navigate", url=shot.get("url") or base + shot["path"])
                 ok = await page.wait_for(shot["ready"], timeout_s)
                 for action in shot.get("actions", []):
                     await asyncio.sleep(1.0)
@@ -208,7 +213,7 @@ def plan(tracking_uri: str, experiment: str, model: str | None) -> list[dict]:
          "path": f"/#/experiments/{e}/runs/{p}", "ready": ready_text("Parameters", "task")},
         {"file": "03-study-run-pareto-html.png", "what": "the study run's artifacts, pareto.html embedded",
          "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": ready_text("pareto.html"),
-         "actions": [click_text("pareto.html")], "after": "document.querySelector('iframe')", "settle_s": 5.0},
+         "actions": [click_text("pareto.html")], "after": IFRAME_PLOT, "settle_s": 5.0},
         {"file": "04-study-run-pareto-png.png", "what": "the study run's artifacts, pareto.png",
          "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": ready_text("pareto.png"),
          "actions": [click_text("pareto.png")], "after": "document.querySelector('img[src*=\"pareto\"]')",
@@ -216,10 +221,12 @@ def plan(tracking_uri: str, experiment: str, model: str | None) -> list[dict]:
         {"file": "05-study-run-front-json.png", "what": "the study run's artifacts, front.json",
          "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": ready_text("front.json"),
          "actions": [click_text("front.json")], "after": body_has("knee_trial"), "settle_s": 2.0},
-        {"file": "07-pareto-html-alone.png", "what": "pareto.html opened on its own (full width)",
-         "path": f"/get-artifact?path=pareto.html&run_uuid={p}",
-         "ready": "document.querySelector('.plot-container')", "settle_s": 3.0},
     ]
+    # pareto.html on its own, as a reviewer who downloads it sees it (the server sends artifacts as attachments)
+    local = Path(client.download_artifacts(p, "pareto.html", tempfile.mkdtemp(prefix="dtune-shots-")))
+    shots.append({"file": "07-pareto-html-alone.png", "what": "pareto.html opened on its own (full width)",
+                  "url": local.resolve().as_uri(), "ready": "document.querySelector('.plot-container')",
+                  "settle_s": 3.0})
     if trial is not None:
         shots.insert(5, {"file": "06-trial-run.png", "what": f"a nested trial run ({trial.info.run_name})",
                          "path": f"/#/experiments/{e}/runs/{trial.info.run_id}",

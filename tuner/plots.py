@@ -282,12 +282,12 @@ def pareto_png_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint],
             label="reference",
             zorder=5,
         )
-        for p in refs:
+        for i, p in enumerate(sorted(refs, key=lambda p: p.tokens_per_s)):
             ax.annotate(
                 _ref_text(p, base),
                 (p.tokens_per_s, 100 * p.accuracy),
                 textcoords="offset points",
-                xytext=(6, 6),
+                xytext=(6, 6) if i % 2 == 0 else (6, -14),  # above and below in turn, as in the HTML
                 fontsize=9,
                 color=_COLOURS["reference"],
             )
