@@ -133,8 +133,8 @@ def click_text(text: str) -> str:
 
 
 # The embedded pareto.html has drawn (the artifact view shows HTML in a same-origin iframe).
-IFRAME_PLOT = ("[...document.querySelectorAll('iframe')].some(f => f.contentDocument && "
-               "f.contentDocument.querySelector('.plot-container .main-svg'))")
+# Its document may not be readable from the page, so the frame's presence is what is waited for, then a settle.
+IFRAME_PLOT = "document.querySelector('iframe')"
 
 
 def ready_text(*texts: str) -> str:
@@ -213,10 +213,10 @@ def plan(tracking_uri: str, experiment: str, model: str | None) -> list[dict]:
          "path": f"/#/experiments/{e}/runs/{p}", "ready": ready_text("Parameters", "task")},
         {"file": "03-study-run-pareto-html.png", "what": "the study run's artifacts, pareto.html embedded",
          "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": ready_text("pareto.html"),
-         "actions": [click_text("pareto.html")], "after": IFRAME_PLOT, "settle_s": 5.0},
+         "actions": [click_text("pareto.html")], "after": IFRAME_PLOT, "settle_s": 8.0},
         {"file": "04-study-run-pareto-png.png", "what": "the study run's artifacts, pareto.png",
          "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": ready_text("pareto.png"),
-         "actions": [click_text("pareto.png")], "after": "document.querySelector('img[src*=\"pareto\"]')",
+         "actions": [click_text("pareto.png")], "after": "document.querySelector('main img, [role=main] img, img[alt*=\"pareto\"]')",
          "settle_s": 3.0},
         {"file": "05-study-run-front-json.png", "what": "the study run's artifacts, front.json",
          "path": f"/#/experiments/{e}/runs/{p}/artifacts", "ready": ready_text("front.json"),
