@@ -8,6 +8,9 @@ knobs there, and transformers / vLLM read that file) with everything of ours und
                "decode": {...DecodeConfig...}, "meta": {...model, task, metrics, provenance...}}}
 
 Production code calls `load_profile(path)` and gets a `DecodeConfig`; the tuner's export fills `meta`.
+`load_profile("models:/NAME@production")` reads the version of a registered model that an alias names (what
+`tuner export --register` / `tuner promote` maintain) through MLflow; MLflow is imported on that path only, so the
+decoder itself never needs it.
 """
 
 from __future__ import annotations
@@ -62,37 +65,93 @@ def save_profile(path: str | os.PathLike, config: DecodeConfig, meta: dict[str, 
     return out
 
 
-def read_profile(path: str | os.PathLike) -> Profile:
-    """The whole profile (decode config + metadata); every way a file can be wrong is a ProfileError."""
-    p = Path(path)
+REGISTRY_SCHEMES = ("models:/", "runs:/")  # MLflow URIs: a registered version (by alias or number), a run artifact
+
+
+def is_registry_uri(source: str | os.PathLike) -> bool:
+    return isinstance(source, str) and source.startswith(REGISTRY_SCHEMES)
+
+
+def read_profile(source: str | os.PathLike, *, tracking_uri: str | None = None) -> Profile:
+    """The whole profile (decode config + metadata) of a file, or of an MLflow URI such as
+    ``models:/gsm8k-llada@production`` (``tracking_uri`` defaults to MLflow's own: ``$MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db``). Every way a profile can be wrong or missing is a ProfileError."""
+    if is_registry_uri(source):
+        with tempfile.TemporaryDirectory(prefix="dtune-profile-") as tmp:
+            return _read_file(_download(str(source), tracking_uri, Path(tmp)), label=str(source))
+    return _read_file(Path(source))
+
+
+def _download(uri: str, tracking_uri: str | None, into: Path) -> Path:
+    """The one profile file a registry URI names, downloaded into `into` (MLflow imported here only).
+
+    A ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI is resolved here with a client bound to the given store:
+    MLflow's own models:/ download looks the name up in the process-wide default registry (./mlflow.db), whatever
+    tracking URI it is given."""
+    try:
+        import mlflow.artifacts
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+    except ImportError:
+        raise ProfileError(f"loading {uri} needs MLflow (pip install mlflow); a profile file path does not") from None
+    try:
+        source = uri
+        if uri.startswith("models:/"):
+            # The registry is the tracking store unless $MLFLOW_REGISTRY_URI says otherwise.
+            tracking = tracking_uri or mlflow.get_tracking_uri()
+            client = MlflowClient(tracking_uri=tracking, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or tracking)
+            name, sep, alias = uri[len("models:/"):].partition("@")
+            if sep:
+                version = client.get_model_version_by_alias(name, alias).version
+            else:
+                name, _, version = name.partition("/")
+                if not version.isdigit():
+                    raise ProfileError(f"{uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+            source = client.get_model_version_download_uri(name, str(version))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into),
+                                                         tracking_uri=tracking_uri))
+    except MlflowException as exc:
+        message = " ".join(str(exc.message).split())[:300]
+        raise ProfileError(f"cannot load profile {uri}: {message}") from None
+    except OSError as exc:
+        raise ProfileError(f"cannot load profile {uri}: {exc}") from None
+    files = [local] if local.is_file() else sorted(local.rglob("*.json"))
+    if len(files) != 1:
+        raise ProfileError(f"{uri} holds {len(files)} JSON files, not one profile")
+    return files[0]
+
+
+def _read_file(p: Path, label: str | None = None) -> Profile:
+    label = label or str(p)
     if not p.is_file():
-        raise ProfileError(f"profile {p} does not exist")
+        raise ProfileError(f"profile {label} does not exist")
     try:
         doc = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"profile {p} is not valid JSON ({exc})") from None
+        raise ProfileError(f"profile {label} is not valid JSON ({exc})") from None
     block = doc.get("dtune") if isinstance(doc, dict) else None
     if not isinstance(block, dict) or block.get("format") != FORMAT:
-        raise ProfileError(f"{p} is not a dtune profile (no 'dtune' block with format {FORMAT!r})")
+        raise ProfileError(f"{label} is not a dtune profile (no 'dtune' block with format {FORMAT!r})")
     version = block.get("format_version")
     if version != FORMAT_VERSION:
         raise ProfileError(
-            f"profile {p} has format_version {version!r}; this dtune reads version {FORMAT_VERSION}"
+            f"profile {label} has format_version {version!r}; this dtune reads version {FORMAT_VERSION}"
             + (" (upgrade dtune)" if isinstance(version, int) and version > FORMAT_VERSION else "")
         )
     decode = block.get("decode")
     if not isinstance(decode, dict):
-        raise ProfileError(f"profile {p} has no 'decode' settings")
+        raise ProfileError(f"profile {label} has no 'decode' settings")
     try:
         config = DecodeConfig.from_dict(decode)
     except (ConfigError, TypeError) as exc:
-        raise ProfileError(f"profile {p} holds invalid decode settings: {exc}") from None
+        raise ProfileError(f"profile {label} holds invalid decode settings: {exc}") from None
     meta = block.get("meta") or {}
     if not isinstance(meta, dict):
-        raise ProfileError(f"profile {p}: 'meta' must be an object")
+        raise ProfileError(f"profile {label}: 'meta' must be an object")
     return Profile(decode=config, meta=meta, format_version=version)
 
 
-def load_profile(path: str | os.PathLike) -> DecodeConfig:
-    """The one call production code needs: the tuned DecodeConfig of a profile file."""
-    return read_profile(path).decode
+def load_profile(source: str | os.PathLike, *, tracking_uri: str | None = None) -> DecodeConfig:
+    """The one call production code needs: the tuned DecodeConfig of a profile file or of a registry URI
+    (``models:/NAME@production``)."""
+    return read_profile(source, tracking_uri=tracking_uri).decode

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tuner.pareto import TrialPoint, hypervolume_2d, pareto_front, pick_fastest, pick_knee
-from tuner.plots import pareto_figure, save_pareto_png
+from tuner.plots import pareto_figure, pareto_png_figure, save_pareto_png
 from tuner.report import front_table
 
 
@@ -113,10 +113,33 @@ def test_figure_has_traces_labels_and_hover(mixed):
     assert list(front_trace.x) == [10.0, 20.0, 30.0]
     assert list(front_trace.y) == pytest.approx([80.0, 70.0, 50.0])  # accuracy in percent
     refs = next(t for t in fig.data if t.name == "reference")
-    assert set(refs.text) == {"vanilla", "fast-dllm"}
+    assert set(refs.text) == {"vanilla 1.0×", "fast-dllm 3.0×"}  # each reference with its speed-up
     hover = " ".join(h for t in fig.data for h in (t.hovertext or ()))
     assert "threshold=0.9" in hover and "NFE 12.5" in hover and "CI 65.0–75.0" in hover
     assert fig.layout.title.text == "gsm8k study"
+
+
+def test_speed_axis_is_logarithmic_with_the_baseline_marked(mixed):
+    """Speed-ups are ratios: both plots put tokens/s on a log axis, draw the baseline as a vertical line at its
+    speed, and label each reference with its multiple of it; the PNG adds a speed-up axis on top."""
+    fig = pareto_figure(mixed, pareto_front(mixed), "gsm8k study")
+    assert fig.layout.xaxis.type == "log" and "log scale" in fig.layout.xaxis.title.text
+    line = next(t for t in fig.data if t.name.startswith("baseline"))
+    assert line.name == "baseline (vanilla) 10.0 tok/s" and list(line.x) == [10.0, 10.0]
+    assert min(line.y) < 50.0 and max(line.y) > 95.0  # spans every plotted accuracy (pruned 95%, fast-dllm 50%)
+
+    png = pareto_png_figure(mixed, pareto_front(mixed), "gsm8k study")
+    ax = png.axes[0]
+    assert ax.get_xscale() == "log"
+    vlines = [ln for ln in ax.get_lines() if ln.get_label().startswith("baseline")]
+    assert len(vlines) == 1 and list(vlines[0].get_xdata()) == [10.0, 10.0]
+    assert {t.get_text() for t in ax.texts} == {"vanilla 1.0×", "fast-dllm 3.0×"}
+    top = [a for a in ax.child_axes if "speed-up" in a.get_xlabel()]
+    assert top and top[0].get_xlabel() == "speed-up vs vanilla (×)"
+    # Without a baseline among the points: still a log axis, no line, plain labels.
+    alone = [p for p in mixed if p.label != "vanilla"]
+    fig = pareto_figure(alone, pareto_front(alone), "s")
+    assert fig.layout.xaxis.type == "log" and not any(t.name.startswith("baseline") for t in fig.data)
 
 
 def test_png_written(tmp_path, mixed):
@@ -136,3 +159,14 @@ def test_front_table_rows(mixed):
 
 def test_points_are_hashable_despite_params():
     assert len({pt(1, 0.5, 1.0, params={"a": 1}), pt(1, 0.5, 1.0, params={"a": 1})}) == 1
+
+
+def test_log_ticks_are_plain_1_2_5_numbers_spanning_the_speeds():
+    from tuner.plots import log_ticks
+
+    assert log_ticks([150.0, 1400.0]) == [100.0, 200.0, 500.0, 1000.0, 2000.0]
+    assert log_ticks([10.0, 30.0]) == [10.0, 20.0]
+    assert log_ticks([12.0, 13.0]) == [10.0, 20.0]  # always two ticks at least
+    assert log_ticks([]) == []
+    fig = pareto_figure([pt(0, 0.8, 150.0, label="vanilla"), pt(1, 0.7, 1400.0)], [], "s")
+    assert list(fig.layout.xaxis.ticktext) == ["100", "200", "500", "1000", "2000"]

@@ -6,8 +6,11 @@ within a couple of minutes on two CPU cores; the full-size loop is `python -m tu
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,11 +34,31 @@ def finished_study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     cwd = os.getcwd()
     os.chdir(tmp)  # MLflow's local artifacts and the default profiles/ dir land here
+    log = io.StringIO()  # stderr as a log file sees it (not a terminal): kept for the log-line test
     try:
-        assert main(["run", *small_args(tmp, 5), "--no-progress", "--accept-low-power"]) == 0
+        with contextlib.redirect_stderr(log):
+            assert main(["run", *small_args(tmp, 5), "--accept-low-power"]) == 0
     finally:
         os.chdir(cwd)
+        (tmp / "run.log").write_text(log.getvalue())
     return tmp
+
+
+def test_a_run_logged_to_a_file_prints_a_line_per_trial_and_the_study_link_once(finished_study):
+    """Off a terminal (nohup, CI, a scheduler) a progress bar would show only at its end: one line per finished
+    trial instead, with its number, state, knobs, accuracy and CI, tokens/s and items used."""
+    lines = (finished_study / "run.log").read_text().splitlines()
+    trials = [line for line in lines if re.search(r": trial \d+ ", line)]
+    assert len(trials) == 5, lines
+    assert re.search(r": trial 0 \(vanilla\) COMPLETE \[1/5\] · mode=vanilla", trials[0]), trials[0]
+    for line in trials:
+        assert re.search(r" (COMPLETE|PRUNED) \[\d/5\]", line), line
+        assert ("window=" in line) != ("mode=vanilla" in line), line  # the knobs its mode reads, only those
+        assert re.search(r"accuracy \d+\.\d% \[95% CI \d+\.\d%–\d+\.\d%\]", line), line
+        assert re.search(r" · \d+\.\d tokens/s · \d+ items", line), line
+    assert "drop " in trials[3] and "(upper " in trials[3]  # a searched trial: its paired drop and bound
+    assert sum(line.startswith("MLflow: run ") for line in lines) == 1  # the study's link, once
+    assert not any("━" in line for line in lines)  # no progress bar drawn into the log
 
 
 def test_run_evaluates_references_first_and_fills_the_budget(finished_study):
@@ -67,6 +90,14 @@ def test_mlflow_holds_one_parent_with_nested_trials_and_pareto_artifacts(finishe
     assert parent.data.params["task"] == "arith" and "validation_hash" in parent.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto.html", "pareto.png", "trials.csv"} <= artifacts
+    # What a reviewer reads: the UI opens the experiment on its runs ("Model training") side, the study run and
+    # every trial run carry a one-line description, and no empty tags.
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.data.tags["mlflow.note.content"].startswith("dtune study ")
+    for c in children:
+        note = c.data.tags["mlflow.note.content"]
+        assert note.startswith(f"trial {c.data.tags['dtune.trial_number']}") and "tokens/s" in note, note
+        assert all(v != "" for v in c.data.tags.values())
 
 
 def test_rerunning_resumes_without_losing_or_repeating_trials(finished_study):
@@ -109,6 +140,53 @@ def test_export_confirms_on_test_and_writes_a_profile_decoder_loads(finished_stu
     exp = client.get_experiment_by_name("dtune-arith")
     parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "profiles")] == [f"profiles/{out.name}"]
+
+
+def test_a_second_export_decodes_only_the_pick_and_registers_it_for_production(finished_study, monkeypatch,
+                                                                                capsys):
+    """The baseline's test evaluation is stored with the study: a second export of the same study decodes only its
+    pick (generations counted), says which figures it reused, registers the profile (alias candidate), and after
+    `promote` production code loads it by alias."""
+    import tuner.evaluate
+    from tuner.baseline import TEST_KEY
+
+    args = small_args(finished_study, 6)
+    cwd = os.getcwd()
+    os.chdir(finished_study)
+    try:
+        if not load(finished_study, 6).user_attrs.get(TEST_KEY):  # run on its own: the first export fills the cache
+            assert main(["export", *args, "--out", str(finished_study / "first.json"), "--force"]) == 0
+        rows, real = [], tuner.evaluate.generate
+
+        def counting(model, prompts, config, **kw):
+            rows.append((config, len(prompts), "tokenizer" in kw))  # warm-up calls pass no tokenizer
+            return real(model, prompts, config, **kw)
+
+        monkeypatch.setattr(tuner.evaluate, "generate", counting)
+        out = finished_study / "registered.json"
+        assert main(["export", *args, "--out", str(out), "--force", "--register", "arith-tiny"]) == 0
+        monkeypatch.undo()
+        captured = capsys.readouterr()
+        uri = f"sqlite:///{finished_study}/mlflow.db"
+        # 24 test items rarely confirm anything: an unconfirmed (forced) profile is promoted only with --force.
+        confirmed = read_profile(out).meta["confirmed"]
+        assert main(["promote", "arith-tiny", "--tracking-uri", uri]) == (0 if confirmed else 2)
+        if not confirmed:
+            assert "failed its held-out confirmation" in capsys.readouterr().err
+            assert main(["promote", "arith-tiny", "--tracking-uri", uri, "--force"]) == 0
+    finally:
+        os.chdir(cwd)
+    profile = read_profile(out)
+    assert sum(n for _, n, scored in rows if scored) == 24  # the 24 test items, once: the pick's only
+    assert all(config == profile.decode for config, _, _ in rows)
+    assert profile.meta["test"]["baseline"]["reused_from"]  # and the profile says so
+    assert "baseline's test evaluation reused" in captured.err and "24/24 test items" in captured.err
+    assert "registered: arith-tiny version 1, alias candidate" in captured.out
+    assert load_profile("models:/arith-tiny@production", tracking_uri=uri) == profile.decode
+    version = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("arith-tiny", "1")
+    assert version.tags["task"] == "arith" and version.tags["model_fingerprint"] == profile.meta["model"]["fingerprint"]
+    pick = profile.meta["test"]["pick"]
+    assert version.tags["test_accuracy"] == f"{100 * pick['accuracy']:.1f}"
 
 
 def test_export_refuses_a_pick_that_fails_on_the_test_split(finished_study, capsys):

@@ -5,6 +5,8 @@ The validation split chose the trial, so only the test split, which tuning never
 baseline are decoded on the same test items. The baseline's test evaluation is stored with the study (keyed by its
 configuration, the model's fingerprint and the split's hash and size), so a second export decodes only its pick;
 the profile says which figures were reused. A pick the rule refuses is not written unless `--force`.
+`register=NAME` then adds the profile as a version of registered model NAME with alias `candidate`
+(tuner.tracking.registry).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ class ExportReport:
     config: DecodeConfig
     test: dict[str, Any]
     confirmed: bool
+    registered: Any = None  # tuner.tracking.registry.RegisteredProfile when `register` was given
 
 
 def choose(study: optuna.Study, spec: StudySpec, rule: str, max_drop: float | None) -> TrialPoint:
@@ -59,9 +63,19 @@ def choose(study: optuna.Study, spec: StudySpec, rule: str, max_drop: float | No
 
 
 def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
-           out: str | Path | None = None, force: bool = False, on_progress=None) -> ExportReport:
+           out: str | Path | None = None, force: bool = False, on_progress=None,
+           on_stage: Callable[[str], None] | None = None, register: str | None = None) -> ExportReport:
+    """`on_progress(seen, total, correct)` follows each decode; `on_stage(line)` announces each step in one line
+    (what a log file shows)."""
     spec = ctx.spec
+    stage = on_stage or (lambda line: None)
     ctx.check_sandbox()  # before the study, the model or any split: a code task without isolation stops here
+    tracker = None
+    if register:  # a bad name or an unreachable registry must fail before any decoding
+        from .tracking.registry import check_name
+
+        check_name(register)
+        tracker = ctx.open_tracker()
     constraint = spec.constraint if max_drop is None else dataclasses.replace(spec.constraint, max_drop=max_drop)
     study = ctx.load_study()
     chosen = choose(study, spec, rule, max_drop)
@@ -71,18 +85,22 @@ def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
 
     task, items, evaluator, model = ctx.task, ctx.items("test"), ctx.evaluator, ctx.model
     split_val, split_test = task.split_info("validation"), task.split_info("test")
-    picked = evaluator.evaluate(items, config, on_progress=on_progress)
+    stage(f"export: decoding the pick, trial {chosen.number} ({rule}), on {len(items)} test items")
+    picked = evaluator.evaluate(items, config, chunk_size=spec.chunk_size, on_progress=on_progress)
+    stage(f"export: pick done: accuracy {picked.accuracy:.1%} · {picked.tokens_per_s:.1f} tokens/s")
     key = test_key(config_key(baseline_cfg), model.source.get("fingerprint"), split_test.content_hash, len(items))
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     cached = cached_test(study, key)
     if cached is None:
-        base = evaluator.evaluate(items, baseline_cfg, on_progress=on_progress)
+        stage(f"export: decoding the baseline ({constraint.baseline}) on the same {len(items)} test items")
+        base = evaluator.evaluate(items, baseline_cfg, chunk_size=spec.chunk_size, on_progress=on_progress)
         base_outcomes, base_metrics = base.outcomes, base.metrics()
         store_test(study, key, base_outcomes, base_metrics, now)
         reused = None
     else:
         base_outcomes, base_metrics = [o == "1" for o in cached["outcomes"]], cached["metrics"]
         reused = cached["created"]
+        stage(f"export: baseline's test evaluation reused (decoded {reused}, same config, model, split and size)")
     verdict = confirm(picked.outcomes, base_outcomes, constraint)
     points = {p.number: p for p in trial_points(study, spec.constraint)}
     base_trial = study.user_attrs.get("baseline", {}).get("trial")
@@ -131,10 +149,28 @@ def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
     save_profile(path, config, meta)
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:
-        tracker = ctx.open_tracker()
+        tracker = tracker or ctx.open_tracker()
         tracker.log_artifact(parent, str(path), "profiles")
         tracker.set_tags(parent, {"dtune.last_export": path.name, "dtune.last_export_trial": str(chosen.number)})
-    return ExportReport(path=path, pick=chosen, config=config, test=test, confirmed=verdict.confirmed)
+    registered = None
+    if register:
+        registered = _register(tracker or ctx.open_tracker(), register, path, parent, meta)
+        stage(f"export: registered as version {registered.version} of {register!r} (alias "
+              f"{registered.alias}: {registered.uri})")
+    return ExportReport(path=path, pick=chosen, config=config, test=test, confirmed=verdict.confirmed,
+                        registered=registered)
+
+
+def _register(tracker: Any, name: str, path: Path, parent: str | None, meta: dict[str, Any]) -> Any:
+    """The profile as a new version of `name` (alias candidate); the profile file stays written either way."""
+    from .tracking.registry import RegistryError, register_profile, registry_client
+
+    if not parent:
+        raise RegistryError(f"profile written to {path}, but not registered: the study has no MLflow run to attach "
+                            "it to (was tracking unavailable during `run`?)")
+    registered = register_profile(registry_client(tracker.tracking_uri), name, path, parent, meta)
+    tracker.set_tags(parent, {"dtune.last_registered": f"{name} v{registered.version}"})
+    return registered
 
 
 def _slug(text: str) -> str:

@@ -1,5 +1,9 @@
 """Pictures of a study: the interactive Pareto plot (plotly, self-contained HTML) and the same picture as a PNG
-(matplotlib; plotly's PNG export needs kaleido and a browser). Plotly and matplotlib are imported on use."""
+(matplotlib; plotly's PNG export needs kaleido and a browser). Plotly and matplotlib are imported on use.
+
+The speed axis is logarithmic: what matters is the ratio to the baseline (tuned settings run 20-60x vanilla), and on
+a linear axis vanilla and every cautious setting crowd into its left edge. The baseline is a dotted vertical line,
+each reference a labelled star with its speed-up."""
 
 from __future__ import annotations
 
@@ -75,11 +79,40 @@ def _ci_err(p: TrialPoint) -> tuple[float, float]:
 
 
 def _plottable(points: Iterable[TrialPoint]) -> list[TrialPoint]:
-    return [p for p in points if has_objectives(p)]
+    """Points that can sit on a log speed axis (a failed trial has no speed; a zero speed has no logarithm)."""
+    return [p for p in points if has_objectives(p) and p.tokens_per_s > 0]
 
 
-def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], title: str) -> go.Figure:
-    """Interactive plotly figure: x = tokens/s, y = accuracy (%), one trace per trial category.
+def _baseline_speed(points: Sequence[TrialPoint], baseline: str) -> float | None:
+    """The baseline reference's tokens/s (its latest plottable trial), the unit of every speed-up label."""
+    found = [p for p in _plottable(points) if p.label == baseline]
+    return found[-1].tokens_per_s if found else None
+
+
+def log_ticks(values: Iterable[float]) -> list[float]:
+    """1-2-5 ticks spanning `values` on a log axis: plotly labels a narrow log axis with bare digits ("2", "5" for
+    200 and 500), which a reader can't tell apart."""
+    import math
+
+    vals = [v for v in values if v > 0]
+    if not vals:
+        return []
+    lo, hi = min(vals), max(vals)
+    ticks = [m * 10.0**e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
+    if len(inside) >= 2:
+        return inside
+    return [max(t for t in ticks if t <= lo), min(t for t in ticks if t >= hi and t > lo)]  # the ticks around them
+
+
+def _ref_text(p: TrialPoint, base: float | None) -> str:
+    return f"{p.label} {p.tokens_per_s / base:.1f}×" if base else str(p.label)
+
+
+def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], title: str, *,
+                  baseline: str = "vanilla") -> go.Figure:
+    """Interactive plotly figure: x = tokens/s (log scale), y = accuracy (%), one trace per trial category.
 
     The front is drawn as the staircase of the dominated region (vertical-then-horizontal between front
     points), reference trials (those with a ``label``) are starred and named, hover shows params/NFE/CI.
@@ -114,7 +147,8 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                 hovertemplate="%{hovertext}<extra></extra>",
             )
         )
-    refs = [p for p in pts if p.label]
+    refs = sorted((p for p in pts if p.label), key=lambda p: p.tokens_per_s)
+    base = _baseline_speed(pts, baseline)
     if refs:
         fig.add_trace(
             go.Scatter(
@@ -122,8 +156,9 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                 y=[100 * p.accuracy for p in refs],
                 mode="markers+text",
                 name="reference",
-                text=[p.label for p in refs],
-                textposition="top center",
+                text=[_ref_text(p, base) for p in refs],
+                # Above and below in turn: references often sit close together (fast-dllm and paper).
+                textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(refs))],
                 marker={"color": _COLOURS["reference"], "size": 13, "symbol": "star"},
                 hovertext=[_hover(p) for p in refs],
                 hovertemplate="%{hovertext}<extra></extra>",
@@ -143,9 +178,23 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                 hovertemplate="%{hovertext}<extra>front</extra>",
             )
         )
+    if base and pts:
+        ys = [100 * p.accuracy for p in pts]
+        fig.add_trace(
+            go.Scatter(  # a trace, not a shape: shapes and annotations take log10 coordinates on a log axis
+                x=[base, base],
+                y=[min(ys) - 1, max(ys) + 1],
+                mode="lines",
+                line={"color": _COLOURS["reference"], "dash": "dot", "width": 1.5},
+                name=f"baseline ({baseline}) {base:.1f} tok/s",
+                hoverinfo="name",
+            )
+        )
+    ticks = log_ticks(p.tokens_per_s for p in pts)
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     fig.update_layout(
         title=title,
-        xaxis_title="tokens / s",
+        xaxis_title="tokens / s (log scale" + (f"; speed-ups vs {baseline} on the stars)" if base else ")"),
         yaxis_title="accuracy (%)",
         hovermode="closest",
         template="plotly_white",
@@ -155,9 +204,19 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
 
 
 def save_pareto_png(
-    points: Sequence[TrialPoint], front: Sequence[TrialPoint], path: str | Path, title: str
+    points: Sequence[TrialPoint], front: Sequence[TrialPoint], path: str | Path, title: str, *,
+    baseline: str = "vanilla",
 ) -> Path:
-    """Static PNG of the same picture, drawn with matplotlib's Agg canvas.
+    """Static PNG of the same picture (:func:`pareto_png_figure`)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pareto_png_figure(points, front, title, baseline=baseline).savefig(out, format="png")
+    return out
+
+
+def pareto_png_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], title: str, *,
+                      baseline: str = "vanilla") -> Any:
+    """The matplotlib figure of the PNG, drawn on a bare Agg canvas.
 
     Uses a bare ``Figure`` + ``FigureCanvasAgg`` rather than pyplot: no global figure registry and no
     backend switching, so it is safe from worker threads and headless machines.
@@ -165,8 +224,6 @@ def save_pareto_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(8, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -211,6 +268,10 @@ def save_pareto_png(
             zorder=4,
         )
     refs = [p for p in pts if p.label]
+    base = _baseline_speed(pts, baseline)
+    if base:
+        ax.axvline(base, color=_COLOURS["reference"], linestyle=":", linewidth=1.2,
+                   label=f"baseline ({baseline}) {base:.1f} tok/s", zorder=1)
     if refs:
         ax.scatter(
             [p.tokens_per_s for p in refs],
@@ -221,21 +282,34 @@ def save_pareto_png(
             label="reference",
             zorder=5,
         )
-        for p in refs:
+        for i, p in enumerate(sorted(refs, key=lambda p: p.tokens_per_s)):
             ax.annotate(
-                str(p.label),
+                _ref_text(p, base),
                 (p.tokens_per_s, 100 * p.accuracy),
                 textcoords="offset points",
-                xytext=(6, 6),
+                xytext=(6, 6) if i % 2 == 0 else (6, -14),  # above and below in turn, as in the HTML
                 fontsize=9,
                 color=_COLOURS["reference"],
             )
-    ax.set_xlabel("tokens / s")
+    if pts:
+        from matplotlib.ticker import FuncFormatter, LogLocator
+
+        ax.set_xscale("log")
+        # Plain numbers (12, 50, 200), not 10^1: a study rarely spans more than two decades.
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter("")
+        if base:
+            top = ax.secondary_xaxis("top", functions=(lambda x: x / base, lambda r: r * base))
+            top.set_xlabel(f"speed-up vs {baseline} (×)")
+            top.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            top.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+            top.xaxis.set_minor_formatter("")
+    ax.set_xlabel("tokens / s (log scale)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title, pad=30 if pts and base else 6)  # room for the speed-up axis above the plot
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, format="png")
-    return out
+    return fig

@@ -50,6 +50,8 @@ from .study import (
     trial_points,
 )
 from .tracking import Backlog, Tracker
+from .tracking.client import NOTE_TAG
+from .tracking.store import run_link
 from .urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,8 @@ class WorkerOptions:
     # Sampler seed offset; None: the study allocates the next free index (distinct seeds on every machine).
     worker_index: int | None = None
     show_progress: bool = True
-    # Print one line per finished trial (workers started by --n-workers, whose progress bars would interleave).
+    # Print one line per finished trial: workers started by --n-workers (whose progress bars would interleave) and
+    # any run whose stderr is not a terminal (a log file shows a progress bar only once it ends).
     log_trials: bool = False
     # Stop this worker after this many of its own trials failed in a row (say, CUDA out of memory every time).
     max_consecutive_failures: int = 3
@@ -194,16 +197,19 @@ class Worker:
         params["validation_items_used"] = len(items)
         with self.lock:  # one parent run however many workers start together (MLflow has no create-if-absent)
             self.parent = tracker.parent_run(name, params=params,
-                                             tags={**tags, "dtune.storage": redact_url(self.ctx.options.storage)})
+                                             tags={**tags, "dtune.storage": redact_url(self.ctx.options.storage),
+                                                   NOTE_TAG: study_description(self.ctx)})
             if self.parent and study.user_attrs.get("mlflow_parent_run_id") != self.parent:
                 study.set_user_attr("mlflow_parent_run_id", self.parent)
         if self.parent:
             tracker.mark_running(self.parent)  # a study resumed with a larger budget is running again
         self.label = f"worker {index} ({socket.gethostname()}:{os.getpid()})"
-        url = tracker.run_url(self.parent) if self.parent else None
         console.print(f"study [bold]{name}[/] · {spec.task} on {spec.model} · {len(items)} validation items · "
                       f"{hardware.summary(hw)} · {finished_count(study)}/{spec.trials} trials finished · "
-                      f"{self.label}" + (f" · MLflow run {url}" if url else ""))
+                      f"{self.label}", soft_wrap=True)
+        if self.parent:  # once per study and worker; MLflow's own per-run "View run" lines are switched off
+            console.print(f"MLflow: {run_link(tracker.tracking_uri, tracker.experiment_id, self.parent)}",
+                          soft_wrap=True, highlight=False, markup=False)
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
@@ -403,9 +409,8 @@ class Worker:
         if self.progress is not None:
             self.progress.update(self.trials_bar, completed=finished)
         if self.options.log_trials:
-            m = trial.user_attrs.get("metrics", {})
-            self.console.print(f"{self.label}: trial {trial.number} {trial.state.name}"
-                               + (f" · accuracy {m['accuracy']:.1%} · {m['tokens_per_s']:.1f} tokens/s" if m else ""))
+            self.console.print(f"{self.label}: {trial_log_line(trial, finished, self.ctx.spec.trials)}",
+                               soft_wrap=True, highlight=False, markup=False)
         if self.backlog is None:  # tracking not set up (work() driven directly)
             return
         self.backlog.submit(self._log_trial, trial)
@@ -454,6 +459,8 @@ class Worker:
                 "duplicate_of": str(trial.user_attrs.get("duplicate_of", "")),
                 "retry_of": str(trial.system_attrs.get("failed_trial", "")),
                 "worker": trial.user_attrs.get("worker", "")}
+        tags = {k: v for k, v in tags.items() if v}  # an empty tag is clutter on the run's page
+        tags[NOTE_TAG] = trial_log_line(trial)  # the run's description: the trial in one readable line
         params = {**trial.params, **{f"config.{k}": v for k, v in trial.user_attrs.get("config", {}).items()}}
         # MLflow has no create-if-absent: the nested run is looked up and created under a study-wide lock of its
         # own, so the trial's worker and another one reconciling it never create two runs for one trial.
@@ -462,3 +469,55 @@ class Worker:
             self.tracker.log_trial(self.parent, trial.number, params=params, metrics=metrics, tags=tags,
                                    state=trial.state.name)
 
+
+def study_description(ctx: Context) -> str:
+    """The study run's description on its MLflow page: what was tuned, the promise, where to look."""
+    spec, c = ctx.spec, ctx.spec.constraint
+    return (f"dtune study {ctx.study_name}: {spec.task} on {spec.model}, {spec.trials} trials maximising accuracy and "
+            f"tokens/s while losing at most {c.max_drop:g} accuracy points against {c.baseline} (one-sided "
+            f"{c.confidence:.0%} bound of the paired drop). Each nested run is a trial; its description gives its "
+            "state, knobs, accuracy with its CI, paired drop, tokens/s and items used. Artifacts: pareto.html "
+            "(interactive, log speed axis), pareto.png, front.json (the front and the knee that export --pick knee "
+            "takes), trials.csv/json; exported profiles under profiles/, registered ones under registry/.")
+
+
+def trial_log_line(trial: FrozenTrial, finished: int | None = None, budget: int | None = None) -> str:
+    """One line for a finished trial, for logs: number, state, knobs, accuracy with its CI, the paired drop's upper
+    bound, tokens/s, items used, and why it stopped."""
+    m = trial.user_attrs.get("metrics") or {}
+    config = trial.user_attrs.get("config") or {}
+    ref = trial.user_attrs.get("reference")
+    parts = [f"trial {trial.number}" + (f" ({ref})" if ref else "") + f" {trial.state.name}"]
+    if finished is not None and budget:
+        parts[0] += f" [{finished}/{budget}]"
+    mode = config.get("mode")
+    knobs = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
+                     if k in _SHOWN_KNOBS and (k == "mode" or mode in KNOBS[k].modes))  # the knobs its mode reads
+    if knobs:
+        parts.append(knobs)
+    if "accuracy" in m:
+        ci = (f" [95% CI {m['accuracy_ci_low']:.1%}–{m['accuracy_ci_high']:.1%}]"
+              if "accuracy_ci_low" in m and "accuracy_ci_high" in m else "")
+        parts.append(f"accuracy {m['accuracy']:.1%}{ci}")
+    if "drop" in m and "drop_upper" in m and not ref:
+        parts.append(f"drop {100 * m['drop']:.1f} pts (upper {100 * m['drop_upper']:.1f})")
+    if "tokens_per_s" in m:
+        parts.append(f"{m['tokens_per_s']:.1f} tokens/s")
+    if "n" in m:
+        parts.append(f"{m['n']} items")
+    if m.get("race_verdict"):
+        parts.append(str(m["race_verdict"]))
+    if "duplicate_of" in trial.user_attrs:
+        parts.append(f"repeat of trial {trial.user_attrs['duplicate_of']}")
+    return " · ".join(parts)
+
+
+def _taken_over(exc: BaseException) -> bool:
+    """Did Optuna refuse to finish this worker's trial because another worker already failed it as stale?
+
+    Optuna then raises "Cannot tell a FAIL trial." from its tell (optuna#5470), or UpdateFinishedTrialError from
+    a write; any other error is the objective's own and must surface.
+    """
+    if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+        return True
+    return isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")

@@ -1,4 +1,4 @@
-"""`python -m tuner run | eval | show | export | tasks`: one module per subcommand, dispatched from here.
+"""`python -m tuner run | eval | show | export | promote | tasks`: one module per subcommand, dispatched from here.
 
 Exit codes scripts can rely on: 0 success; 2 bad input or unreachable service (one-line message on stderr);
 3 export refused by its held-out confirmation; 130 interrupted (finished trials are kept).
@@ -17,7 +17,8 @@ from .parser import build_parser
 EXIT_OK, EXIT_ERROR, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 # subcommand -> the module under tuner.cli that runs it (its `main(args)` returns the exit code)
-COMMANDS = {"run": "run", "eval": "evaluate", "show": "show", "export": "export", "tasks": "tasks"}
+COMMANDS = {"run": "run", "eval": "evaluate", "show": "show", "export": "export", "promote": "promote",
+            "tasks": "tasks"}
 
 
 def main(argv: list[str] | None = None) -> int:

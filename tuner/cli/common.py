@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -60,3 +62,31 @@ def format_drop(p: TrialPoint) -> str:
 
 def format_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+@contextlib.contextmanager
+def item_progress(console: Console, label: str, *, every: float = 0.1) -> Iterator[Callable[[int, int, int], None]]:
+    """An `on_progress(seen, total, correct)` callback: a live bar on a terminal; on a log file (nohup, CI, a
+    scheduler) one plain line each time another `every` of the items is done, since a bar only renders at its end
+    there."""
+    if console.is_terminal:
+        from rich.progress import Progress
+
+        with Progress(console=console, transient=True) as progress:
+            bar = progress.add_task(label, total=None)
+            yield lambda seen, total, correct: progress.update(bar, completed=seen, total=total)
+        return
+    state = {"step": -1, "seen": 0}
+    steps = round(1 / every)
+
+    def line(seen: int, total: int, correct: int) -> None:
+        if seen <= state["seen"]:  # the next decode began
+            state["step"] = -1
+        state["seen"] = seen
+        step = min(int(seen * steps / max(total, 1)), steps)
+        if step > state["step"]:
+            state["step"] = step
+            console.print(f"  {seen}/{total} {label} · accuracy so far {correct / max(seen, 1):.1%}",
+                          highlight=False, markup=False, soft_wrap=True)
+
+    yield line

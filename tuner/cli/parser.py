@@ -73,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--max-drop", type=float, help="accuracy points below the baseline allowed (default: spec)")
     exp.add_argument("--out", help="profile path (default: profiles/<study>-<time>.json)")
     exp.add_argument("--force", action="store_true", help="write the profile even if confirmation fails")
+    exp.add_argument("--register", metavar="NAME",
+                     help="also add the profile as a new version of MLflow registered model NAME, alias 'candidate' "
+                          "(`tuner promote NAME` then moves 'production' to it)")
+
+    pro = sub.add_parser("promote", help="point a registered profile's 'production' alias at a version")
+    pro.add_argument("name", help="the registered model (as given to export --register)")
+    pro.add_argument("--version", help="the version to promote (default: the one alias --from names)")
+    pro.add_argument("--from", dest="from_alias", default="candidate", metavar="ALIAS",
+                     help="without --version, promote the version this alias names (default: candidate)")
+    pro.add_argument("--alias", default="production", help="the alias to move (default: production)")
+    pro.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                     help="MLflow tracking URI (default: sqlite:///mlflow.db in the current directory)")
+    pro.add_argument("--force", action="store_true",
+                     help="promote a version whose profile failed its confirmation (exported with --force)")
 
     sub.add_parser("tasks", help="list the tasks and their study specs")
     return parser

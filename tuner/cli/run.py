@@ -34,10 +34,12 @@ def main(args: argparse.Namespace) -> int:
         from ..racing import power_check
 
         power_check(spec.constraint, len(ctx.items("validation")), len(ctx.items("test")))
-    options = WorkerOptions(heartbeat_interval=args.heartbeat_interval, refresh_every=args.refresh_every,
-                            worker_index=args.worker_index, show_progress=not (args.no_progress or args.worker_child),
-                            log_trials=args.worker_child)
     console = Console(stderr=True)
+    # On a log file (nohup, CI, a scheduler) a progress bar renders only when it ends: print a line per trial.
+    logged = args.worker_child or not console.is_terminal
+    options = WorkerOptions(heartbeat_interval=args.heartbeat_interval, refresh_every=args.refresh_every,
+                            worker_index=args.worker_index, show_progress=not (args.no_progress or logged),
+                            log_trials=logged)
     with interrupts.handling_signals():
         if args.worker_child:
             stop_with_parent()

@@ -34,7 +34,7 @@ from ..errors import one_line
 from ..pareto import TrialPoint
 from ..report import study_metrics, write_study_files
 from ..urls import redact_url
-from .store import HTTP_ENV_DEFAULTS, TrackingError, check_reachable, fix_hint, uri_scheme
+from .store import HTTP_ENV_DEFAULTS, TrackingError, check_reachable, fix_hint, run_link, uri_scheme
 from .values import (
     MAX_ENTITIES_PER_BATCH,
     MAX_PARAMS_PER_BATCH,
@@ -56,6 +56,10 @@ TRIAL_TAG = "dtune.trial_number"
 # "study" | "trial": a caller tag such as dtune.study on a trial run must not make it look like a parent.
 RUN_TYPE_TAG = "dtune.run_type"
 STATE_TAG = "dtune.state"  # the exact Optuna state (MLflow's run status cannot tell WAITING from RUNNING)
+# MLflow 3's UI opens an experiment without this tag on its GenAI side (traces, "Evaluations"); a study's runs and
+# nested trials are on its "Model training" side. A run's description is its `mlflow.note.content` tag.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
 
 # Optuna state -> MLflow terminal status; other states (RUNNING, WAITING) leave the run RUNNING.
 _TERMINAL = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -141,7 +145,8 @@ class Tracker:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             try:
-                return client.create_experiment(name, artifact_location=artifact_location)
+                return client.create_experiment(name, artifact_location=artifact_location,
+                                                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException as exc:
                 # Another worker created it between our lookup and create (mlflow/mlflow#4123): use theirs.
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -154,6 +159,8 @@ class Tracker:
                 f"MLflow experiment {name!r} is deleted in {redact_url(client.tracking_uri)}; restore it "
                 f"(`mlflow experiments restore --experiment-id {exp.experiment_id}`) or pick another experiment name"
             )
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment made before dtune set it
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -388,7 +395,7 @@ class Tracker:
         own per-run "View run" lines are switched off (store.HTTP_ENV_DEFAULTS)."""
         if uri_scheme(self.tracking_uri) not in ("http", "https"):
             return None
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return run_link(self.tracking_uri, self.experiment_id, run_id)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         """Terminate a run (``FINISHED``, ``FAILED`` or ``KILLED``; Optuna state names are mapped)."""

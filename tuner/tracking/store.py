@@ -22,8 +22,8 @@ class TrackingError(TunerError):
 
 # Bound a dead tracking server's cost per call: MLflow's defaults (7 retries, 120 s timeout) stall a trial for
 # minutes on every log call. And no "🏃 View run … / 🧪 View experiment …" lines on every terminated run (one per
-# trial): a worker prints its study's run URL once (Tracker.run_url). Only set when the user has not chosen values
-# (os.environ.setdefault).
+# trial, burying the study's own lines): a worker prints its study's link once (store.run_link). Only set when the
+# user has not chosen values (os.environ.setdefault).
 HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
                      "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 HTTP_CHECK_BUDGET_S = 8.0
@@ -91,3 +91,10 @@ def check_reachable(uri: str, retries: int, backoff_s: float) -> None:
             )
 
 
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a reviewer opens a run: its page on a tracking server, else the `mlflow ui` command for a local store."""
+    if uri_scheme(uri) in ("http", "https"):
+        return f"{redact_url(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run {run_id} (open with `mlflow ui --backend-store-uri {redact_url(uri)}`)"
