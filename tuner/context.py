@@ -93,6 +93,27 @@ class Context:
             require_isolation()
 
     # ---------------------------------------------------------------------------------------- model
+    def check_model(self) -> dict[str, Any]:
+        """`model_source`, for the commands that check it before their work starts."""
+        return self.model_source
+
+    @functools.cached_property
+    def model_source(self) -> dict[str, Any]:
+        """The spec's checkpoint checked without building the model (the device string, config.json, intact
+        weight files, a chat template when the spec asks for one) and its provenance (id, revision,
+        fingerprint): a bad model or device fails here, in one line, before any split is decoded."""
+        from pathlib import Path
+
+        from decoder.errors import ConfigError
+        from decoder.loading import inspect_checkpoint, load_tokenizer, resolve_device
+
+        resolve_device(self.options.device)
+        source = inspect_checkpoint(self.spec.model)
+        if self.spec.chat_template and not getattr(load_tokenizer(Path(source["path"])), "chat_template", None):
+            raise ConfigError(f"the tokenizer of {self.spec.model} has no chat template: set chat_template: false "
+                              "(--set chat_template=false)")
+        return source
+
     @functools.cached_property
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         from decoder import load_model
@@ -112,6 +133,16 @@ class Context:
                          batch_size=self.spec.batch_size)
 
     # ------------------------------------------------------------------------------------- services
+    def check_services(self, *, create: bool = True, write: bool = True) -> None:
+        """The study database and the tracking store checked without creating anything in either (a foreign or
+        read-only database, an unreachable server, a missing folder): one line before any data or model."""
+        from .storage import check_storage
+        from .tracking.store import check_reachable
+
+        check_storage(self.options.storage, create=create, write=write)
+        if self.options.tracking_uri:
+            check_reachable(self.options.tracking_uri, retries=1, backoff_s=0.5)
+
     def open_storage(self, **kwargs: Any) -> ResilientRDBStorage:
         """The study database (`tuner.storage.open_storage`; raises StorageError with one line)."""
         from .storage import open_storage
@@ -124,12 +155,15 @@ class Context:
 
         return Tracker.open(self.options.tracking_uri, self.experiment)
 
-    def load_study(self) -> optuna.Study:
-        """The existing study of this spec (for `show` and `export`); NoStudyError if there is none."""
+    def load_study(self, *, write: bool = False) -> optuna.Study:
+        """The existing study of this spec (for `show`, and `export` with `write`: it stores the baseline's test
+        figures); NoStudyError if there is none. Creates no database, file or table on the way."""
         import optuna
 
+        from .storage import EmptyStorageError
+
         try:
-            return optuna.load_study(study_name=self.study_name, storage=self.open_storage())
-        except KeyError:
+            return optuna.load_study(study_name=self.study_name, storage=self.open_storage(create=False, write=write))
+        except (KeyError, EmptyStorageError):
             raise NoStudyError(f"no study {self.study_name!r} in {redact_url(self.options.storage)}; run `python -m "
                                f"tuner run --task {self.spec.task}` first (or pass --study-name)") from None

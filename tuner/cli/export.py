@@ -15,7 +15,7 @@ EXIT_OK = 0
 def main(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     report = export(context_from_args(args, spec), rule=args.pick, max_drop=args.max_drop, out=args.out,
-                    force=args.force)
+                    force=args.force, overwrite=args.overwrite)
     t = report.test
     rule = t["non_inferiority"]
     speedup = t["speedup_tokens_per_s"]

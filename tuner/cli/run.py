@@ -29,7 +29,11 @@ def main(args: argparse.Namespace) -> int:
     if n_workers is None:
         raise usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
     ctx = context_from_args(args, spec)
+    # Every input is checked before the work: the services (creating nothing in them), the sandbox, the device
+    # and checkpoint, then the data (the power check reads both splits), all before a model loads.
+    ctx.check_services()
     ctx.check_sandbox()
+    ctx.check_model()
     if not args.accept_low_power:  # before any model loads: a margin the items can't resolve wastes the study
         from ..racing import power_check
 
