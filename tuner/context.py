@@ -136,11 +136,15 @@ class Context:
     def check_services(self, *, create: bool = True, write: bool = True) -> None:
         """The study database and the tracking store checked without creating anything in either (a foreign or
         read-only database, an unreachable server, a missing folder): one line before any data or model."""
-        from .storage import check_storage
-        from .tracking.store import check_reachable
+        from .storage import EmptyStorageError, check_storage
 
-        check_storage(self.options.storage, create=create, write=write)
+        try:
+            check_storage(self.options.storage, create=create, write=write)
+        except EmptyStorageError:
+            raise self._no_study() from None
         if self.options.tracking_uri:
+            from .tracking.store import check_reachable  # imports MLflow: after the cheaper check
+
             check_reachable(self.options.tracking_uri, retries=1, backoff_s=0.5)
 
     def open_storage(self, **kwargs: Any) -> ResilientRDBStorage:
@@ -165,5 +169,8 @@ class Context:
         try:
             return optuna.load_study(study_name=self.study_name, storage=self.open_storage(create=False, write=write))
         except (KeyError, EmptyStorageError):
-            raise NoStudyError(f"no study {self.study_name!r} in {redact_url(self.options.storage)}; run `python -m "
-                               f"tuner run --task {self.spec.task}` first (or pass --study-name)") from None
+            raise self._no_study() from None
+
+    def _no_study(self) -> NoStudyError:
+        return NoStudyError(f"no study {self.study_name!r} in {redact_url(self.options.storage)}; run `python -m "
+                            f"tuner run --task {self.spec.task}` first (or pass --study-name)")

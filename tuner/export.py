@@ -77,8 +77,8 @@ def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
     check_max_drop(max_drop)
     if out is not None:
         check_writable(out, overwrite=overwrite)
-    ctx.check_services(create=False, write=True)
     ctx.check_sandbox()  # before the study, the model or any split: a code task without isolation stops here
+    ctx.check_services(create=False, write=True)
     constraint = spec.constraint if max_drop is None else dataclasses.replace(spec.constraint, max_drop=max_drop)
     study = ctx.load_study(write=True)
     ctx.check_model()  # the device and the checkpoint, before any split is decoded

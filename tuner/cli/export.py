@@ -6,7 +6,8 @@ import argparse
 
 from rich.console import Console
 
-from ..export import export
+from decoder.profile import check_writable
+
 from .common import context_from_args, spec_from_args
 
 EXIT_OK = 0
@@ -14,8 +15,16 @@ EXIT_OK = 0
 
 def main(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
-    report = export(context_from_args(args, spec), rule=args.pick, max_drop=args.max_drop, out=args.out,
-                    force=args.force, overwrite=args.overwrite)
+    ctx = context_from_args(args, spec)
+    # Where the profile goes and the study database, before torch and the rest load (export checks them again).
+    if args.out is not None:
+        check_writable(args.out, overwrite=args.overwrite)
+    ctx.check_sandbox()
+    ctx.check_services(create=False, write=True)
+    from ..export import export
+
+    report = export(ctx, rule=args.pick, max_drop=args.max_drop, out=args.out, force=args.force,
+                    overwrite=args.overwrite)
     t = report.test
     rule = t["non_inferiority"]
     speedup = t["speedup_tokens_per_s"]

@@ -20,7 +20,10 @@ def main(args: argparse.Namespace) -> int:
         raise usage_error("--heartbeat-interval must be at least 1 second")
     if args.refresh_every < 1:
         raise usage_error(f"--refresh-every must be at least 1, not {args.refresh_every}")
-    # Options are checked before anything heavy is imported (torch, Optuna, MLflow): a typo answers at once.
+    # Options and the study database are checked before anything heavy is imported (torch, MLflow): a typo or a
+    # foreign database answers at once, and nothing is created in either store.
+    ctx = context_from_args(args, spec)
+    ctx.check_services()
     from ..launcher import parse_n_workers, run_workers, stop_with_parent
     from ..study import front
     from ..worker import Worker, WorkerOptions, interrupts
@@ -28,10 +31,8 @@ def main(args: argparse.Namespace) -> int:
     n_workers = parse_n_workers(args.n_workers)
     if n_workers is None:
         raise usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
-    ctx = context_from_args(args, spec)
-    # Every input is checked before the work: the services (creating nothing in them), the sandbox, the device
-    # and checkpoint, then the data (the power check reads both splits), all before a model loads.
-    ctx.check_services()
+    # Then the sandbox, the device and checkpoint, and the data (the power check reads both splits), all before a
+    # model loads.
     ctx.check_sandbox()
     ctx.check_model()
     if not args.accept_low_power:  # before any model loads: a margin the items can't resolve wastes the study
