@@ -24,6 +24,10 @@ def main(args: argparse.Namespace) -> int:
     # foreign database answers at once, and nothing is created in either store.
     ctx = context_from_args(args, spec)
     ctx.check_services()
+    # Then the sandbox, the device and checkpoint, and the data (the power check reads both splits), all before a
+    # model loads.
+    ctx.check_sandbox()
+    ctx.check_model()
     from ..launcher import parse_n_workers, run_workers, stop_with_parent
     from ..study import front
     from ..worker import Worker, WorkerOptions, interrupts
@@ -31,10 +35,6 @@ def main(args: argparse.Namespace) -> int:
     n_workers = parse_n_workers(args.n_workers)
     if n_workers is None:
         raise usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
-    # Then the sandbox, the device and checkpoint, and the data (the power check reads both splits), all before a
-    # model loads.
-    ctx.check_sandbox()
-    ctx.check_model()
     if not args.accept_low_power:  # before any model loads: a margin the items can't resolve wastes the study
         from ..racing import power_check
 
