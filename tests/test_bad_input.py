@@ -353,3 +353,21 @@ def test_ctrl_c_is_one_clean_line_and_the_resume_loses_nothing(finished_study):
     assert final[: len(before)] == before
     assert len([t for t in final if t[1] in ("COMPLETE", "PRUNED")]) == budget
     assert [t[1] for t in final if t[3] == "paper"][-1] == "COMPLETE"  # the queued reference was never lost
+
+
+def test_a_foreign_postgresql_database_is_refused_and_left_as_it_was(pg, tmp_path):
+    """The same refusal on PostgreSQL: another application's tables, and none of Optuna's created beside them."""
+    import sqlalchemy
+
+    url = pg.create_database("otherapp")
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE invoices (id serial PRIMARY KEY, total numeric)"))
+        conn.execute(sqlalchemy.text("INSERT INTO invoices (total) VALUES (42)"))
+    for command in (["show", "--task", "arith"], ["run", "--task", "arith", "--tracking-uri", "sqlite:///mlflow.db"]):
+        one_line_error(cli([*command, "--storage", url], tmp_path), "holds another program's tables (invoices)")
+    with engine.connect() as conn:
+        assert sqlalchemy.inspect(conn).get_table_names() == ["invoices"]
+        assert conn.execute(sqlalchemy.text("SELECT total FROM invoices")).scalar() == 42
+    engine.dispose()
+    assert not list(tmp_path.iterdir())  # no tracking store made either
