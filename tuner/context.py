@@ -93,8 +93,15 @@ class Context:
             require_isolation()
 
     # ---------------------------------------------------------------------------------------- model
+    def check_device(self) -> None:
+        """The device string, checked at once (`tpu9`, CUDA where there is none)."""
+        from decoder.loading import resolve_device
+
+        resolve_device(self.options.device)
+
     def check_model(self) -> dict[str, Any]:
-        """`model_source`, for the commands that check it before their work starts."""
+        """`model_source`, for the commands that check it before their work starts (after the data: fetching a
+        checkpoint from the hub costs more than reading a split)."""
         return self.model_source
 
     @functools.cached_property

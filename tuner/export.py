@@ -81,8 +81,10 @@ def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
     ctx.check_services(create=False, write=True)
     constraint = spec.constraint if max_drop is None else dataclasses.replace(spec.constraint, max_drop=max_drop)
     study = ctx.load_study(write=True)
-    ctx.check_model()  # the device and the checkpoint, before any split is decoded
     chosen = choose(study, spec, rule, max_drop)
+    ctx.check_device()
+    ctx.items("test")
+    ctx.check_model()  # the device, the test rows and the checkpoint, before any split is decoded
     trial = study.trials[chosen.number]
     config = DecodeConfig.from_dict(trial.user_attrs["config"])
     baseline_cfg = spec.reference_config(spec.reference(constraint.baseline))

@@ -21,10 +21,11 @@ def main(args: argparse.Namespace) -> int:
     build_config(args.profile, knobs)  # the profile file and the knobs first: they need no model
     ctx = context_from_args(args, spec)
     ctx.check_sandbox()
-    # The device, the checkpoint's files and the profile's model, then the data, all before the model loads.
-    config = build_config(args.profile, knobs, ctx.model_source, allow_mismatch=args.allow_model_mismatch)
+    ctx.check_device()
+    # The data, then the checkpoint's files and the profile's model, all before the model loads.
     items = ctx.task.load(args.split)
     items = items[: args.limit] if args.limit is not None else items
+    config = build_config(args.profile, knobs, ctx.check_model(), allow_mismatch=args.allow_model_mismatch)
     evaluator = ctx.evaluator
     with Progress(console=Console(stderr=True), disable=args.json, transient=True) as progress:
         bar = progress.add_task(f"{ctx.task.name} {args.split}", total=len(items))

@@ -24,9 +24,16 @@ def main(args: argparse.Namespace) -> int:
     # foreign database answers at once, and nothing is created in either store.
     ctx = context_from_args(args, spec)
     ctx.check_services()
-    # Then the sandbox, the device and checkpoint, and the data (the power check reads both splits), all before a
-    # model loads.
+    # Then the sandbox, the device, the data (the power check reads both splits) and the checkpoint (last: a hub
+    # checkpoint is fetched), all before a model loads.
     ctx.check_sandbox()
+    ctx.check_device()
+    if not args.accept_low_power:  # before any model loads: a margin the items can't resolve wastes the study
+        from ..racing import power_check
+
+        power_check(spec.constraint, len(ctx.items("validation")), len(ctx.items("test")))
+    else:
+        ctx.items("validation")  # the rows checked all the same
     ctx.check_model()
     from ..launcher import parse_n_workers, run_workers, stop_with_parent
     from ..study import front
@@ -35,10 +42,6 @@ def main(args: argparse.Namespace) -> int:
     n_workers = parse_n_workers(args.n_workers)
     if n_workers is None:
         raise usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
-    if not args.accept_low_power:  # before any model loads: a margin the items can't resolve wastes the study
-        from ..racing import power_check
-
-        power_check(spec.constraint, len(ctx.items("validation")), len(ctx.items("test")))
     options = WorkerOptions(heartbeat_interval=args.heartbeat_interval, refresh_every=args.refresh_every,
                             worker_index=args.worker_index, show_progress=not (args.no_progress or args.worker_child),
                             log_trials=args.worker_child)
