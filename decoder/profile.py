@@ -63,14 +63,19 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         if not overwrite:
             raise ProfileError(f"{out} already holds a dtune profile; pass --overwrite to replace it, or choose "
                                "another path")
-    folder = out.parent
+    check_folder(out.parent, what=str(out))
+    return out
+
+
+def check_folder(folder: Path, *, what: str | None = None) -> None:
+    """A folder profiles can be written to: it is a directory (or can be made under one) and writable."""
+    what = what or f"a profile under {folder}"
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise ProfileError(f"can't write {out}: {folder} is not a directory")
+        raise ProfileError(f"can't write {what}: {folder} is not a directory")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ProfileError(f"can't write {out}: {folder} is not writable")
-    return out
+        raise ProfileError(f"can't write {what}: {folder} is not writable")
 
 
 def _is_profile(path: Path) -> bool:

@@ -371,3 +371,11 @@ def test_a_foreign_postgresql_database_is_refused_and_left_as_it_was(pg, tmp_pat
         assert conn.execute(sqlalchemy.text("SELECT total FROM invoices")).scalar() == 42
     engine.dispose()
     assert not list(tmp_path.iterdir())  # no tracking store made either
+
+
+def test_export_refuses_a_default_profile_folder_it_cannot_use_before_any_work(tmp_path):
+    """`profiles` (the default --out folder) is a file here: refused at once, not after the test split ran."""
+    (tmp_path / "profiles").write_text("not a folder\n")
+    before = checksums(tmp_path)
+    one_line_error(cli(["export", "--task", "arith", *STORE], tmp_path), "profiles is not a directory")
+    assert checksums(tmp_path) == before

@@ -75,8 +75,7 @@ def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
     services, the sandbox, the model's checkpoint and the study itself."""
     spec = ctx.spec
     check_max_drop(max_drop)
-    if out is not None:
-        check_writable(out, overwrite=overwrite)
+    check_writable(out if out is not None else _new_profile_path(ctx.study_name), overwrite=overwrite)
     ctx.check_sandbox()  # before the study, the model or any split: a code task without isolation stops here
     ctx.check_services(create=False, write=True)
     constraint = spec.constraint if max_drop is None else dataclasses.replace(spec.constraint, max_drop=max_drop)

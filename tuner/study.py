@@ -115,6 +115,8 @@ def create_study(spec: StudySpec, storage: optuna.storages.RDBStorage, name: str
     several machines without `--worker-index` still get distinct sampler seeds (identical seeds propose
     identical points, optuna#1547). The sampler is seeded with `seed + worker`.
     """
+    if worker is not None and (isinstance(worker, bool) or not isinstance(worker, int) or worker < 0):
+        raise TunerError(f"the worker index must be a non-negative integer, got {worker!r}")
     own_lock = lock is None
     lock = lock or StudyLock(storage, name)
     try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 
-from decoder.profile import check_writable
+from decoder.profile import check_folder, check_writable
 
 from .common import context_from_args, spec_from_args
 
@@ -19,6 +20,8 @@ def main(args: argparse.Namespace) -> int:
     # Where the profile goes and the study database, before torch and the rest load (export checks them again).
     if args.out is not None:
         check_writable(args.out, overwrite=args.overwrite)
+    else:
+        check_folder(Path("profiles"))  # the default folder (export checks the full default name)
     ctx.check_sandbox()
     ctx.check_services(create=False, write=True)
     from ..export import export
