@@ -163,6 +163,8 @@ def args_from_config(config: dict[str, Any]) -> ModelArgs:
         )
     except KeyError as exc:
         raise ModelLoadError(f"config.json of a {arch.name} checkpoint lacks the field {exc}") from None
+    except (TypeError, ValueError) as exc:  # int("abc"), float([1]): a hand-edited or damaged config.json
+        raise ModelLoadError(f"config.json of a {arch.name} checkpoint holds a value of the wrong type: {exc}") from None
 
 
 def config_from_args(args: ModelArgs) -> dict[str, Any]:

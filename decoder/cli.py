@@ -13,6 +13,35 @@ from .errors import DecoderError
 EXIT_ERROR = 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit 2, like every other bad input: argparse's
+    default prints the whole usage block first, which buries the one line that says what is wrong."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def bounded_int(low: int) -> Any:
+    """An argparse type: an integer >= `low` (a negative --limit would slice from the end, a negative index is no
+    seed)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = bounded_int(1)
+non_negative_int = bounded_int(0)
+
+
 def optional_int(text: str) -> int | None:
     """An integer, or `none`/`full` for None (window: no pruning; steps: the mode's default; seed: unseeded)."""
     if text.lower() in {"none", "full"}:
@@ -50,12 +79,14 @@ def knobs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if k in KNOBS and (v is not None or KNOBS[k].optional)}
 
 
-def build_config(profile: str | None, knobs: dict[str, Any]) -> DecodeConfig:
-    """A profile's config with knobs laid over it, or the knobs alone (mode defaults fill the rest)."""
+def build_config(profile: str | None, knobs: dict[str, Any], model: Any = None, *,
+                 allow_mismatch: bool = False) -> DecodeConfig:
+    """A profile's config with knobs laid over it, or the knobs alone (mode defaults fill the rest). With `model`
+    (a model or its source dict) a profile tuned for another model is refused unless `allow_mismatch`."""
     from .profile import load_profile
 
     if profile:
-        base = load_profile(profile).to_dict()
+        base = load_profile(profile, model, allow_mismatch=allow_mismatch).to_dict()
         if "mode" in knobs and knobs["mode"] != base["mode"]:
             base = {k: v for k, v in base.items() if k in {"gen_length", "block_size", "temperature", "seed"}}
         return DecodeConfig.from_dict({**base, **knobs})
@@ -63,12 +94,14 @@ def build_config(profile: str | None, knobs: dict[str, Any]) -> DecodeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m decoder", description=__doc__)
+    parser = OneLineParser(prog="python -m decoder", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="decode one prompt and print the completion and the cost counters")
     gen.add_argument("--model", required=True, help="checkpoint dir, bundled name (dtune/tiny-arith) or hub id")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--profile", help="a profile JSON exported by the tuner")
+    gen.add_argument("--allow-model-mismatch", action="store_true",
+                     help="use --profile even though it was tuned for another model (id or fingerprint)")
     gen.add_argument("--chat-template", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     gen.add_argument("--device")
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
@@ -83,13 +116,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .decoding import generate
-    from .loading import load_model
+    from .loading import inspect_checkpoint, load_model, load_tokenizer, resolve_device
     from .prompts import encode_prompt
 
-    config = build_config(args.profile, knobs_from_args(args))
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    # Every input is checked before the weights load: the knobs, the device, the checkpoint's files, the profile
+    # against this checkpoint, and the prompt against its tokenizer (a chat template it may lack).
+    knobs = knobs_from_args(args)
+    build_config(args.profile, knobs)
+    resolve_device(args.device)
+    source = inspect_checkpoint(args.model)
+    config = build_config(args.profile, knobs, source, allow_mismatch=args.allow_model_mismatch)
+    tokenizer = load_tokenizer(Path(source["path"]))
     ids = encode_prompt(tokenizer, args.prompt, chat_template=args.chat_template)  # as the tuner encodes it
+    model, _ = load_model(args.model, device=args.device, dtype=args.dtype, with_tokenizer=False)
     result = generate(model, [ids], config, tokenizer=tokenizer)
     counters = result.counters.to_dict()
     if args.json:

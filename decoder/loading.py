@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .architectures import ARCHITECTURES, PRESETS, args_from_config, config_from_args, detect_architecture
@@ -28,6 +28,32 @@ BUNDLED_DIR = Path(__file__).parent / "bundled"
 # Names of models shipped inside the package, resolved before the hub is asked.
 BUNDLED_MODELS = {"dtune/tiny-arith": BUNDLED_DIR / "tiny-arith"}
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to load onto: `device` checked now (a typo like `tpu9`, CUDA on a machine without it, `cuda:3`
+    with two GPUs), so it fails in one line before any weights are read; None = `default_device()`."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {str(device)!r} ({one_line(exc)}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {str(device)!r} asked for, but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA "
+                                 "device(s) are visible")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ModelLoadError(f"device {str(device)!r} is not supported; use cpu, cuda or cuda:N")
+    return dev
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error message (library errors can span many lines)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def default_device() -> torch.device:
@@ -72,16 +98,24 @@ def read_config(ckpt_dir: Path) -> dict[str, Any]:
     if not cfg_path.exists():
         raise ModelLoadError(f"no config.json in {ckpt_dir}")
     try:
-        return json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"config.json in {ckpt_dir} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"config.json in {ckpt_dir} can't be read: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"config.json in {ckpt_dir} must hold a JSON object")
+    return config
 
 
 def weight_files(ckpt_dir: Path) -> list[Path]:
     """The safetensors files of a checkpoint: the shards named by the index, or the single file."""
     index = ckpt_dir / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+            raise ModelLoadError(f"{index} is not a valid safetensors index ({type(exc).__name__}: {exc})") from None
         files = [ckpt_dir / s for s in shards]
         missing = [f.name for f in files if not f.exists()]
         if missing:
@@ -110,9 +144,35 @@ def fingerprint(ckpt_dir: Path) -> str:
             if size < 64 * 2**20:
                 h.update(fh.read())
             else:
-                (header_len,) = struct.unpack("<Q", fh.read(8))
+                try:
+                    (header_len,) = struct.unpack("<Q", fh.read(8))
+                except struct.error:
+                    raise ModelLoadError(f"{f} is not a safetensors file (shorter than its header)") from None
                 h.update(fh.read(header_len))
     return h.hexdigest()[:16]
+
+
+def check_weights(ckpt_dir: Path) -> None:
+    """Every weight file opens as safetensors (its header parses and matches the file's size): a truncated or
+    damaged download fails here, in one line, before a model is built."""
+    for f in weight_files(ckpt_dir):
+        try:
+            with safe_open(str(f), framework="pt", device="cpu") as st:
+                st.keys()
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelLoadError(f"{f} is not a readable safetensors file ({one_line(exc)}); re-download or "
+                                 "re-export the checkpoint") from None
+
+
+def inspect_checkpoint(id_or_dir: str | os.PathLike, revision: str | None = None) -> dict[str, Any]:
+    """Everything about a checkpoint that can be checked without building the model: where it is, that its
+    config.json maps onto a supported architecture, that its weight files are intact, and its provenance
+    (`{"id", "revision", "fingerprint", "path"}`, as `model.source`), e.g. to check a profile against it."""
+    ckpt_dir = resolve_checkpoint(id_or_dir, revision)
+    args_from_config(read_config(ckpt_dir))
+    check_weights(ckpt_dir)
+    return {"id": str(id_or_dir), "revision": revision or _snapshot_revision(ckpt_dir),
+            "fingerprint": fingerprint(ckpt_dir), "path": str(ckpt_dir)}
 
 
 def load_weights(model: DiffusionLM, ckpt_dir: Path, arch_name: str) -> None:
@@ -122,21 +182,11 @@ def load_weights(model: DiffusionLM, ckpt_dir: Path, arch_name: str) -> None:
     loaded: set[str] = set()
     unexpected: list[str] = []
     for f in weight_files(ckpt_dir):
-        with safe_open(str(f), framework="pt", device="cpu") as st:
-            for hf_name in st.keys():
-                ours = arch.our_name(hf_name)
-                if ours is None or ours not in params:
-                    unexpected.append(hf_name)
-                    continue
-                tensor = st.get_tensor(hf_name)
-                target = params[ours]
-                if tuple(tensor.shape) != tuple(target.shape):
-                    raise ModelLoadError(
-                        f"{hf_name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(target.shape)}"
-                    )
-                with torch.no_grad():
-                    target.copy_(tensor.to(target.dtype))
-                loaded.add(ours)
+        try:
+            _copy_tensors(f, arch, params, loaded, unexpected)
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"{f} is not a readable safetensors file ({one_line(exc)}); re-download or "
+                                 "re-export the checkpoint") from None
     if model.args.tie_embeddings:
         loaded.add("lm_head.weight")
     missing = sorted(set(params) - loaded)
@@ -146,6 +196,27 @@ def load_weights(model: DiffusionLM, ckpt_dir: Path, arch_name: str) -> None:
             f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
         )
+
+
+def _copy_tensors(f: Path, arch: Any, params: dict[str, torch.nn.Parameter], loaded: set[str],
+                  unexpected: list[str]) -> None:
+    """Copy one safetensors file's tensors into `params` (by mapped name), noting what was loaded and what wasn't
+    expected."""
+    with safe_open(str(f), framework="pt", device="cpu") as st:
+        for hf_name in st.keys():
+            ours = arch.our_name(hf_name)
+            if ours is None or ours not in params:
+                unexpected.append(hf_name)
+                continue
+            tensor = st.get_tensor(hf_name)
+            target = params[ours]
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise ModelLoadError(
+                    f"{hf_name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(target.shape)}"
+                )
+            with torch.no_grad():
+                target.copy_(tensor.to(target.dtype))
+            loaded.add(ours)
 
 
 def load_tokenizer(ckpt_dir: Path):
@@ -195,7 +266,8 @@ def load_model(
     ckpt_dir = resolve_checkpoint(id_or_dir, revision)
     config = read_config(ckpt_dir)
     args = args_from_config(config)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
+    check_weights(ckpt_dir)  # a damaged file fails before the model is allocated
     dt = _as_dtype(dtype) if dtype is not None else default_dtype(dev)
     with torch.device("meta"):
         model = DiffusionLM(args)

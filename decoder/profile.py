@@ -7,10 +7,12 @@ knobs there, and transformers / vLLM read that file) with everything of ours und
      "dtune": {"format": "dtune-profile", "format_version": 1,
                "decode": {...DecodeConfig...}, "meta": {...model, task, metrics, provenance...}}}
 
-Production code calls `load_profile(path)` and gets a `DecodeConfig`; the tuner's export fills `meta`.
-`load_profile("models:/NAME@production")` reads the version of a registered model that an alias names (what
-`tuner export --register` / `tuner promote` maintain) through MLflow; MLflow is imported on that path only, so the
-decoder itself never needs it.
+Production code calls `load_profile(path, model=model)` and gets a `DecodeConfig`; the tuner's export fills `meta`.
+A profile names the model it was tuned for (`meta.model`: id, revision, fingerprint): given the model it will be used
+with, `load_profile` refuses a profile tuned for another one (the knobs that keep one model's accuracy need not keep
+another's) unless the caller says `allow_mismatch=True`. `load_profile("models:/NAME@production")` reads the version
+of a registered model that an alias names (what `tuner export --register` / `tuner promote` maintain) through
+MLflow; MLflow is imported on that path only, so the decoder itself never needs it.
 """
 
 from __future__ import annotations
@@ -49,9 +51,50 @@ def profile_document(config: DecodeConfig, meta: dict[str, Any] | None = None) -
     }
 
 
-def save_profile(path: str | os.PathLike, config: DecodeConfig, meta: dict[str, Any] | None = None) -> Path:
-    """Write atomically (temp file + rename) so a crash never leaves a half-written profile in production."""
+def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Where a profile may be written: refuse a directory, any existing file that is not a dtune profile (it was
+    not written by dtune: never replaced), an existing profile unless `overwrite`, and a folder that can't be
+    created or written. Called before the work that produces the profile, and again just before writing."""
     out = Path(path)
+    if out.is_dir():
+        raise ProfileError(f"{out} is a directory; give a file path for the profile (e.g. {out}/profile.json)")
+    if out.exists() or out.is_symlink():
+        if not _is_profile(out):
+            raise ProfileError(f"{out} exists and is not a dtune profile; refusing to overwrite it (choose another "
+                               "path)")
+        if not overwrite:
+            raise ProfileError(f"{out} already holds a dtune profile; pass --overwrite to replace it, or choose "
+                               "another path")
+    check_folder(out.parent, what=str(out))
+    return out
+
+
+def check_folder(folder: Path, *, what: str | None = None) -> None:
+    """A folder profiles can be written to: it is a directory (or can be made under one) and writable."""
+    what = what or f"a profile under {folder}"
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ProfileError(f"can't write {what}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ProfileError(f"can't write {what}: {folder} is not writable")
+
+
+def _is_profile(path: Path) -> bool:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):  # unreadable, binary, not JSON
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("dtune"), dict) and doc["dtune"].get("format") == FORMAT
+
+
+def save_profile(path: str | os.PathLike, config: DecodeConfig, meta: dict[str, Any] | None = None, *,
+                 overwrite: bool = False) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves a half-written profile in production.
+
+    Never replaces a file dtune did not write, and replaces an earlier profile only when `overwrite`
+    (`check_writable`; ProfileError otherwise)."""
+    out = check_writable(path, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(profile_document(config, meta), indent=2, sort_keys=False, default=str) + "\n"
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -151,7 +194,38 @@ def _read_file(p: Path, label: str | None = None) -> Profile:
     return Profile(decode=config, meta=meta, format_version=version)
 
 
-def load_profile(source: str | os.PathLike, *, tracking_uri: str | None = None) -> DecodeConfig:
+def load_profile(source: str | os.PathLike, model: Any = None, *, allow_mismatch: bool = False,
+                 tracking_uri: str | None = None) -> DecodeConfig:
     """The one call production code needs: the tuned DecodeConfig of a profile file or of a registry URI
-    (``models:/NAME@production``)."""
-    return read_profile(source, tracking_uri=tracking_uri).decode
+    (``models:/NAME@production``).
+
+    Pass the `model` it will decode with (a loaded model, or its `source` dict): a profile tuned for another model
+    (by fingerprint, else by id) is then a ProfileError unless `allow_mismatch`."""
+    profile = read_profile(source, tracking_uri=tracking_uri)
+    if model is not None:
+        check_model(profile, model, path=source, allow_mismatch=allow_mismatch)
+    return profile.decode
+
+
+def check_model(profile: Profile, model: Any, *, path: str | os.PathLike = "the profile",
+                allow_mismatch: bool = False) -> None:
+    """Refuse a profile tuned for another model than `model` (a loaded model or its `source` dict).
+
+    The fingerprint (config + weight headers) decides when both sides have one, so the same checkpoint under
+    another path or hub id passes; otherwise the ids are compared. A profile without model metadata (written by
+    hand) can't be checked and passes."""
+    if allow_mismatch:
+        return
+    source = model if isinstance(model, dict) else getattr(model, "source", None) or {}
+    tuned = profile.meta.get("model") if isinstance(profile.meta.get("model"), dict) else {}
+    want_fp, have_fp = tuned.get("fingerprint"), source.get("fingerprint")
+    want_id, have_id = tuned.get("id"), source.get("id")
+    if want_fp and have_fp:
+        mismatch = want_fp != have_fp
+    else:
+        mismatch = bool(want_id and have_id and want_id != have_id)
+    if mismatch:
+        raise ProfileError(
+            f"{path} was tuned for model {want_id!r} (fingerprint {want_fp}), not {have_id!r} (fingerprint "
+            f"{have_fp}); its settings need not keep this model's accuracy. Tune this model, or pass "
+            "--allow-model-mismatch (allow_mismatch=True) to use it anyway")

@@ -17,8 +17,8 @@ def encode_prompt(tokenizer: Any, text: str, *, chat_template: bool = False) -> 
     if not chat_template:
         return list(tokenizer(text)["input_ids"])
     if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("the model's tokenizer has no chat template: set chat_template: false "
-                          "(--set chat_template=false)")
+        raise ConfigError("the model's tokenizer has no chat template: decode without it (tuner: --set "
+                          "chat_template=false; decoder: drop --chat-template)")
     templated = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                               add_generation_prompt=True)
     return list(tokenizer(templated, add_special_tokens=False)["input_ids"])

@@ -94,6 +94,34 @@ class Context:
             require_isolation()
 
     # ---------------------------------------------------------------------------------------- model
+    def check_device(self) -> None:
+        """The device string, checked at once (`tpu9`, CUDA where there is none)."""
+        from decoder.loading import resolve_device
+
+        resolve_device(self.options.device)
+
+    def check_model(self) -> dict[str, Any]:
+        """`model_source`, for the commands that check it before their work starts (after the data: fetching a
+        checkpoint from the hub costs more than reading a split)."""
+        return self.model_source
+
+    @functools.cached_property
+    def model_source(self) -> dict[str, Any]:
+        """The spec's checkpoint checked without building the model (the device string, config.json, intact
+        weight files, a chat template when the spec asks for one) and its provenance (id, revision,
+        fingerprint): a bad model or device fails here, in one line, before any split is decoded."""
+        from pathlib import Path
+
+        from decoder.errors import ConfigError
+        from decoder.loading import inspect_checkpoint, load_tokenizer, resolve_device
+
+        resolve_device(self.options.device)
+        source = inspect_checkpoint(self.spec.model)
+        if self.spec.chat_template and not getattr(load_tokenizer(Path(source["path"])), "chat_template", None):
+            raise ConfigError(f"the tokenizer of {self.spec.model} has no chat template: set chat_template: false "
+                              "(--set chat_template=false)")
+        return source
+
     @functools.cached_property
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         from decoder import load_model
@@ -113,6 +141,20 @@ class Context:
                          batch_size=self.spec.batch_size)
 
     # ------------------------------------------------------------------------------------- services
+    def check_services(self, *, create: bool = True, write: bool = True) -> None:
+        """The study database and the tracking store checked without creating anything in either (a foreign or
+        read-only database, an unreachable server, a missing folder): one line before any data or model."""
+        from .storage import EmptyStorageError, check_storage
+
+        try:
+            check_storage(self.options.storage, create=create, write=write)
+        except EmptyStorageError:
+            raise self._no_study() from None
+        if self.options.tracking_uri:
+            from .tracking.store import check_reachable  # imports MLflow: after the cheaper check
+
+            check_reachable(self.options.tracking_uri, retries=1, backoff_s=0.5)
+
     def open_storage(self, **kwargs: Any) -> ResilientRDBStorage:
         """The study database (`tuner.storage.open_storage`; raises StorageError with one line)."""
         from .storage import open_storage
@@ -125,8 +167,9 @@ class Context:
 
         return Tracker.open(self.options.tracking_uri, self.experiment)
 
-    def load_study(self) -> optuna.Study:
-        """The existing study of this spec (for `show` and `export`); NoStudyError if there is none.
+    def load_study(self, *, write: bool = False) -> optuna.Study:
+        """The existing study of this spec (for `show`, and `export` with `write`: it stores the baseline's test
+        figures); NoStudyError if there is none. Creates no database, file or table on the way.
 
         Without `--study-name` the name is derived from the spec, and `run`'s shortcuts (`--validation-size`,
         `--batch-size`, `--sampler`, `--seed`) change it while `show` and `export` have no such options. So when
@@ -135,7 +178,12 @@ class Context:
         """
         import optuna
 
-        storage = self.open_storage()
+        from .storage import EmptyStorageError
+
+        try:
+            storage = self.open_storage(create=False, write=write)
+        except EmptyStorageError:
+            raise self._no_study() from None
         try:
             return optuna.load_study(study_name=self.study_name, storage=storage)
         except KeyError:
@@ -164,11 +212,15 @@ class Context:
             raise NoStudyError(f"no study {self.study_name!r} in {where}, but {len(matches)} studies of this spec run "
                                f"with other options: {listed}; pick one with --study-name") from None
         others = ", ".join(s.study_name for s in summaries)
-        raise NoStudyError(f"no study {self.study_name!r} in {where}"
-                           + (f" (other studies of {self.spec.task} on this model, from other specs: {others}; pick "
-                              "one with --study-name, or pass the same --set options as its run)" if others else
-                              f"; run `python -m tuner run --task {self.spec.task}` first (or pass --study-name "
-                              "and --storage)")) from None
+        if not others:
+            raise self._no_study() from None
+        raise NoStudyError(f"no study {self.study_name!r} in {where} (other studies of {self.spec.task} on this "
+                           f"model, from other specs: {others}; pick one with --study-name, or pass the same --set "
+                           "options as its run)") from None
+
+    def _no_study(self) -> NoStudyError:
+        return NoStudyError(f"no study {self.study_name!r} in {redact_url(self.options.storage)}; run `python -m "
+                            f"tuner run --task {self.spec.task}` first (or pass --study-name and --storage)")
 
 
 # The spec fields `run` has shortcut options for (`--trials`, `--validation-size`, ...) that `show` and `export`

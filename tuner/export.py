@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 
 from decoder import DecodeConfig, save_profile
+from decoder.profile import check_writable
 
 from . import __version__, hardware
 from .baseline import cached_test, store_test, test_key
@@ -62,14 +63,28 @@ def choose(study: optuna.Study, spec: StudySpec, rule: str, max_drop: float | No
         raise ExportError(f"study {study.study_name}: {exc}") from None
 
 
+def check_max_drop(max_drop: float | None) -> None:
+    """A margin in accuracy points: a number in [0, 100] (a negative one could confirm nothing)."""
+    if max_drop is None:
+        return
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 100:
+        raise ExportError(f"max_drop must be accuracy points in [0, 100], got {max_drop!r}")
+
+
 def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
-           out: str | Path | None = None, force: bool = False, on_progress=None,
+           out: str | Path | None = None, force: bool = False, overwrite: bool = False, on_progress=None,
            on_stage: Callable[[str], None] | None = None, register: str | None = None) -> ExportReport:
-    """`on_progress(seen, total, correct)` follows each decode; `on_stage(line)` announces each step in one line
+    """Pick, confirm, write, and optionally register. Every input is checked before the test split is decoded:
+    the margin, where the profile goes (never over a file dtune did not write; over an earlier profile only with
+    `overwrite`), the registry name, the services, the sandbox, the model's checkpoint and the study itself.
+    `on_progress(seen, total, correct)` follows each decode; `on_stage(line)` announces each step in one line
     (what a log file shows)."""
     spec = ctx.spec
     stage = on_stage or (lambda line: None)
+    check_max_drop(max_drop)
+    check_writable(out if out is not None else _new_profile_path(ctx.study_name), overwrite=overwrite)
     ctx.check_sandbox()  # before the study, the model or any split: a code task without isolation stops here
+    ctx.check_services(create=False, write=True)
     tracker = None
     if register:  # a bad name or an unreachable registry must fail before any decoding
         from .tracking.registry import check_name
@@ -77,8 +92,11 @@ def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
         check_name(register)
         tracker = ctx.open_tracker()
     constraint = spec.constraint if max_drop is None else dataclasses.replace(spec.constraint, max_drop=max_drop)
-    study = ctx.load_study()
+    study = ctx.load_study(write=True)
     chosen = choose(study, spec, rule, max_drop)
+    ctx.check_device()
+    ctx.items("test")
+    ctx.check_model()  # the device, the test rows and the checkpoint, before any split is decoded
     trial = study.trials[chosen.number]
     config = DecodeConfig.from_dict(trial.user_attrs["config"])
     baseline_cfg = spec.reference_config(spec.reference(constraint.baseline))
@@ -145,8 +163,8 @@ def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
         "test": test,
         "hardware": hardware.describe(model.device),
     }
-    path = Path(out) if out else Path("profiles") / f"{_slug(study.study_name)}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    save_profile(path, config, meta)
+    path = Path(out) if out else _new_profile_path(study.study_name)
+    save_profile(path, config, meta, overwrite=overwrite)  # checked again: the file may have appeared meanwhile
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:
         tracker = tracker or ctx.open_tracker()
@@ -171,6 +189,16 @@ def _register(tracker: Any, name: str, path: Path, parent: str | None, meta: dic
     registered = register_profile(registry_client(tracker.tracking_uri), name, path, parent, meta)
     tracker.set_tags(parent, {"dtune.last_registered": f"{name} v{registered.version}"})
     return registered
+
+
+def _new_profile_path(study_name: str) -> Path:
+    """profiles/<study>-<time>.json, with a counter where that name is taken (two exports in one second)."""
+    stem = Path("profiles") / f"{_slug(study_name)}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    path, n = stem.with_suffix(".json"), 1
+    while path.exists():
+        n += 1
+        path = stem.parent / f"{stem.name}-{n}.json"
+    return path
 
 
 def _slug(text: str) -> str:

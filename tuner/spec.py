@@ -223,6 +223,10 @@ def load_spec(task_or_path: str | Path, overrides: list[str] | None = None) -> S
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpecError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path} is not a text file (a study spec is YAML)") from None
+    except OSError as exc:
+        raise SpecError(f"can't read the study spec {path}: {exc.strerror or exc}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path} must hold a mapping of fields")
     data = apply_overrides(raw, overrides or [])

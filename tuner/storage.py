@@ -16,6 +16,7 @@ import datetime as dt
 import functools
 import hashlib
 import logging
+import os
 import random
 import time
 import warnings
@@ -38,6 +39,34 @@ DEFAULT_STORAGE = "sqlite:///dtune.db"
 
 class StorageError(TunerError):
     """The study database can't be reached or used."""
+
+
+class ForeignStorageError(StorageError):
+    """The database holds another program's tables: dtune writes nothing into it."""
+
+
+class EmptyStorageError(StorageError):
+    """A command that only reads a study (`show`, `export`) was pointed at a database without any."""
+
+
+
+
+def _optuna_tables() -> frozenset[str]:
+    """Optuna's tables (its ORM's metadata; alembic_version is its migrations' own): a database holding other
+    tables and not Optuna's belongs to another program. The names of Optuna 5.1 if its module moves."""
+    try:
+        from optuna.storages._rdb.models import BaseModel
+
+        names = frozenset(BaseModel.metadata.tables)
+    except (ImportError, AttributeError):  # pragma: no cover - a future Optuna layout
+        names = frozenset({"studies", "study_directions", "study_system_attributes", "study_user_attributes",
+                           "trial_heartbeats", "trial_intermediate_values", "trial_params", "trial_system_attributes",
+                           "trial_user_attributes", "trial_values", "trials", "version_info"})
+    return names | {"alembic_version"}
+
+
+OPTUNA_TABLES = _optuna_tables()
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 # Connection-level failures (server restarting, network blip, SQLite writer holding the file): the statement never
@@ -278,7 +307,8 @@ class StaleTrialHandler:
 
 
 def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 retry_stale: int | None = 2, outage_s: float = DEFAULT_OUTAGE_S) -> ResilientRDBStorage:
+                 retry_stale: int | None = 2, outage_s: float = DEFAULT_OUTAGE_S, create: bool = True,
+                 write: bool = True) -> ResilientRDBStorage:
     """RDB storage with the options many workers need.
 
     * Heartbeats (`heartbeat_interval`, stale after `grace_period`, default 3 intervals): a killed worker's
@@ -289,16 +319,21 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
       together otherwise race on CREATE TABLE (optuna#1092, #4621).
 
     Raises StorageError with one line when the database can't be reached or used now: at start-up a wrong URL
-    or a server that is down should say so at once rather than wait out an outage.
+    or a server that is down should say so at once rather than wait out an outage. Only an empty database or one
+    holding Optuna's schema is used (`check_storage`): `create=False` (a command that reads a study) creates no
+    file and no table, `write=False` doesn't ask for write access.
     """
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     dialect = url.split(":", 1)[0].split("+", 1)[0].lower()
     if dialect == "sqlite":
-        _check_sqlite_path(url)
         engine_kwargs["connect_args"] = {"timeout": 30}
     elif dialect in ("postgresql", "postgres"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
                                          "keepalives_interval": 10, "keepalives_count": 3}
+    if dialect == "sqlite":
+        _check_sqlite_path(url)
+    # Before Optuna creates a table: only an empty database or one holding Optuna's schema is used.
+    check_storage(url, create=create, write=write, connect_args=engine_kwargs.get("connect_args", {}))
     handler = None
     if heartbeat_interval:
         grace_period = grace_period or 3 * heartbeat_interval
@@ -307,10 +342,12 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
         try:
             with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9, stable in use
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                with _schema_lock(url, engine_kwargs.get("connect_args", {})):
+                # A reader finds the tables there (checked above): no table creation, so no lock for it either.
+                with _schema_lock(url, engine_kwargs.get("connect_args", {})) if create else contextlib.nullcontext():
                     storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs,
                                                   heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                                  heartbeat_stale_trial_callback=handler)
+                                                  heartbeat_stale_trial_callback=handler,
+                                                  skip_table_creation=not create)
             break
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # A table-creation race the locks don't cover (another database): the next try finds the tables.
@@ -323,6 +360,71 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
     if heartbeat_interval:
         storage.orphan_after_s = max(300.0, 10.0 * (grace_period or 0))
     return storage
+
+
+def check_storage(url: str, *, create: bool = True, write: bool = True,
+                  connect_args: dict[str, Any] | None = None) -> None:
+    """Refuse, before anything is written, a database dtune must not use:
+
+    * one holding another program's tables and not Optuna's (`--storage sqlite:///other-app.db`): Optuna would add
+      its tables to it (ForeignStorageError); a SQLite path that is not a SQLite file at all;
+    * for a reader (`create=False`): a missing file or an empty database (EmptyStorageError; nothing is created);
+    * for a writer (`write=True`): a database it can't write (a read-only file, folder or connection), found by a
+      no-op UPDATE in a rolled-back transaction, rather than Optuna's 100-line error half-way through set-up.
+    """
+    shown = redact_url(url)
+    db = sqlite_file(url)
+    if db is not None:
+        if db.is_dir():
+            raise StorageError(f"the study storage {shown} names a directory, not a database file")
+        if not db.exists():
+            if not create:
+                raise EmptyStorageError(f"no study database at {db}")
+            if not db.parent.is_dir():
+                raise StorageError(f"the study storage {shown}: directory {db.parent} does not exist")
+            if not os.access(db.parent, os.W_OK | os.X_OK):
+                raise StorageError(f"the study storage {shown}: directory {db.parent} is not writable")
+            return
+        try:
+            with open(db, "rb") as fh:
+                head = fh.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise StorageError(f"the study storage {shown} can't be read: {exc.strerror or exc}") from None
+        if head and head != _SQLITE_MAGIC:
+            raise ForeignStorageError(f"the study storage {shown} is not a SQLite database ({db} holds something "
+                                      "else); refusing to write into it: pass another --storage")
+        if write and not (os.access(db, os.W_OK) and os.access(db.parent, os.W_OK | os.X_OK)):
+            raise StorageError(f"the study database {db} is read-only (file or folder permissions); fix them or "
+                               "pass another --storage")
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args or {})
+    try:
+        with engine.connect() as conn:
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+            ours = tables & OPTUNA_TABLES
+            foreign = tables - OPTUNA_TABLES
+            if foreign and not {"studies", "version_info"} <= ours:
+                listed = ", ".join(sorted(foreign)[:5]) + (", …" if len(foreign) > 5 else "")
+                raise ForeignStorageError(
+                    f"the study storage {shown} holds another program's tables ({listed}) and no Optuna study "
+                    "tables; refusing to write into it: pass another --storage (e.g. sqlite:///dtune.db)")
+            if not create and "studies" not in tables:
+                raise EmptyStorageError(f"no study tables in {shown}")
+            if write and "version_info" in tables:
+                try:
+                    conn.execute(sqlalchemy.text("UPDATE version_info SET schema_version = schema_version "
+                                                 "WHERE 1 = 0"))
+                finally:
+                    conn.rollback()
+    except StorageError:
+        raise
+    except Exception as exc:  # connection refused, auth, a corrupt file, a read-only database
+        text = one_line(exc, cause=True, first=True)
+        if "readonly" in text.replace("-", "").replace(" ", "").lower() or "read-only" in text.lower():
+            raise StorageError(f"the study storage {shown} is read-only ({text}); fix its permissions or pass "
+                               "another --storage") from None
+        raise StorageError(f"can't open the study storage {shown}: {text}") from None
+    finally:
+        engine.dispose()
 
 
 def stale_handler(storage: optuna.storages.BaseStorage) -> StaleTrialHandler | None:

@@ -36,13 +36,24 @@ from optuna.trial import FrozenTrial, TrialState
 from decoder.config import KNOBS, DecodeConfig
 
 from .baseline import read_ledger
+from .errors import TunerError, db_error
 from .pareto import TrialPoint, pareto_front
 from .sampling import make_sampler
 from .spec import Constraint, StudySpec
 from .stats import paired_drop
-from .storage import StudyLock, queue_retry
+from .storage import StorageError, StudyLock, queue_retry
+from .urls import redact_url
 
 log = logging.getLogger(__name__)
+
+# Spec fields a resumed study may change: they don't change what a trial measures (the budget, the prose, export's
+# test prefix), so they are not in the spec's fingerprint either.
+RESUMABLE_FIELDS = ("trials", "description", "test_size")
+
+
+class SpecChangedError(TunerError):
+    """A study is resumed with a spec whose search space, data or settings differ from the one it was created
+    with: its trials would mix two experiments (and Optuna refuses a changed search space mid-study)."""
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -108,20 +119,29 @@ def create_study(spec: StudySpec, storage: optuna.storages.RDBStorage, name: str
     worker and hands them out, so its reports and the workers' own lines name the same index). The sampler is
     seeded with `seed + worker`.
     """
+    if worker is not None and (isinstance(worker, bool) or not isinstance(worker, int) or worker < 0):
+        raise TunerError(f"the worker index must be a non-negative integer, got {worker!r}")
     own_lock = lock is None
     lock = lock or StudyLock(storage, name)
     try:
         with lock:
             try:
-                with _quiet_optuna():  # not Optuna's "[I …] A new study created in RDB with name: …" on stderr
-                    study = optuna.create_study(storage=storage, study_name=name, directions=["maximize", "maximize"])
-            except optuna.exceptions.DuplicatedStudyError:
-                study = optuna.load_study(study_name=name, storage=storage)
-            if not study.user_attrs.get("initialized"):
-                _initialize(study, spec)
-            if worker is None:
-                worker = int(study.user_attrs.get("workers_started", 0))
-                study.set_user_attr("workers_started", worker + max(1, reserve))
+                try:
+                    with _quiet_optuna():  # not Optuna's "[I …] A new study created in RDB with name: …" on stderr
+                        study = optuna.create_study(storage=storage, study_name=name,
+                                                    directions=["maximize", "maximize"])
+                except optuna.exceptions.DuplicatedStudyError:
+                    study = optuna.load_study(study_name=name, storage=storage)
+                    # Before anything is written or any trial is touched: a changed spec changes nothing.
+                    check_same_spec(study, spec)
+                if not study.user_attrs.get("initialized"):
+                    _initialize(study, spec)
+                if worker is None:
+                    worker = int(study.user_attrs.get("workers_started", 0))
+                    study.set_user_attr("workers_started", worker + max(1, reserve))
+            except optuna.exceptions.StorageInternalError as exc:  # a read-only file, a revoked grant
+                raise StorageError(f"can't write the study {name} to {redact_url(storage.url)}: "
+                                   f"{db_error(exc)}") from None
     finally:
         if own_lock:
             lock.close()
@@ -140,11 +160,47 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(before)
 
 
+def spec_changes(stored: dict[str, Any], spec: StudySpec) -> list[str]:
+    """What differs between the spec a study was created with (its `spec` user attr) and `spec`, as
+    `field: old → new` lines with dotted keys, the fields a resume may change left out. A field the stored spec
+    lacks (written by an older dtune) is not counted as a change."""
+    current = json.loads(json.dumps(spec.to_dict(), default=str))  # as stored: tuples are lists
+    changes: list[str] = []
+
+    def walk(old: Any, new: Any, key: str) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for k in sorted(set(old) & set(new), key=str):
+                walk(old[k], new[k], f"{key}.{k}" if key else str(k))
+        elif old != new:
+            changes.append(f"{key}: {json.dumps(old)} → {json.dumps(new)}")
+
+    walk({k: v for k, v in stored.items() if k not in RESUMABLE_FIELDS},
+         {k: v for k, v in current.items() if k not in RESUMABLE_FIELDS}, "")
+    return changes
+
+
+def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
+    """Refuse to resume `study` with a spec other than its own (SpecChangedError, naming what changed and what
+    to do). Nothing is written: the study and every trial, queued ones included, stay as they are."""
+    stored = study.user_attrs.get("spec")
+    if not isinstance(stored, dict):
+        return  # a study made outside dtune, or before specs were stored: nothing to compare
+    changes = spec_changes(stored, spec)
+    if not changes:
+        return
+    shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+    raise SpecChangedError(
+        f"study {study.study_name} was created with another spec ({shown}); resuming it would mix two "
+        f"experiments. Start a new study (another --study-name, or none: the default name follows the spec), or "
+        f"resume with the original spec (fingerprint {study.user_attrs.get('spec_fingerprint', 'as stored')})")
+
+
 def _initialize(study: optuna.Study, spec: StudySpec) -> None:
     with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2, and stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["accuracy", "tokens_per_s"])
     study.set_user_attr("spec", spec.to_dict())
+    study.set_user_attr("spec_fingerprint", spec.fingerprint())
     present = {t.user_attrs.get("reference") for t in study.get_trials(deepcopy=False)}
     for ref in spec.references:
         if ref.name not in present:

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     from decoder.errors import DecoderError
 
     from ..errors import RefusedError, TunerError, one_line
+    from ..logs import quiet_libraries
+
+    quiet_libraries()  # no library log line before a command's one-line error
 
     try:
         command = importlib.import_module(f".{COMMANDS[args.command]}", __name__)

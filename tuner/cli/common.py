@@ -6,8 +6,10 @@ import argparse
 import contextlib
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -17,11 +19,39 @@ from ..spec import SpecError, StudySpec, load_spec
 
 
 def spec_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> StudySpec:
-    """The spec `--task`/`--spec` names, with `--set` overrides, `--model` and a command's shortcut flags."""
+    """The spec `--task`/`--spec` names, with `--model` and a command's shortcut flags, then the `--set` overrides.
+
+    The `--set` overrides are applied last, so each is validated even where a shortcut flag sets the same field
+    (`--set trials=many --trials 2` is refused, not silently replaced); a flag and an override that give one
+    field two different values are refused too, since either choice would drop one without a word."""
+    shortcuts = ([f"model={json.dumps(args.model)}"] if args.model else []) + list(extra or [])
     overrides = list(args.overrides)
-    if args.model:
-        overrides.append(f"model={json.dumps(args.model)}")
-    return load_spec(args.spec or args.task, overrides + (extra or []))
+    spec = load_spec(args.spec or args.task, shortcuts + overrides)
+    _check_conflicts(shortcuts, overrides)
+    if args.spec and args.task != spec.task and Path(args.task).suffix not in {".yaml", ".yml"}:
+        raise SpecError(f"--task {args.task} but the spec {args.spec} is for task {spec.task!r}; give the same task "
+                        "(or leave --spec out to use the built-in spec)")
+    return spec
+
+
+def _check_conflicts(shortcuts: list[str], overrides: list[str]) -> None:
+    """Refuse `--trials 5 --set trials=3`: two values for one field."""
+    flags = {}
+    for item in shortcuts:
+        key, _, value = item.partition("=")
+        flags[key] = value
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in flags:
+            continue
+        try:
+            same = yaml.safe_load(value) == yaml.safe_load(flags[key])
+        except yaml.YAMLError:
+            same = False  # the override's own check names the bad value
+        if not same:
+            flag = "--" + key.replace("_", "-")
+            raise SpecError(f"{flag} {yaml.safe_load(flags[key])} and --set {item} give {key} two values; give one")
 
 
 def context_from_args(args: argparse.Namespace, spec: StudySpec) -> Context:

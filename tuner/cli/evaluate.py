@@ -18,11 +18,14 @@ EXIT_OK = 0
 def main(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, [f"batch_size={args.batch_size}"] if args.batch_size else None)
     knobs = {**spec.fixed_knobs(), **knobs_from_args(args)} if not args.profile else knobs_from_args(args)
-    config = build_config(args.profile, knobs)
+    build_config(args.profile, knobs)  # the profile file and the knobs first: they need no model
     ctx = context_from_args(args, spec)
     ctx.check_sandbox()
+    ctx.check_device()
+    # The data, then the checkpoint's files and the profile's model, all before the model loads.
     items = ctx.task.load(args.split)
-    items = items[: args.limit] if args.limit else items
+    items = items[: args.limit] if args.limit is not None else items
+    config = build_config(args.profile, knobs, ctx.check_model(), allow_mismatch=args.allow_model_mismatch)
     evaluator = ctx.evaluator
     with Progress(console=Console(stderr=True), disable=args.json, transient=True) as progress:
         bar = progress.add_task(f"{ctx.task.name} {args.split}", total=len(items))

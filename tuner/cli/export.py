@@ -4,10 +4,12 @@ register) its profile."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 
-from ..export import export
+from decoder.profile import check_folder, check_writable
+
 from .common import context_from_args, item_progress, spec_from_args
 
 EXIT_OK = 0
@@ -15,10 +17,20 @@ EXIT_OK = 0
 
 def main(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    ctx = context_from_args(args, spec)
+    # Where the profile goes and the study database, before torch and the rest load (export checks them again).
+    if args.out is not None:
+        check_writable(args.out, overwrite=args.overwrite)
+    else:
+        check_folder(Path("profiles"))  # the default folder (export checks the full default name)
+    ctx.check_sandbox()
+    ctx.check_services(create=False, write=True)
+    from ..export import export
+
     err = Console(stderr=True)
     with item_progress(err, "test items") as on_progress:
-        report = export(context_from_args(args, spec), rule=args.pick, max_drop=args.max_drop, out=args.out,
-                        force=args.force, register=args.register, on_progress=on_progress,
+        report = export(ctx, rule=args.pick, max_drop=args.max_drop, out=args.out, force=args.force,
+                        overwrite=args.overwrite, register=args.register, on_progress=on_progress,
                         on_stage=lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True))
     t = report.test
     rule = t["non_inferiority"]

@@ -23,25 +23,37 @@ def _common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
         p.add_argument("--study-name", help="default: <task>-<model>-<spec hash>, so re-running resumes")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from decoder.cli import add_knob_arguments  # the knob table only: no torch
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0 (accuracy points)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 100:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be accuracy points in [0, 100], got {text}")
+    return value
 
-    parser = argparse.ArgumentParser(prog="python -m tuner", description="Tune diffusion-LM decoding per task.")
+
+def build_parser() -> argparse.ArgumentParser:
+    # The knob table and the argument types only: no torch. Every parse error is one line and exit 2.
+    from decoder.cli import OneLineParser, add_knob_arguments, non_negative_int, positive_int
+
+    parser = OneLineParser(prog="python -m tuner", description="Tune diffusion-LM decoding per task.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run or resume a study (Optuna) on the validation split")
     _common(run)
-    run.add_argument("--trials", type=int, help="trial budget of the study (finished = complete + pruned)")
-    run.add_argument("--validation-size", type=int, help="use the first N validation items")
-    run.add_argument("--batch-size", type=int)
+    run.add_argument("--trials", type=positive_int, help="trial budget of the study (finished = complete + pruned)")
+    run.add_argument("--validation-size", type=positive_int, help="use the first N validation items")
+    run.add_argument("--batch-size", type=positive_int)
     run.add_argument("--sampler", choices=["gp", "tpe", "nsga2", "random"])
-    run.add_argument("--seed", type=int)
+    run.add_argument("--seed", type=non_negative_int)
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--n-workers", default="1", metavar="N|auto",
                      help="start N worker processes on this machine (auto: one per CUDA GPU); each takes --device "
                           "cuda:i round-robin when CUDA is present. Workers on other machines just run the same "
                           "command against the same --storage")
-    run.add_argument("--worker-index", type=int, metavar="I",
+    run.add_argument("--worker-index", type=non_negative_int, metavar="I",
                      help="sampler seed offset of this worker (default: the next free index the study hands out)")
     run.add_argument("--heartbeat-interval", type=int, default=10, metavar="S",
                      help="seconds between a running trial's heartbeats; a trial silent for 3 intervals is failed "
@@ -57,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate one configuration (a profile or knobs) on a split")
     _common(ev, study=False)
     ev.add_argument("--profile", help="a profile JSON (knobs given as options override it)")
+    ev.add_argument("--allow-model-mismatch", action="store_true",
+                    help="use --profile even though it was tuned for another model (id or fingerprint)")
     ev.add_argument("--split", choices=["validation", "test"], default="validation")
-    ev.add_argument("--limit", type=int, help="first N items of the split")
-    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--limit", type=positive_int, help="first N items of the split")
+    ev.add_argument("--batch-size", type=positive_int)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     add_knob_arguments(ev)
 
@@ -70,8 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="confirm a Pareto point on the test split and write a profile")
     _common(exp)
     exp.add_argument("--pick", choices=["knee", "fastest"], default="knee")
-    exp.add_argument("--max-drop", type=float, help="accuracy points below the baseline allowed (default: spec)")
-    exp.add_argument("--out", help="profile path (default: profiles/<study>-<time>.json)")
+    exp.add_argument("--max-drop", type=non_negative_float,
+                     help="accuracy points below the baseline allowed (default: spec)")
+    exp.add_argument("--out", help="profile path (default: profiles/<study>-<time>.json); an existing file is "
+                     "never replaced unless it is a dtune profile and --overwrite is given")
+    exp.add_argument("--overwrite", action="store_true", help="replace the dtune profile at --out")
     exp.add_argument("--force", action="store_true", help="write the profile even if confirmation fails")
     exp.add_argument("--register", metavar="NAME",
                      help="also add the profile as a new version of MLflow registered model NAME, alias 'candidate' "

@@ -20,7 +20,21 @@ def main(args: argparse.Namespace) -> int:
         raise usage_error("--heartbeat-interval must be at least 1 second")
     if args.refresh_every < 1:
         raise usage_error(f"--refresh-every must be at least 1, not {args.refresh_every}")
-    # Options are checked before anything heavy is imported (torch, Optuna, MLflow): a typo answers at once.
+    # Options and the study database are checked before anything heavy is imported (torch, MLflow): a typo or a
+    # foreign database answers at once, and nothing is created in either store.
+    ctx = context_from_args(args, spec)
+    ctx.check_services()
+    # Then the sandbox, the device, the data (the power check reads both splits) and the checkpoint (last: a hub
+    # checkpoint is fetched), all before a model loads.
+    ctx.check_sandbox()
+    ctx.check_device()
+    if not args.accept_low_power:  # before any model loads: a margin the items can't resolve wastes the study
+        from ..racing import power_check
+
+        power_check(spec.constraint, len(ctx.items("validation")), len(ctx.items("test")))
+    else:
+        ctx.items("validation")  # the rows checked all the same
+    ctx.check_model()
     from ..launcher import parse_n_workers, run_workers, stop_with_parent
     from ..study import front
     from ..worker import Worker, WorkerOptions, interrupts
@@ -28,12 +42,6 @@ def main(args: argparse.Namespace) -> int:
     n_workers = parse_n_workers(args.n_workers)
     if n_workers is None:
         raise usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
-    ctx = context_from_args(args, spec)
-    ctx.check_sandbox()
-    if not args.accept_low_power:  # before any model loads: a margin the items can't resolve wastes the study
-        from ..racing import power_check
-
-        power_check(spec.constraint, len(ctx.items("validation")), len(ctx.items("test")))
     console = Console(stderr=True)
     # On a log file (nohup, CI, a scheduler) a progress bar renders only when it ends: print a line per trial.
     logged = args.worker_child or not console.is_terminal

@@ -96,6 +96,7 @@ class GSM8K(Task):
             local_file=f"gsm8k/{split}.jsonl",
             hub_parts=[HubPart(HUB_PATH, HUB_NAME, split)],
             what=f"gsm8k {split}",
+            fields=("question", "answer"),
         )
 
     def _train_partition(self) -> tuple[list[Item], list[Item], str]:

@@ -57,6 +57,7 @@ class HumanEval(CodeTask):
             local_file="humaneval/HumanEval.jsonl",
             hub_parts=[HubPart(HUB_PATH, None, "test")],
             what="HumanEval",
+            fields=("task_id", "prompt", "canonical_solution", "test", "entry_point"),
         )
         items = {row["task_id"]: Item(row["task_id"], row) for row in rows}
         order = seeded_order(items, self.seed, "split")

@@ -109,8 +109,7 @@ def _load_local(path: Path) -> list[dict[str, Any]]:
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     with _table_lock:
         if key not in _table_cache:
-            import datasets  # heavy import, only when data is actually needed
-
+            datasets = _quiet_datasets()
             try:
                 table = datasets.load_dataset("json", data_files=str(path), split="train")
             except Exception as exc:  # noqa: BLE001 - any parser failure means the file is unusable
@@ -127,8 +126,7 @@ def _load_hub(parts: Sequence[HubPart], what: str) -> list[dict[str, Any]]:
                 f"cannot load {what}: the Hugging Face Hub ({_endpoint()}) cannot be reached from this machine "
                 f"({detail}) and no local data directory was given. {_FIX_HINT}"
             )
-    import datasets
-
+    datasets = _quiet_datasets()
     rows: list[dict[str, Any]] = []
     for part in parts:
         try:
@@ -141,15 +139,40 @@ def _load_hub(parts: Sequence[HubPart], what: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _quiet_datasets() -> Any:
+    """``datasets``, imported on first use, without its progress bars and info lines ("Generating train split"):
+    on stderr they come before, and bury, the one line of an error."""
+    import datasets  # heavy import, only when data is actually needed
+
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    return datasets
+
+
+def check_fields(rows: list[dict[str, Any]], fields: Sequence[str], where: str) -> None:
+    """Every row has every field the task reads (not missing, not null): a file of another dataset, or one with
+    a damaged row, fails at load with the row and field named, not as a KeyError once a model has loaded."""
+    for i, row in enumerate(rows):
+        missing = [f for f in fields if row.get(f) is None]
+        if missing:
+            present = ", ".join(sorted(k for k, v in row.items() if v is not None)) or "none"
+            raise DataUnavailableError(f"{where}: row {i + 1} lacks the field(s) {', '.join(missing)} that the "
+                                       f"task reads (its fields: {present})")
+
+
 def load_records(
-    *, data_dir: Path | None, local_file: str, hub_parts: Sequence[HubPart], what: str
+    *, data_dir: Path | None, local_file: str, hub_parts: Sequence[HubPart], what: str,
+    fields: Sequence[str] = (),
 ) -> tuple[list[dict[str, Any]], str]:
-    """Records of one source table and a description of where they came from.
+    """Records of one source table and a description of where they came from; each must hold `fields`.
 
     With ``data_dir``: ``data_dir / local_file`` via ``load_dataset("json", ...)``; else the concatenation of
     ``hub_parts`` from the hub.
     """
     if data_dir is not None:
         path = data_dir / local_file
-        return _load_local(path), f"local file {path}"
-    return _load_hub(hub_parts, what), "hub " + " + ".join(p.describe() for p in hub_parts)
+        rows, source = _load_local(path), f"local file {path}"
+    else:
+        rows, source = _load_hub(hub_parts, what), "hub " + " + ".join(p.describe() for p in hub_parts)
+    check_fields(rows, fields, source)
+    return rows, source

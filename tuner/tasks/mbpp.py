@@ -66,6 +66,7 @@ class MBPP(CodeTask):
                     local_file="mbpp/mbpp.jsonl",
                     hub_parts=[HubPart(HUB_PATH, HUB_NAME, s) for s in HUB_SPLITS],
                     what="MBPP",
+                    fields=("task_id", "text", "code", "test_list"),
                 )
                 self._rows = {int(row["task_id"]): row for row in rows}
             return self._rows

@@ -128,6 +128,7 @@ class MinervaMath(Task):
                     local_file="math/math500_test.jsonl",
                     hub_parts=[HubPart(MATH500_HUB_PATH, None, "test")],
                     what="MATH-500",
+                    fields=("unique_id", "problem", "solution"),
                 )
             return self._math500
 
@@ -141,6 +142,7 @@ class MinervaMath(Task):
             local_file="math/test.jsonl",
             hub_parts=[HubPart(MATH_HUB_PATH, subject, "test") for subject in MATH_SUBJECTS],
             what="MATH test set",
+            fields=("problem", "solution"),
         )
         in_500 = {_problem_key(r["problem"]) for r in m500}
         pool: dict[str, Item] = {}
