@@ -1,0 +1,249 @@
+"""A trial's speed, measured so that other work on the machine can't reorder trials (issue 16).
+
+One wall-clock figure per trial is at the mercy of whatever else runs: on a shared machine the same settings were
+timed 10x apart and vanilla (128 forwards per problem) came out faster than streaming settings doing 6-9. The
+benchmarking rule (pyperf, `timeit`, benchmarks/calibration.py's `time`) is: compare configurations as ratios
+measured close together in time, repeat, and take a robust statistic with its spread. So each trial, right after
+its first rung has been decoded (the configuration is warm):
+
+* decodes a fixed **probe** — the first `probe_items` items of the validation pool, the same prompts for every
+  trial, in the study's batch size — in short passes, alternating with passes of a fixed **timing reference**
+  (the study's first streaming reference, Fast-dLLM in the built-in specs): R T R T R ...;
+* per pass, ratio = trial pass time / the faster of its two adjacent reference passes (a stall in one reference
+  pass is then ignored; load that lasts longer than a pass slows both and cancels out);
+* ratio = the median of the per-pass ratios (a stall in a minority of trial passes is ignored), with its
+  dispersion: spread = IQR / median of the ratios. Passes are added, from `min_passes` up to `max_passes`, only
+  while the spread is above `settle_spread`, so a quiet machine pays for two passes and a noisy one for more;
+* tokens/s = the trial's answer tokens on the probe / (ratio x the reference's quiet probe time). The quiet time
+  (the **anchor**) is the fastest reference pass of the first trial timed in the study, stored with the study, so
+  every trial of a study is on one scale (tokens/s, answer tokens per decode second, as before) and a trial timed
+  under load loses nothing;
+* the figure is flagged `speed_noisy` when the spread is still above `noisy_spread` after `max_passes`: the machine
+  was too busy for the figure to be trusted to better than that. The rule, with its numbers, is stored with the
+  trial (`user_attrs["timing"]["rule"]`).
+
+`load` = the trial's fastest reference pass / the anchor: how much slower the machine ran than when the anchor was
+taken (1 = as quiet). The accuracy evaluation's own wall-clock figure stays in the metrics as
+`tokens_per_s_wall`, for contrast (BENCHMARKS.md "Speed under load").
+
+Evaluators that replay recorded results (tests, benchmarks) have no model to time; `timer_for` gives them the
+wall-clock figure of the results they replay.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import optuna
+
+    from decoder.config import DecodeConfig
+
+    from .evaluate import Evaluator
+    from .spec import StudySpec
+
+ANCHOR_KEY = "speed_anchor"  # study user attr: the timing reference's quiet probe time (see the module docstring)
+
+
+@dataclass(frozen=True)
+class TimingRule:
+    """How a trial is timed. Defaults from BENCHMARKS.md "Speed under load" (the tiny arith model on 2 shared
+    cores): two passes settle within 5% on a quiet machine; under load the spread of single passes reaches 20-50%."""
+
+    probe_items: int = 2
+    min_passes: int = 2
+    max_passes: int = 5
+    settle_spread: float = 0.05  # stop adding passes once IQR/median of the ratios is at most this
+    noisy_spread: float = 0.15  # after the last pass, a spread above this flags the figure speed_noisy
+    budget: float = 0.10  # passes beyond min_passes only while the probe has cost less than this share of the
+    #                       trial's first-rung decode time
+
+    def describe(self, reference: str, anchor_s: float) -> str:
+        return (f"tokens/s = answer tokens on the probe ({self.probe_items} fixed validation prompts) / (median over "
+                f"passes of [trial pass time / the faster adjacent {reference} pass] x {reference}'s quiet probe time "
+                f"{anchor_s:.4f}s); passes {self.min_passes}-{self.max_passes}, added while IQR/median of the ratios "
+                f"> {self.settle_spread:g} and the probe has cost < {self.budget:.0%} of the first rung's decode "
+                f"time; speed_noisy when IQR/median > {self.noisy_spread:g} after the last pass")
+
+
+@dataclass(frozen=True)
+class SpeedEstimate:
+    """A trial's speed: the figure the study optimises, with its dispersion and the raw passes behind it."""
+
+    tokens_per_s: float
+    method: str  # "probe-ratio" | "wall"
+    ratio: float | None = None  # median trial/reference time ratio on the probe
+    spread: float | None = None  # IQR / median of the per-pass ratios
+    noisy: bool = False
+    low: float | None = None  # tokens/s at the upper quartile of the ratios
+    high: float | None = None  # tokens/s at the lower quartile
+    load: float | None = None  # fastest reference pass / the anchor
+    overhead_s: float = 0.0  # decode time the probe passes cost
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self, wall_tokens_per_s: float | None = None) -> dict[str, Any]:
+        """Flat numbers for the trial's metrics (MLflow, trials.csv): the figure, the old one and the spread."""
+        out: dict[str, Any] = {"tokens_per_s": self.tokens_per_s, "speed_method": self.method,
+                               "speed_noisy": self.noisy}
+        if wall_tokens_per_s is not None:
+            out["tokens_per_s_wall"] = wall_tokens_per_s
+        for key, value in (("speed_ratio", self.ratio), ("speed_spread", self.spread), ("tokens_per_s_low", self.low),
+                           ("tokens_per_s_high", self.high), ("timing_load", self.load)):
+            if value is not None:
+                out[key] = value
+        if self.method != "wall":
+            out["timing_overhead_s"] = self.overhead_s
+            out["timing_passes"] = len(self.detail.get("trial_times", []))
+        return out
+
+
+# ------------------------------------------------------------------------------------------- the estimator
+def pass_ratios(trial_times: Sequence[float], ref_times: Sequence[float]) -> list[float]:
+    """Per trial pass, its time over the faster of the two reference passes around it (R T R T ... R)."""
+    if len(ref_times) != len(trial_times) + 1:
+        raise ValueError(f"need one more reference pass than trial passes, got {len(ref_times)} and "
+                         f"{len(trial_times)}")
+    return [t / min(ref_times[i], ref_times[i + 1]) for i, t in enumerate(trial_times)]
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(Q1, median, Q3), inclusive method (a single value is its own quartiles)."""
+    vals = sorted(values)
+    if len(vals) == 1:
+        return vals[0], vals[0], vals[0]
+    q1, q2, q3 = statistics.quantiles(vals, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def spread(ratios: Sequence[float]) -> float:
+    """IQR / median: a relative dispersion that one outlying pass in five does not move much."""
+    q1, med, q3 = quartiles(ratios)
+    return (q3 - q1) / med if med > 0 else math.inf
+
+
+def estimate(trial_times: Sequence[float], ref_times: Sequence[float], trial_tokens: int, anchor_s: float,
+             rule: TimingRule = TimingRule()) -> SpeedEstimate:
+    """The speed from interleaved passes (see the module docstring); pure, so tests feed it synthetic timings."""
+    ratios = pass_ratios(trial_times, ref_times)
+    q1, med, q3 = quartiles(ratios)
+    rel = spread(ratios)
+    per_token = anchor_s / trial_tokens if trial_tokens > 0 else math.inf
+
+    def tps(ratio: float) -> float:
+        return 1.0 / (ratio * per_token) if ratio > 0 and math.isfinite(per_token) else 0.0
+
+    return SpeedEstimate(
+        tokens_per_s=tps(med), method="probe-ratio", ratio=med, spread=rel, noisy=rel > rule.noisy_spread,
+        low=tps(q3), high=tps(q1), load=min(ref_times) / anchor_s if anchor_s > 0 else None,
+        overhead_s=sum(trial_times) + sum(ref_times),
+        detail={"trial_times": list(trial_times), "ref_times": list(ref_times), "ratios": ratios,
+                "trial_tokens": trial_tokens, "anchor_s": anchor_s})
+
+
+def settled(ratios: Sequence[float], rule: TimingRule, spent_s: float = 0.0, budget_s: float = math.inf) -> bool:
+    """Enough passes: the maximum is reached, or the minimum is and the spread is small or the budget spent."""
+    n = len(ratios)
+    if n >= rule.max_passes:
+        return True
+    return n >= rule.min_passes and (spread(ratios) <= rule.settle_spread or spent_s >= budget_s)
+
+
+# ------------------------------------------------------------------------------------------------ timers
+class Timer(Protocol):
+    def measure(self, config: DecodeConfig, study: optuna.Study, wall_tokens_per_s: float,
+                number: int | None = None, eval_time_s: float = math.inf) -> SpeedEstimate:
+        """The speed of `config` in `study` (trial `number`); `wall_tokens_per_s` and `eval_time_s` are its
+        accuracy evaluation's (the figure it replaces, and the time the timing budget is a share of)."""
+        ...
+
+
+class WallTimer:
+    """The evaluation's own wall-clock figure: for evaluators that replay recorded speeds (no model to time)."""
+
+    def measure(self, config: DecodeConfig, study: optuna.Study, wall_tokens_per_s: float,
+                number: int | None = None, eval_time_s: float = math.inf) -> SpeedEstimate:
+        return SpeedEstimate(tokens_per_s=wall_tokens_per_s, method="wall")
+
+
+class ProbeTimer:
+    """Times a configuration on the probe, interleaved with the timing reference (see the module docstring)."""
+
+    def __init__(self, evaluator: Evaluator, probe: Sequence[Any], reference: DecodeConfig, reference_name: str,
+                 rule: TimingRule = TimingRule()) -> None:
+        self.evaluator, self.reference, self.reference_name, self.rule = evaluator, reference, reference_name, rule
+        self.prompts = [evaluator.prompt_ids(item) for item in probe]
+        self.probe_ids = [item.id for item in probe]
+
+    def decode(self, config: DecodeConfig) -> tuple[float, int]:
+        """One pass over the probe in the study's batch size: (decode seconds, answer tokens as the study counts)."""
+        from decoder import generate
+
+        seconds, tokens, size = 0.0, 0, self.evaluator.batch_size
+        for b in range(0, len(self.prompts), size):
+            out = generate(self.evaluator.model, self.prompts[b : b + size], config, tokenizer=self.evaluator.tokenizer)
+            seconds += out.counters.wall_time_s
+            tokens += sum(self.evaluator.count_tokens(text) for text in out.texts or [])
+        return seconds, tokens
+
+    def passes(self, config: DecodeConfig, budget_s: float = math.inf) -> tuple[list[float], list[float], int]:
+        """R T R T ... R until the ratios settle (TimingRule): trial times, reference times, trial tokens."""
+        ref_times, trial_times, tokens = [self.decode(self.reference)[0]], [], 0
+        while True:
+            seconds, tokens = self.decode(config)
+            trial_times.append(seconds)
+            ref_times.append(self.decode(self.reference)[0])
+            spent = sum(trial_times) + sum(ref_times)
+            if settled(pass_ratios(trial_times, ref_times), self.rule, spent, budget_s):
+                return trial_times, ref_times, tokens
+
+    def anchor(self, study: optuna.Study, ref_times: Sequence[float], number: int | None) -> float:
+        """The study's anchor (the reference's quiet probe time), set from these passes when there is none yet.
+
+        Workers share it through the study; two first trials timed at once may both write it, and the stored one
+        is used from then on (re-read after writing, so the window for a mismatch is one storage round trip)."""
+        stored = study.user_attrs.get(ANCHOR_KEY)
+        if stored and stored.get("probe") == self.probe_ids and stored.get("reference") == self.reference_name:
+            return float(stored["time_s"])
+        study.set_user_attr(ANCHOR_KEY, {
+            "reference": self.reference_name, "probe": self.probe_ids, "time_s": min(ref_times), "trial": number,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        return float(study.user_attrs.get(ANCHOR_KEY, {}).get("time_s", min(ref_times)))
+
+    def measure(self, config: DecodeConfig, study: optuna.Study, wall_tokens_per_s: float = 0.0,
+                number: int | None = None, eval_time_s: float = math.inf) -> SpeedEstimate:
+        t0 = time.perf_counter()
+        trial_times, ref_times, tokens = self.passes(config, self.rule.budget * eval_time_s)
+        anchor = self.anchor(study, ref_times, number)
+        est = estimate(trial_times, ref_times, tokens, anchor, self.rule)
+        detail = {**est.detail, "reference": self.reference_name, "probe_items": len(self.prompts),
+                  "rule": self.rule.describe(self.reference_name, anchor), "elapsed_s": time.perf_counter() - t0}
+        return SpeedEstimate(**{**est.__dict__, "detail": detail})
+
+
+def timing_reference(spec: StudySpec) -> str:
+    """The reference every trial is timed against: the cheapest-looking streaming reference (early exit on, then the
+    smallest window: the paper's setting in the built-in specs), as its passes are the fixed cost of every trial's
+    timing and it runs the same code path as the trials; the baseline when no reference streams."""
+    streaming = [(ref, spec.reference_config(ref)) for ref in spec.references]
+    streaming = [(ref, cfg) for ref, cfg in streaming if cfg.mode == "streaming"]
+    if not streaming:
+        return spec.constraint.baseline
+    window = {ref.name: cfg.window if cfg.window is not None else math.inf for ref, cfg in streaming}
+    best = min(streaming, key=lambda rc: (not rc[1].early_exit, window[rc[0].name]))
+    return best[0].name
+
+
+def timer_for(spec: StudySpec, evaluator: Any, items: Sequence[Any], rule: TimingRule = TimingRule()) -> Timer:
+    """A ProbeTimer for an evaluator that decodes (it holds a model); a WallTimer for one that replays results."""
+    if getattr(evaluator, "model", None) is None or not items:
+        return WallTimer()
+    name = timing_reference(spec)
+    probe = list(items[: max(1, rule.probe_items)])
+    return ProbeTimer(evaluator, probe, spec.reference_config(spec.reference(name)), name,
+                      TimingRule(**{**rule.__dict__, "probe_items": len(probe)}))
