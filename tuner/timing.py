@@ -9,8 +9,9 @@ its first rung has been decoded (the configuration is warm):
 * decodes a fixed **probe** — the first `probe_items` items of the validation pool, the same prompts for every
   trial, in the study's batch size — in short passes, alternating with passes of a fixed **timing reference**
   (the study's first streaming reference, Fast-dLLM in the built-in specs): R T R T R ...;
-* per pass, ratio = trial pass time / the faster of its two adjacent reference passes (a stall in one reference
-  pass is then ignored; load that lasts longer than a pass slows both and cancels out);
+* per pass, ratio = trial pass time / the geometric mean of its two adjacent reference passes (load that drifts
+  across the three passes cancels), or the faster of the two when they differ by more than 25% (a stall in one
+  reference pass is then ignored); load that lasts longer than a pass slows both and cancels out;
 * ratio = the median of the per-pass ratios (a stall in a minority of trial passes is ignored), with its
   dispersion: spread = IQR / median of the ratios. Passes are added, from `min_passes` up to `max_passes`, only
   while the spread is above `settle_spread`, so a quiet machine pays for two passes and a noisy one for more;
@@ -36,7 +37,7 @@ import datetime as _dt
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -48,6 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from .evaluate import Evaluator
     from .spec import StudySpec
 
+# Two reference passes around a trial pass further apart than this are one stalled pass, not drifting load.
+STALL_RATIO = 1.25
 ANCHOR_KEY = "speed_anchor"  # study user attr: the timing reference's quiet probe time (see the module docstring)
 
 
@@ -104,12 +107,20 @@ class SpeedEstimate:
 
 
 # ------------------------------------------------------------------------------------------- the estimator
+def around(before: float, after: float) -> float:
+    """The reference time a trial pass between two reference passes is compared with: their geometric mean (load
+    drifting steadily across the pair cancels), or the faster one when they differ by more than STALL_RATIO (one
+    of them stalled; the stall must not make the trial pass look fast)."""
+    lo, hi = sorted((before, after))
+    return lo if hi > STALL_RATIO * lo else math.sqrt(lo * hi)
+
+
 def pass_ratios(trial_times: Sequence[float], ref_times: Sequence[float]) -> list[float]:
-    """Per trial pass, its time over the faster of the two reference passes around it (R T R T ... R)."""
+    """Per trial pass, its time over the reference passes around it (R T R T ... R; `around`)."""
     if len(ref_times) != len(trial_times) + 1:
         raise ValueError(f"need one more reference pass than trial passes, got {len(ref_times)} and "
                          f"{len(trial_times)}")
-    return [t / min(ref_times[i], ref_times[i + 1]) for i, t in enumerate(trial_times)]
+    return [t / around(ref_times[i], ref_times[i + 1]) for i, t in enumerate(trial_times)]
 
 
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
@@ -144,6 +155,21 @@ def estimate(trial_times: Sequence[float], ref_times: Sequence[float], trial_tok
         overhead_s=sum(trial_times) + sum(ref_times),
         detail={"trial_times": list(trial_times), "ref_times": list(ref_times), "ratios": ratios,
                 "trial_tokens": trial_tokens, "anchor_s": anchor_s})
+
+
+def interleave(trial_pass: Callable[[], tuple[float, int]], ref_pass: Callable[[], float], rule: TimingRule,
+               budget_s: float = math.inf) -> tuple[list[float], list[float], int]:
+    """R T R T ... R until `settled`: (trial pass times, reference pass times, the trial's answer tokens).
+
+    A pass is a callable so the sequence rule can be tested on synthetic clocks; ProbeTimer's decode the probe."""
+    ref_times, trial_times, tokens = [ref_pass()], [], 0
+    while True:
+        seconds, tokens = trial_pass()
+        trial_times.append(seconds)
+        ref_times.append(ref_pass())
+        spent = sum(trial_times) + sum(ref_times)
+        if settled(pass_ratios(trial_times, ref_times), rule, spent, budget_s):
+            return trial_times, ref_times, tokens
 
 
 def settled(ratios: Sequence[float], rule: TimingRule, spent_s: float = 0.0, budget_s: float = math.inf) -> bool:
@@ -191,17 +217,6 @@ class ProbeTimer:
             tokens += sum(self.evaluator.count_tokens(text) for text in out.texts or [])
         return seconds, tokens
 
-    def passes(self, config: DecodeConfig, budget_s: float = math.inf) -> tuple[list[float], list[float], int]:
-        """R T R T ... R until the ratios settle (TimingRule): trial times, reference times, trial tokens."""
-        ref_times, trial_times, tokens = [self.decode(self.reference)[0]], [], 0
-        while True:
-            seconds, tokens = self.decode(config)
-            trial_times.append(seconds)
-            ref_times.append(self.decode(self.reference)[0])
-            spent = sum(trial_times) + sum(ref_times)
-            if settled(pass_ratios(trial_times, ref_times), self.rule, spent, budget_s):
-                return trial_times, ref_times, tokens
-
     def anchor(self, study: optuna.Study, ref_times: Sequence[float], number: int | None) -> float:
         """The study's anchor (the reference's quiet probe time), set from these passes when there is none yet.
 
@@ -218,7 +233,8 @@ class ProbeTimer:
     def measure(self, config: DecodeConfig, study: optuna.Study, wall_tokens_per_s: float = 0.0,
                 number: int | None = None, eval_time_s: float = math.inf) -> SpeedEstimate:
         t0 = time.perf_counter()
-        trial_times, ref_times, tokens = self.passes(config, self.rule.budget * eval_time_s)
+        trial_times, ref_times, tokens = interleave(lambda: self.decode(config), lambda: self.decode(self.reference)[0],
+                                                    self.rule, self.rule.budget * eval_time_s)
         anchor = self.anchor(study, ref_times, number)
         est = estimate(trial_times, ref_times, tokens, anchor, self.rule)
         detail = {**est.detail, "reference": self.reference_name, "probe_items": len(self.prompts),
