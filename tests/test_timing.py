@@ -24,7 +24,9 @@ from tuner.timing import (
     WallTimer,
     estimate,
     interleave,
+    machine_anchor,
     pass_ratios,
+    record_machine_anchor,
     settled,
     spread,
     timer_for,
@@ -191,7 +193,9 @@ def tiny():
     return spec, Evaluator(model, tok, task, batch_size=4), task.load("validation")[:8]
 
 
-def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_its_rule(tiny, tmp_path):
+def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_its_rule(tiny, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("DTUNE_SPEED_CACHE", str(tmp_path / "anchors.json"))
     spec, evaluator, items = tiny
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/t.db", directions=["maximize", "maximize"])
     timer = timer_for(spec, evaluator, items)
@@ -208,6 +212,33 @@ def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_i
     m = fast.metrics(999.0)
     assert m["tokens_per_s_wall"] == 999.0 and m["timing_passes"] >= 2 and m["timing_overhead_s"] > 0
     assert 0 <= m["speed_spread"] < math.inf and isinstance(m["speed_noisy"], bool)
+    # A later study on this machine starts from the fastest reference pass the machine has shown, so a study
+    # begun while the machine is busy reports the quiet scale.
+    recorded = machine_anchor(timer.machine_key)
+    assert recorded is not None and recorded <= anchor["time_s"]
+    record_machine_anchor(timer.machine_key, recorded / 10, {})  # as if a quieter moment had been seen
+    later = optuna.create_study(storage=f"sqlite:///{tmp_path}/t.db", directions=["maximize", "maximize"])
+    timer.measure(spec.reference_config(spec.reference("paper")), later, 0.0, 0)
+    assert later.user_attrs[ANCHOR_KEY]["time_s"] == pytest.approx(recorded / 10)
+    assert later.user_attrs[ANCHOR_KEY]["source"] == "this machine's record"
+
+
+def test_the_machine_record_keeps_the_fastest_pass_and_can_be_switched_off(tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "anchors.json"
+    monkeypatch.setenv("DTUNE_SPEED_CACHE", str(path))
+    assert machine_anchor("k") is None
+    record_machine_anchor("k", 0.5, {"machine": "m"})
+    record_machine_anchor("k", 0.7, {"machine": "m"})  # slower: kept out
+    assert machine_anchor("k") == 0.5
+    record_machine_anchor("k", 0.4, {"machine": "m"})
+    assert machine_anchor("k") == 0.4 and [p.name for p in path.parent.iterdir()] == ["anchors.json"]
+    path.write_text("not json")
+    assert machine_anchor("k") is None
+    record_machine_anchor("k", 0.3, {})  # a broken record is replaced by dtune's own, not fatal
+    assert machine_anchor("k") == 0.3
+    monkeypatch.setenv("DTUNE_SPEED_CACHE", "")
+    record_machine_anchor("k", 0.1, {})
+    assert machine_anchor("k") is None
 
 
 # ------------------------------------------------------------------------------------ where it is shown

@@ -195,5 +195,6 @@ def baseline_metrics(state: LedgerState, confidence: float) -> dict[str, Any]:
     return {"accuracy": state.accuracy, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "n": state.n,
             "correct": state.outcomes.count("1"), "tokens_per_s": state.tokens_per_s,
             "nfe": state.row_forwards / state.n if state.n else 0.0, "decode_time_s": state.decode_time_s,
+            "attended_pairs": state.attended_pairs / state.n if state.n else 0.0,
             "drop": 0.0, "drop_lower": 0.0, "drop_upper": 0.0, "discordance": 0.0, "confidence": confidence,
             "race_verdict": racing.FEASIBLE}

@@ -16,9 +16,12 @@ its first rung has been decoded (the configuration is warm):
   dispersion: spread = IQR / median of the ratios. Passes are added, from `min_passes` up to `max_passes`, only
   while the spread is above `settle_spread`, so a quiet machine pays for two passes and a noisy one for more;
 * tokens/s = the trial's answer tokens on the probe / (ratio x the reference's quiet probe time). The quiet time
-  (the **anchor**) is the fastest reference pass of the first trial timed in the study, stored with the study, so
-  every trial of a study is on one scale (tokens/s, answer tokens per decode second, as before) and a trial timed
-  under load loses nothing;
+  (the **anchor**) is fixed when the study's first trial is timed and stored with the study, so every trial of a
+  study is on one scale (tokens/s, answer tokens per decode second, as before) and a trial timed under load loses
+  nothing. It is the fastest reference pass this machine has ever shown for the same model, reference, probe and
+  batch size (a per-machine record, `$DTUNE_SPEED_CACHE`, default ~/.cache/dtune/speed-anchors.json; empty = off),
+  or the first trial's own fastest pass: so a study started while the machine is busy still reports the figures a
+  quiet machine gave, and studies on the same hardware stay comparable;
 * the figure is flagged `speed_noisy` when the spread is still above `noisy_spread` after `max_passes`: the machine
   was too busy for the figure to be trusted to better than that. The rule, with its numbers, is stored with the
   trial (`user_attrs["timing"]["rule"]`).
@@ -34,11 +37,16 @@ wall-clock figure of the results they replay.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
+import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -52,6 +60,49 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 # Two reference passes around a trial pass further apart than this are one stalled pass, not drifting load.
 STALL_RATIO = 1.25
 ANCHOR_KEY = "speed_anchor"  # study user attr: the timing reference's quiet probe time (see the module docstring)
+_log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------- the per-machine record
+def cache_path() -> Path | None:
+    """Where this machine's fastest reference passes are kept (`$DTUNE_SPEED_CACHE`; set empty to keep none)."""
+    env = os.environ.get("DTUNE_SPEED_CACHE")
+    if env is not None:
+        return Path(env) if env.strip() else None
+    return Path.home() / ".cache" / "dtune" / "speed-anchors.json"
+
+
+def machine_anchor(key: str) -> float | None:
+    path = cache_path()
+    try:
+        value = json.loads(path.read_text()).get(key, {}).get("time_s") if path else None
+        return float(value) if value else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def record_machine_anchor(key: str, time_s: float, what: dict[str, Any]) -> None:
+    """Keep the faster of the stored and this pass (written atomically; a failure costs the record, not the trial;
+    two writers at once may lose one update, never the file)."""
+    path = cache_path()
+    if path is None or not time_s > 0:
+        return
+    try:
+        try:
+            doc = json.loads(path.read_text())
+            doc = doc if isinstance(doc, dict) else {}
+        except (OSError, ValueError):
+            doc = {}
+        old = doc.get(key, {}).get("time_s")
+        if old is not None and float(old) <= time_s:
+            return
+        doc[key] = {**what, "time_s": time_s, "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as exc:
+        _log.debug("speed anchor record %s not written: %s", path, exc)
 
 
 @dataclass(frozen=True)
@@ -201,10 +252,16 @@ class ProbeTimer:
     """Times a configuration on the probe, interleaved with the timing reference (see the module docstring)."""
 
     def __init__(self, evaluator: Evaluator, probe: Sequence[Any], reference: DecodeConfig, reference_name: str,
-                 rule: TimingRule = TimingRule()) -> None:
+                 rule: TimingRule = TimingRule(), machine: str = "") -> None:
         self.evaluator, self.reference, self.reference_name, self.rule = evaluator, reference, reference_name, rule
         self.prompts = [evaluator.prompt_ids(item) for item in probe]
         self.probe_ids = [item.id for item in probe]
+        # What makes two reference passes comparable: the machine and model, the reference, the probe's tokens and
+        # the batch size they were decoded in.
+        self.what = {"machine": machine, "reference": json.dumps(reference.to_dict(), sort_keys=True, default=str),
+                     "batch_size": evaluator.batch_size}
+        ident = json.dumps({**self.what, "prompts": self.prompts}, sort_keys=True)
+        self.machine_key = hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     def decode(self, config: DecodeConfig) -> tuple[float, int]:
         """One pass over the probe in the study's batch size: (decode seconds, answer tokens as the study counts)."""
@@ -222,13 +279,19 @@ class ProbeTimer:
 
         Workers share it through the study; two first trials timed at once may both write it, and the stored one
         is used from then on (re-read after writing, so the window for a mismatch is one storage round trip)."""
+        fastest = min(ref_times)
         stored = study.user_attrs.get(ANCHOR_KEY)
+        record_machine_anchor(self.machine_key, fastest, self.what)
         if stored and stored.get("probe") == self.probe_ids and stored.get("reference") == self.reference_name:
             return float(stored["time_s"])
+        known = machine_anchor(self.machine_key)
+        anchor = min(fastest, known) if known else fastest
         study.set_user_attr(ANCHOR_KEY, {
-            "reference": self.reference_name, "probe": self.probe_ids, "time_s": min(ref_times), "trial": number,
+            "reference": self.reference_name, "probe": self.probe_ids, "time_s": anchor, "trial": number,
+            "source": "this machine's record" if anchor < fastest else "the first trial timed",
+            "machine_key": self.machine_key,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-        return float(study.user_attrs.get(ANCHOR_KEY, {}).get("time_s", min(ref_times)))
+        return float(study.user_attrs.get(ANCHOR_KEY, {}).get("time_s", anchor))
 
     def measure(self, config: DecodeConfig, study: optuna.Study, wall_tokens_per_s: float = 0.0,
                 number: int | None = None, eval_time_s: float = math.inf) -> SpeedEstimate:
@@ -259,7 +322,11 @@ def timer_for(spec: StudySpec, evaluator: Any, items: Sequence[Any], rule: Timin
     """A ProbeTimer for an evaluator that decodes (it holds a model); a WallTimer for one that replays results."""
     if getattr(evaluator, "model", None) is None or not items:
         return WallTimer()
+    from . import hardware
+
     name = timing_reference(spec)
     probe = list(items[: max(1, rule.probe_items)])
+    device = next(iter(evaluator.model.parameters())).device if hasattr(evaluator.model, "parameters") else None
+    machine = f"{hardware.summary(hardware.describe(device))} · torch {hardware.describe(device)['torch']} · {spec.model}"
     return ProbeTimer(evaluator, probe, spec.reference_config(spec.reference(name)), name,
-                      TimingRule(**{**rule.__dict__, "probe_items": len(probe)}))
+                      TimingRule(**{**rule.__dict__, "probe_items": len(probe)}), machine)
