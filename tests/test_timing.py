@@ -209,6 +209,10 @@ def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_i
     assert fast.tokens_per_s > 2 * vanilla.tokens_per_s
     assert vanilla.ratio > 2  # vanilla's 32 forwards per block of 32 against the reference's few
     assert "median over passes" in fast.detail["rule"] and fast.detail["probe_items"] == 2
+    # One decoding thread (OMP_NUM_THREADS=1 here): passes are timed by its CPU time, the wall times kept beside.
+    assert fast.detail["clock"] == "cpu" and "CPU time" in fast.detail["rule"]
+    assert len(fast.detail["trial_walls"]) == len(fast.detail["trial_times"])
+    assert fast.overhead_s == pytest.approx(sum(fast.detail["trial_walls"]) + sum(fast.detail["ref_walls"]))
     m = fast.metrics(999.0)
     assert m["tokens_per_s_wall"] == 999.0 and m["timing_passes"] >= 2 and m["timing_overhead_s"] > 0
     assert 0 <= m["speed_spread"] < math.inf and isinstance(m["speed_noisy"], bool)

@@ -9,6 +9,9 @@ its first rung has been decoded (the configuration is warm):
 * decodes a fixed **probe** — the first `probe_items` items of the validation pool, the same prompts for every
   trial, in the study's batch size — in short passes, alternating with passes of a fixed **timing reference**
   (the study's first streaming reference, Fast-dLLM in the built-in specs): R T R T R ...;
+* a pass's time is its decode wall time, or, when one CPU thread decodes, that thread's CPU time: there the main
+  noise of the wall clock is other processes taking turns on the cores, which CPU time does not count (what it
+  still counts, a busy sibling hyperthread or a shared cache, slows trial and reference passes alike);
 * per pass, ratio = trial pass time / the geometric mean of its two adjacent reference passes (load that drifts
   across the three passes cancels), or the faster of the two when they differ by more than 25% (a stall in one
   reference pass is then ignored); load that lasts longer than a pass slows both and cancels out;
@@ -118,9 +121,11 @@ class TimingRule:
     budget: float = 0.10  # passes beyond min_passes only while the probe has cost less than this share of the
     #                       trial's first-rung decode time
 
-    def describe(self, reference: str, anchor_s: float) -> str:
-        return (f"tokens/s = answer tokens on the probe ({self.probe_items} fixed validation prompts) / (median over "
-                f"passes of [trial pass time / the faster adjacent {reference} pass] x {reference}'s quiet probe time "
+    def describe(self, reference: str, anchor_s: float, clock: str = "wall") -> str:
+        what = "the decoding thread's CPU time" if clock == "cpu" else "decode wall time"
+        return (f"pass times = {what}; tokens/s = answer tokens on the probe ({self.probe_items} fixed validation "
+                f"prompts) / (median over passes of [trial pass time / the {reference} passes around it (geometric "
+                f"mean, or the faster when >{STALL_RATIO:g}x apart)] x {reference}'s quiet probe time "
                 f"{anchor_s:.4f}s); passes {self.min_passes}-{self.max_passes}, added while IQR/median of the ratios "
                 f"> {self.settle_spread:g} and the probe has cost < {self.budget:.0%} of the first rung's decode "
                 f"time; speed_noisy when IQR/median > {self.noisy_spread:g} after the last pass")
@@ -209,16 +214,18 @@ def estimate(trial_times: Sequence[float], ref_times: Sequence[float], trial_tok
 
 
 def interleave(trial_pass: Callable[[], tuple[float, int]], ref_pass: Callable[[], float], rule: TimingRule,
-               budget_s: float = math.inf) -> tuple[list[float], list[float], int]:
+               budget_s: float = math.inf, elapsed: Callable[[], float] | None = None,
+               ) -> tuple[list[float], list[float], int]:
     """R T R T ... R until `settled`: (trial pass times, reference pass times, the trial's answer tokens).
 
-    A pass is a callable so the sequence rule can be tested on synthetic clocks; ProbeTimer's decode the probe."""
+    A pass is a callable so the sequence rule can be tested on synthetic clocks; ProbeTimer's decode the probe.
+    `elapsed` says what the passes have cost so far against `budget_s` (default: the sum of their times)."""
     ref_times, trial_times, tokens = [ref_pass()], [], 0
     while True:
         seconds, tokens = trial_pass()
         trial_times.append(seconds)
         ref_times.append(ref_pass())
-        spent = sum(trial_times) + sum(ref_times)
+        spent = elapsed() if elapsed is not None else sum(trial_times) + sum(ref_times)
         if settled(pass_ratios(trial_times, ref_times), rule, spent, budget_s):
             return trial_times, ref_times, tokens
 
@@ -252,27 +259,31 @@ class ProbeTimer:
     """Times a configuration on the probe, interleaved with the timing reference (see the module docstring)."""
 
     def __init__(self, evaluator: Evaluator, probe: Sequence[Any], reference: DecodeConfig, reference_name: str,
-                 rule: TimingRule = TimingRule(), machine: str = "") -> None:
+                 rule: TimingRule = TimingRule(), machine: str = "", clock: str = "wall") -> None:
         self.evaluator, self.reference, self.reference_name, self.rule = evaluator, reference, reference_name, rule
+        self.clock = clock
         self.prompts = [evaluator.prompt_ids(item) for item in probe]
         self.probe_ids = [item.id for item in probe]
         # What makes two reference passes comparable: the machine and model, the reference, the probe's tokens and
         # the batch size they were decoded in.
         self.what = {"machine": machine, "reference": json.dumps(reference.to_dict(), sort_keys=True, default=str),
-                     "batch_size": evaluator.batch_size}
+                     "batch_size": evaluator.batch_size, "clock": clock}
         ident = json.dumps({**self.what, "prompts": self.prompts}, sort_keys=True)
         self.machine_key = hashlib.sha256(ident.encode()).hexdigest()[:16]
 
-    def decode(self, config: DecodeConfig) -> tuple[float, int]:
-        """One pass over the probe in the study's batch size: (decode seconds, answer tokens as the study counts)."""
+    def decode(self, config: DecodeConfig) -> tuple[float, float, int]:
+        """One pass over the probe in the study's batch size: (decode wall seconds, the decoding thread's CPU
+        seconds, answer tokens as the study counts)."""
         from decoder import generate
 
-        seconds, tokens, size = 0.0, 0, self.evaluator.batch_size
+        wall, cpu, tokens, size = 0.0, 0.0, 0, self.evaluator.batch_size
         for b in range(0, len(self.prompts), size):
+            c0 = time.thread_time()
             out = generate(self.evaluator.model, self.prompts[b : b + size], config, tokenizer=self.evaluator.tokenizer)
-            seconds += out.counters.wall_time_s
+            cpu += time.thread_time() - c0
+            wall += out.counters.wall_time_s
             tokens += sum(self.evaluator.count_tokens(text) for text in out.texts or [])
-        return seconds, tokens
+        return wall, cpu, tokens
 
     def anchor(self, study: optuna.Study, ref_times: Sequence[float], number: int | None) -> float:
         """The study's anchor (the reference's quiet probe time), set from these passes when there is none yet.
@@ -296,13 +307,25 @@ class ProbeTimer:
     def measure(self, config: DecodeConfig, study: optuna.Study, wall_tokens_per_s: float = 0.0,
                 number: int | None = None, eval_time_s: float = math.inf) -> SpeedEstimate:
         t0 = time.perf_counter()
-        trial_times, ref_times, tokens = interleave(lambda: self.decode(config), lambda: self.decode(self.reference)[0],
-                                                    self.rule, self.rule.budget * eval_time_s)
+        walls: dict[str, list[float]] = {"trial": [], "ref": []}
+        use = 1 if self.clock == "cpu" else 0
+
+        def run(config: DecodeConfig, kind: str) -> tuple[float, int]:
+            wall, cpu, tokens = self.decode(config)
+            walls[kind].append(wall)
+            return (wall, cpu)[use], tokens
+
+        trial_times, ref_times, tokens = interleave(lambda: run(config, "trial"), lambda: run(self.reference, "ref")[0],
+                                                    self.rule, self.rule.budget * eval_time_s,
+                                                    elapsed=lambda: time.perf_counter() - t0)
         anchor = self.anchor(study, ref_times, number)
         est = estimate(trial_times, ref_times, tokens, anchor, self.rule)
-        detail = {**est.detail, "reference": self.reference_name, "probe_items": len(self.prompts),
-                  "rule": self.rule.describe(self.reference_name, anchor), "elapsed_s": time.perf_counter() - t0}
-        return SpeedEstimate(**{**est.__dict__, "detail": detail})
+        detail = {**est.detail, "clock": self.clock, "trial_walls": walls["trial"], "ref_walls": walls["ref"],
+                  "reference": self.reference_name, "probe_items": len(self.prompts),
+                  "rule": self.rule.describe(self.reference_name, anchor, self.clock),
+                  "elapsed_s": time.perf_counter() - t0}
+        return SpeedEstimate(**{**est.__dict__, "overhead_s": sum(walls["trial"]) + sum(walls["ref"]),
+                                "detail": detail})
 
 
 def timing_reference(spec: StudySpec) -> str:
@@ -326,7 +349,13 @@ def timer_for(spec: StudySpec, evaluator: Any, items: Sequence[Any], rule: Timin
 
     name = timing_reference(spec)
     probe = list(items[: max(1, rule.probe_items)])
+    import torch
+
     device = next(iter(evaluator.model.parameters())).device if hasattr(evaluator.model, "parameters") else None
     machine = f"{hardware.summary(hardware.describe(device))} · torch {hardware.describe(device)['torch']} · {spec.model}"
+    # One CPU thread decoding: a pass's own CPU time is what it costs, and other processes taking turns on the cores
+    # (the wall clock's main noise there) don't add to it. On a GPU, or with several threads (whose spin-waits
+    # count as CPU time), the wall clock.
+    clock = "cpu" if (device is None or device.type == "cpu") and torch.get_num_threads() == 1 else "wall"
     return ProbeTimer(evaluator, probe, spec.reference_config(spec.reference(name)), name,
-                      TimingRule(**{**rule.__dict__, "probe_items": len(probe)}), machine)
+                      TimingRule(**{**rule.__dict__, "probe_items": len(probe)}), machine, clock)
