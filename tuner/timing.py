@@ -8,7 +8,8 @@ its first rung has been decoded (the configuration is warm):
 
 * decodes a fixed **probe** — the first `probe_items` items of the validation pool, the same prompts for every
   trial, in the study's batch size — in short passes, alternating with passes of a fixed **timing reference**
-  (the study's first streaming reference, Fast-dLLM in the built-in specs): R T R T R ...;
+  (the cheapest-looking streaming reference, `timing_reference`: the paper's setting in the built-in specs):
+  R T R T R ...;
 * a pass's time is its decode wall time, or, when one CPU thread decodes, that thread's CPU time: there the main
   noise of the wall clock is other processes taking turns on the cores, which CPU time does not count (what it
   still counts, a busy sibling hyperthread or a shared cache, slows trial and reference passes alike);
@@ -110,8 +111,9 @@ def record_machine_anchor(key: str, time_s: float, what: dict[str, Any]) -> None
 
 @dataclass(frozen=True)
 class TimingRule:
-    """How a trial is timed. Defaults from BENCHMARKS.md "Speed under load" (the tiny arith model on 2 shared
-    cores): two passes settle within 5% on a quiet machine; under load the spread of single passes reaches 20-50%."""
+    """How a trial is timed. BENCHMARKS.md section 6 measured these defaults (the tiny arith model on 2 shared
+    cores, load average 7-19): on the CPU clock two passes agreed within 1% in all 24 trials; on the wall clock 5
+    of 24 trials still spread over 15% after their passes, and those included the figure that moved most."""
 
     probe_items: int = 2
     min_passes: int = 2
