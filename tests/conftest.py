@@ -20,6 +20,15 @@ from helpers import child_env
 from tools.pg_server import PostgresServer, PostgresUnavailable, wait_until
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _speed_record(tmp_path_factory):
+    """Studies run by the tests keep their machine record of reference passes (tuner.timing) in a temporary folder,
+    not in the user's ~/.cache (child processes inherit it)."""
+    if "DTUNE_SPEED_CACHE" not in os.environ:
+        os.environ["DTUNE_SPEED_CACHE"] = str(tmp_path_factory.mktemp("speed") / "speed-anchors.json")
+    yield
+
+
 @pytest.fixture(scope="module")
 def pg():
     try:

@@ -87,6 +87,9 @@ def test_mlflow_holds_one_parent_with_nested_trials_and_pareto_artifacts(finishe
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 5
     assert all("accuracy" in c.data.metrics and "nfe" in c.data.metrics for c in children)
+    # The robust speed and its dispersion (tuner.timing) are on every trial run, the old wall figure beside them.
+    assert all({"tokens_per_s", "speed_spread", "speed_noisy", "tokens_per_s_wall"} <= set(c.data.metrics)
+               for c in children)
     assert parent.data.params["task"] == "arith" and "validation_hash" in parent.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto.html", "pareto.png", "trials.csv"} <= artifacts
@@ -121,6 +124,9 @@ def test_show_prints_the_front(finished_study, capsys):
     assert main(["show", *small_args(finished_study, 6)[:-2], "--set", "trials=6", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["trials"]) == 6 and out["front"]
+    assert all(t["speed_spread"] is not None for t in out["trials"])  # the robust figure's dispersion
+    study = load(finished_study, 6)
+    assert all(t.values[1] == t.user_attrs["metrics"]["tokens_per_s"] for t in study.get_trials() if t.values)
 
 
 def test_export_confirms_on_test_and_writes_a_profile_decoder_loads(finished_study):

@@ -35,6 +35,7 @@ class LedgerState:
     counted_tokens: int = 0
     decode_time_s: float = 0.0
     row_forwards: int = 0
+    attended_pairs: int = 0  # query x key pairs (a ledger stored before this field reads 0)
 
     @property
     def n(self) -> int:
@@ -88,7 +89,8 @@ class BaselineLedger:
                 outcomes=state.outcomes + "".join("1" if o else "0" for o in result.outcomes),
                 counted_tokens=state.counted_tokens + result.counted_tokens,
                 decode_time_s=state.decode_time_s + result.counters.wall_time_s,
-                row_forwards=state.row_forwards + result.counters.row_forwards)
+                row_forwards=state.row_forwards + result.counters.row_forwards,
+                attended_pairs=state.attended_pairs + result.counters.attended_pairs)
             self.study.set_user_attr(LEDGER_KEY, state.__dict__)
             summary = dict(self.study.user_attrs.get(SUMMARY_KEY) or {"reference": self.reference})
             summary.update(accuracy=state.accuracy, n=state.n)

@@ -4,6 +4,9 @@ constraint for the sampler.
 
 The baseline reference's own trial only makes sure the baseline ledger (tuner.baseline) covers the first rung and
 reports it; any trial may grow the ledger, so no trial waits for the baseline trial to finish.
+
+Speed is measured once per trial, right after its first rung (tuner.timing: interleaved probe passes against a
+timing reference), and that figure is what racing compares and what the study optimises.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .evaluate import EvalResult, Evaluator
 from .spec import StudySpec
 from .stats import PairedDrop, paired_drop, wilson_interval
 from .study import FINISHED, config_key, distributions, fail_stale_trials, suggest
+from .timing import SpeedEstimate, Timer, timer_for
 
 LedgerFactory = Callable[[optuna.Study], BaselineLedger]
 
@@ -33,8 +37,9 @@ class Objective:
     def __init__(self, spec: StudySpec, evaluator: Evaluator, items: list, *,
                  on_progress: Callable[[int, int, int], None] | None = None,
                  on_trial_start: Callable[[int, DecodeConfig], None] | None = None,
-                 ledger: LedgerFactory | None = None):
+                 ledger: LedgerFactory | None = None, timer: Timer | None = None):
         self.spec, self.evaluator, self.items = spec, evaluator, items
+        self.timer = timer or timer_for(spec, evaluator, items)
         self.on_progress, self.on_trial_start = on_progress, on_trial_start
         self.dists = distributions(spec)
         self.rungs = racing.rungs(len(items), spec.race)
@@ -81,33 +86,46 @@ class Objective:
         summary = dict(trial.study.user_attrs.get("baseline") or {})
         trial.study.set_user_attr("baseline", {**summary, "trial": trial.number, "reference": reference,
                                                "accuracy": state.accuracy, "n": state.n})
-        trial.set_user_attr("metrics", baseline_metrics(state, self.spec.constraint.confidence))
+        config = self.spec.reference_config(self.spec.reference(reference))
+        speed = self._speed(trial, config, state.tokens_per_s, state.decode_time_s)
+        trial.set_user_attr("metrics", {**baseline_metrics(state, self.spec.constraint.confidence),
+                                        **speed.metrics(state.tokens_per_s)})
         trial.set_user_attr("outcomes", state.outcomes)
         trial.set_constraint("accuracy", -self.spec.constraint.margin)  # the baseline is feasible by definition
-        return state.accuracy, state.tokens_per_s
+        return state.accuracy, speed.tokens_per_s
+
+    def _speed(self, trial: optuna.Trial, config: DecodeConfig, wall_tokens_per_s: float,
+               eval_time_s: float) -> SpeedEstimate:
+        """The trial's speed (tuner.timing), its passes and rule kept with the trial."""
+        speed = self.timer.measure(config, trial.study, wall_tokens_per_s, trial.number, eval_time_s)
+        if speed.detail:
+            trial.set_user_attr("timing", speed.detail)
+        return speed
 
     # ------------------------------------------------------------------------------------------- racing
     def _race(self, trial: optuna.Trial, config: DecodeConfig, ledger: BaselineLedger) -> tuple[float, float]:
         constraint, parts, history = self.spec.constraint, [], []
-        verdict, paired = racing.CONTINUE, None
+        verdict, paired, speed = racing.CONTINUE, None, None
         for n in self.rungs:
             done = sum(p.n for p in parts)
             parts.append(self.evaluator.evaluate(self.items[done:n], config, chunk_size=self.spec.chunk_size,
                                                  warmup=not parts, on_progress=self._progress(done)))
             result = EvalResult.concat(parts)
+            if speed is None:  # timed once, while the configuration is warm from its first rung
+                speed = self._speed(trial, config, result.tokens_per_s, result.counters.wall_time_s)
             base = ledger.ensure(n)
             paired = paired_drop(result.outcomes, base.bools(n), constraint.confidence)
             rivals = self._rivals(trial.study, trial.number)
-            rival = racing.dominated_by(result.tokens_per_s, paired, rivals, self.spec.race.speed_tolerance)
+            rival = racing.dominated_by(speed.tokens_per_s, paired, rivals, self.spec.race.speed_tolerance)
             verdict = racing.judge(paired, constraint.margin, last=n == self.rungs[-1], dominated=rival is not None,
-                                   front=racing.on_front(result.tokens_per_s, paired, rivals))
+                                   front=racing.on_front(speed.tokens_per_s, paired, rivals))
             history.append({"n": n, "drop": paired.drop, "lower": paired.lower, "upper": paired.upper,
                             "verdict": verdict, **({"dominated_by": rival.number} if rival else {})})
             if verdict != racing.CONTINUE:
                 break
-        assert paired is not None
+        assert paired is not None and speed is not None
         result = EvalResult.concat(parts)
-        metrics = {**result.metrics(), **race_metrics(paired, verdict, base)}
+        metrics = {**result.metrics(), **speed.metrics(result.tokens_per_s), **race_metrics(paired, verdict, base)}
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("race", history)
         trial.set_user_attr("outcomes", "".join("1" if o else "0" for o in result.outcomes))
@@ -117,7 +135,7 @@ class Objective:
             trial.set_user_attr("pruned_after", result.n)
             raise optuna.TrialPruned(f"{verdict} after {result.n} items: drop {paired.drop:.3f} "
                                      f"[{paired.lower:.3f}, {paired.upper:.3f}] vs margin {constraint.margin:.3f}")
-        return result.accuracy, result.tokens_per_s
+        return result.accuracy, speed.tokens_per_s
 
     def _progress(self, done: int) -> Callable[[int, int, int], None] | None:
         if self.on_progress is None:
@@ -205,5 +223,6 @@ def baseline_metrics(state: LedgerState, confidence: float) -> dict[str, Any]:
     return {"accuracy": state.accuracy, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "n": state.n,
             "correct": state.outcomes.count("1"), "tokens_per_s": state.tokens_per_s,
             "nfe": state.row_forwards / state.n if state.n else 0.0, "decode_time_s": state.decode_time_s,
+            "attended_pairs": state.attended_pairs / state.n if state.n else 0.0,
             "drop": 0.0, "drop_lower": 0.0, "drop_upper": 0.0, "discordance": 0.0, "confidence": confidence,
             "race_verdict": racing.FEASIBLE}

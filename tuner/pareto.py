@@ -39,6 +39,10 @@ class TrialPoint:
     drop: float | None = None  # paired drop against the baseline (accuracy fraction)
     drop_upper: float | None = None  # its one-sided upper bound at the constraint's confidence
     discordance: float | None = None  # share of its items on which it and the baseline disagree
+    speed_spread: float | None = None  # IQR / median of its timing passes (tuner.timing)
+    speed_noisy: bool | None = None  # the machine was too busy for its tokens/s to be trusted (tuner.timing)
+    tokens_per_s_low: float | None = None  # tokens/s at the slow and the fast quartile of its timing passes
+    tokens_per_s_high: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict (used for trials.json / trials.csv)."""

@@ -35,6 +35,9 @@ def _categories(points: Iterable[TrialPoint]) -> list[str]:
     )
 
 
+# The speed axis: the robust figure of tuner.timing, with the quartiles of its timing passes as error bars.
+SPEED_AXIS = "tokens / s (load-corrected: probe passes timed against a reference)"
+
 # Colour per category; the same palette in plotly and matplotlib so the HTML and the PNG read alike.
 _COLOURS = {
     "complete": "#1f77b4",
@@ -65,7 +68,10 @@ def _hover(p: TrialPoint) -> str:
     if not p.feasible:
         lines[0] += " · infeasible"
     lines.append(f"accuracy {100 * p.accuracy:.2f}%" + (f" [CI {ci_text(p)}]" if ci_text(p) else ""))
-    lines.append(f"{p.tokens_per_s:.1f} tok/s" + (f" · NFE {p.nfe:.1f}" if finite(p.nfe) else ""))
+    speed = f"{p.tokens_per_s:.1f} tok/s"
+    if finite(p.speed_spread):
+        speed += f" (passes ±{50 * p.speed_spread:.0f}%{', noisy' if p.speed_noisy else ''})"  # type: ignore[operator]
+    lines.append(speed + (f" · NFE {p.nfe:.1f}" if finite(p.nfe) else ""))
     if p.params:
         lines.append(fmt_params(p.params))
     return "<br>".join(lines)
@@ -75,6 +81,13 @@ def _ci_err(p: TrialPoint) -> tuple[float, float]:
     """(minus, plus) error-bar lengths in accuracy percent; zero without a CI."""
     if finite(p.ci_low) and finite(p.ci_high):
         return max(0.0, 100 * (p.accuracy - p.ci_low)), max(0.0, 100 * (p.ci_high - p.accuracy))  # type: ignore[operator]
+    return 0.0, 0.0
+
+
+def _speed_err(p: TrialPoint) -> tuple[float, float]:
+    """(minus, plus) error-bar lengths in tokens/s: the quartiles of the trial's timing passes (tuner.timing)."""
+    if finite(p.tokens_per_s_low) and finite(p.tokens_per_s_high):
+        return max(0.0, p.tokens_per_s - p.tokens_per_s_low), max(0.0, p.tokens_per_s_high - p.tokens_per_s)  # type: ignore[operator]
     return 0.0, 0.0
 
 
@@ -127,6 +140,7 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
         if not grp:
             continue
         errs = [_ci_err(p) for p in grp]
+        xerrs = [_speed_err(p) for p in grp]
         fig.add_trace(
             go.Scatter(
                 x=[p.tokens_per_s for p in grp],
@@ -142,6 +156,15 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                     "thickness": 1,
                     "width": 0,
                     "visible": any(e != (0.0, 0.0) for e in errs),
+                },
+                error_x={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [e[1] for e in xerrs],
+                    "arrayminus": [e[0] for e in xerrs],
+                    "thickness": 1,
+                    "width": 0,
+                    "visible": any(e != (0.0, 0.0) for e in xerrs),
                 },
                 hovertext=[_hover(p) for p in grp],
                 hovertemplate="%{hovertext}<extra></extra>",
@@ -194,7 +217,7 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
     fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     fig.update_layout(
         title=title,
-        xaxis_title="tokens / s (log scale" + (f"; speed-ups vs {baseline} on the stars)" if base else ")"),
+        xaxis_title=SPEED_AXIS + (f"; log scale; speed-ups vs {baseline} on the stars" if base else "; log scale"),
         yaxis_title="accuracy (%)",
         hovermode="closest",
         template="plotly_white",
@@ -233,14 +256,16 @@ def pareto_png_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint],
         if not grp:
             continue
         errs = [_ci_err(p) for p in grp]
+        xerrs = [_speed_err(p) for p in grp]
         xs = [p.tokens_per_s for p in grp]
         ys = [100 * p.accuracy for p in grp]
         colour = _COLOURS.get(cat, "#7f7f7f")
-        if any(e != (0.0, 0.0) for e in errs):
+        if any(e != (0.0, 0.0) for e in errs + xerrs):
             ax.errorbar(
                 xs,
                 ys,
                 yerr=[[e[0] for e in errs], [e[1] for e in errs]],
+                xerr=[[e[0] for e in xerrs], [e[1] for e in xerrs]],
                 fmt="none",
                 ecolor=colour,
                 alpha=0.4,
@@ -305,7 +330,7 @@ def pareto_png_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint],
             top.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             top.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
             top.xaxis.set_minor_formatter("")
-    ax.set_xlabel("tokens / s (log scale)")
+    ax.set_xlabel(SPEED_AXIS + "; log scale")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, pad=30 if pts and base else 6)  # room for the speed-up axis above the plot
     ax.grid(True, alpha=0.3)

@@ -33,6 +33,7 @@ def study_metrics(points: Iterable[TrialPoint]) -> dict[str, float]:
         "n_failed": sum(p.state == "FAIL" for p in pts),
         "n_feasible": sum(p.feasible for p in complete),
         "front_size": len(front),
+        "n_speed_noisy": sum(bool(p.speed_noisy) for p in pts),  # trials timed on a machine too busy to trust
     }
     if front:
         out["best_accuracy"] = max(p.accuracy for p in front)
@@ -88,6 +89,10 @@ def write_study_files(
             "n",
             "drop",
             "drop_upper",
+            "speed_spread",
+            "speed_noisy",
+            "tokens_per_s_low",
+            "tokens_per_s_high",
         ]
         with path.open("w", newline="") as fh:
             writer = csv.writer(fh)
@@ -140,6 +145,8 @@ def front_table(front: Sequence[TrialPoint]) -> list[dict[str, Any]]:
                 "accuracy_pct": round(100 * p.accuracy, 2),
                 "ci_pct": ci_text(p),
                 "tokens_per_s": round(p.tokens_per_s, 1),
+                "speed_spread_pct": round(100 * p.speed_spread, 1) if finite(p.speed_spread) else None,
+                "speed_noisy": bool(p.speed_noisy),
                 "nfe": round(p.nfe, 2) if finite(p.nfe) else None,
                 "items": p.n,
                 "drop_pct": round(100 * p.drop, 2) if finite(p.drop) else None,

@@ -281,6 +281,8 @@ def trial_points(study: optuna.Study, constraint: Constraint) -> list[TrialPoint
             n=len(outcomes) or m.get("n"), drop=0.0 if is_baseline else (paired.drop if paired else m.get("drop")),
             drop_upper=0.0 if is_baseline else (paired.upper if paired else m.get("drop_upper")),
             discordance=0.0 if is_baseline else (paired.discordance if paired else m.get("discordance")),
+            speed_spread=m.get("speed_spread"), speed_noisy=m.get("speed_noisy"),
+            tokens_per_s_low=m.get("tokens_per_s_low"), tokens_per_s_high=m.get("tokens_per_s_high"),
         ))
     return points
 

@@ -74,7 +74,7 @@ def print_front(out: Console, name: str, front: list[TrialPoint], baseline: dict
     for p in front:
         ci = "" if p.ci_low is None else f"{p.ci_low:.1%}–{p.ci_high:.1%}"
         table.add_row(str(p.number), p.label or "", "" if p.n is None else str(p.n), f"{p.accuracy:.1%}", ci,
-                      format_drop(p), f"{p.tokens_per_s:.1f}", "" if p.nfe is None else f"{p.nfe:.1f}",
+                      format_drop(p), format_speed(p), "" if p.nfe is None else f"{p.nfe:.1f}",
                       format_params(p.params))
     out.print(table)
     if baseline:
@@ -88,6 +88,14 @@ def format_drop(p: TrialPoint) -> str:
     if p.drop is None:
         return ""
     return f"{100 * p.drop:.1f} [{100 * (p.drop_upper or 0.0):.1f}]"
+
+
+def format_speed(p: TrialPoint) -> str:
+    """Tokens/s with the spread of its timing passes, and `noisy` when the machine was too busy to trust it."""
+    text = f"{p.tokens_per_s:.1f}"
+    if p.speed_spread is not None:
+        text += f" ±{100 * p.speed_spread / 2:.0f}%"
+    return text + (" noisy" if p.speed_noisy else "")
 
 
 def format_params(params: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..pareto import pareto_front
 from ..report import front_table
 from ..study import trial_points
-from .common import context_from_args, format_drop, format_params, print_front, spec_from_args
+from .common import context_from_args, format_drop, format_params, format_speed, print_front, spec_from_args
 
 EXIT_OK = 0
 
@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
         table.add_column(col)
     for p in sorted(points, key=lambda p: p.number):
         table.add_row(str(p.number), p.state, p.label or "", "" if p.n is None else str(p.n), f"{p.accuracy:.1%}",
-                      format_drop(p), f"{p.tokens_per_s:.1f}", "" if p.nfe is None else f"{p.nfe:.1f}",
+                      format_drop(p), format_speed(p), "" if p.nfe is None else f"{p.nfe:.1f}",
                       "yes" if p.feasible else "no", format_params(p.params))
     out.print(table)
     print_front(out, study.study_name, best, study.user_attrs.get("baseline"))
