@@ -61,6 +61,13 @@ def context_from_args(args: argparse.Namespace, spec: StudySpec) -> Context:
                                  data_dir=args.data_dir))
 
 
+def stdout_console() -> Console:
+    """The console for result tables: rich folds a table to 80 columns when stdout is not a terminal (a log file,
+    a pipe), which cuts every cell to a few letters; there, a width a log viewer shows whole."""
+    out = Console()
+    return out if out.is_terminal else Console(width=200)
+
+
 def usage_error(message: str) -> SpecError:
     """A bad option value, reported like a bad spec field: one line, exit 2."""
     return SpecError(message)

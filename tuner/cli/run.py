@@ -7,7 +7,7 @@ import argparse
 
 from rich.console import Console
 
-from .common import context_from_args, print_front, spec_from_args, usage_error
+from .common import context_from_args, print_front, spec_from_args, stdout_console, usage_error
 
 EXIT_OK = 0
 SHORTCUTS = ("trials", "validation_size", "batch_size", "sampler", "seed")  # flags that set a spec field
@@ -56,5 +56,5 @@ def main(args: argparse.Namespace) -> int:
         else:
             code, study = EXIT_OK, Worker(ctx, options, console).run()
     if study is not None and not args.worker_child:
-        print_front(Console(), study.study_name, front(study, spec.constraint), study.user_attrs.get("baseline"))
+        print_front(stdout_console(), study.study_name, front(study, spec.constraint), study.user_attrs.get("baseline"))
     return code

@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
 from rich.table import Table
 
 from ..pareto import pareto_front
 from ..report import front_table
 from ..study import trial_points
-from .common import context_from_args, format_drop, format_params, format_speed, print_front, spec_from_args
+from .common import (
+    context_from_args,
+    format_drop,
+    format_params,
+    format_speed,
+    print_front,
+    spec_from_args,
+    stdout_console,
+)
 
 EXIT_OK = 0
 
@@ -25,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps({"study": study.study_name, "baseline": study.user_attrs.get("baseline"),
                           "trials": [p.__dict__ for p in points], "front": front_table(best)}, default=str))
         return EXIT_OK
-    out = Console()
+    out = stdout_console()
     table = Table(title=f"{study.study_name}: {len(points)} finished trials")
     for col in ("trial", "state", "ref", "items", "accuracy", "drop [upper]", "tokens/s", "NFE", "feasible", "params"):
         table.add_column(col)
