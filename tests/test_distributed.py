@@ -90,8 +90,13 @@ def kill_one_mid_trial(storage: str, name: str, procs: list[subprocess.Popen], t
         candidates.sort(key=lambda t: t.user_attrs.get("reference") != "vanilla")
         if candidates:
             victim = candidates[0]
-            by_pid[worker_pid(victim)].send_signal(signal.SIGKILL)
-            return victim.number
+            # Loading the study can take seconds on a busy machine, and a short trial may have finished since:
+            # re-read the one trial just before the signal, so the kill lands mid-trial (not between trials).
+            study = load(storage, name)
+            if victim.number in {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}:
+                by_pid[worker_pid(victim)].send_signal(signal.SIGKILL)
+                return victim.number
+            continue
         time.sleep(0.2)
     raise AssertionError("no trial was seen running")
 
