@@ -91,6 +91,12 @@ def _speed_err(p: TrialPoint) -> tuple[float, float]:
     return 0.0, 0.0
 
 
+def _error_bars(errs: list[tuple[float, float]]) -> dict[str, Any]:
+    """A plotly error-bar spec from (minus, plus) lengths, hidden when every bar is empty."""
+    return {"type": "data", "symmetric": False, "array": [e[1] for e in errs], "arrayminus": [e[0] for e in errs],
+            "thickness": 1, "width": 0, "visible": any(e != (0.0, 0.0) for e in errs)}
+
+
 def _plottable(points: Iterable[TrialPoint]) -> list[TrialPoint]:
     """Points that can sit on a log speed axis (a failed trial has no speed; a zero speed has no logarithm)."""
     return [p for p in points if has_objectives(p) and p.tokens_per_s > 0]
@@ -148,24 +154,8 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                 mode="markers",
                 name=cat,
                 marker={"color": _COLOURS.get(cat, "#7f7f7f"), "size": 8, "opacity": 0.75},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [e[1] for e in errs],
-                    "arrayminus": [e[0] for e in errs],
-                    "thickness": 1,
-                    "width": 0,
-                    "visible": any(e != (0.0, 0.0) for e in errs),
-                },
-                error_x={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [e[1] for e in xerrs],
-                    "arrayminus": [e[0] for e in xerrs],
-                    "thickness": 1,
-                    "width": 0,
-                    "visible": any(e != (0.0, 0.0) for e in xerrs),
-                },
+                error_y=_error_bars(errs),
+                error_x=_error_bars(xerrs),
                 hovertext=[_hover(p) for p in grp],
                 hovertemplate="%{hovertext}<extra></extra>",
             )

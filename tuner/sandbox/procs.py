@@ -33,13 +33,8 @@ def _is_zombie(pid: str) -> bool:
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
 
 
-def pids_of_uid(uid: int) -> list[int]:
-    """Live (non-zombie) pids whose /proc entry is owned by ``uid`` (the effective uid), excluding ourselves.
-
-    Zombies are skipped: they hold no resources, cannot be killed, and are reaped by their parent (bwrap's
-    pid-namespace init is reparented to the host's init when bwrap exits, which reaps it a little later).
-    """
-    me = os.getpid()
+def _pids_owned_by(uid: int) -> list[int]:
+    """Every pid whose /proc entry is owned by ``uid`` (the effective uid), zombies and ourselves included."""
     found: list[int] = []
     try:
         names = os.listdir("/proc")
@@ -48,15 +43,22 @@ def pids_of_uid(uid: int) -> list[int]:
     for name in names:
         if not name.isdigit():
             continue
-        pid = int(name)
-        if pid == me:
-            continue
         try:
-            if os.stat(f"/proc/{name}").st_uid == uid and not _is_zombie(name):
-                found.append(pid)
+            if os.stat(f"/proc/{name}").st_uid == uid:
+                found.append(int(name))
         except OSError:
-            continue
+            continue  # gone meanwhile
     return found
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Live (non-zombie) pids whose /proc entry is owned by ``uid`` (the effective uid), excluding ourselves.
+
+    Zombies are skipped: they hold no resources, cannot be killed, and are reaped by their parent (bwrap's
+    pid-namespace init is reparented to the host's init when bwrap exits, which reaps it a little later).
+    """
+    me = os.getpid()
+    return [pid for pid in _pids_owned_by(uid) if pid != me and not _is_zombie(str(pid))]
 
 
 def tasks_of_uid(uid: int) -> dict[int, int]:
@@ -68,16 +70,9 @@ def tasks_of_uid(uid: int) -> dict[int, int]:
     ``BlockingIOError: [Errno 11]`` on its first ``fork``).
     """
     found: dict[int, int] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return found
-    for name in names:
-        if not name.isdigit():
-            continue
+    for pid in _pids_owned_by(uid):
         try:
-            if os.stat(f"/proc/{name}").st_uid == uid:
-                found[int(name)] = max(1, len(os.listdir(f"/proc/{name}/task")))
+            found[pid] = max(1, len(os.listdir(f"/proc/{pid}/task")))
         except OSError:
             continue  # gone meanwhile
     return found
