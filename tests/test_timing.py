@@ -10,6 +10,7 @@ import random
 
 import optuna
 import pytest
+import torch
 from helpers import MODEL
 from scipy.stats import spearmanr
 
@@ -193,11 +194,24 @@ def tiny():
     return spec, Evaluator(model, tok, task, batch_size=4), task.load("validation")[:8]
 
 
-def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_its_rule(tiny, tmp_path,
-                                                                                       monkeypatch):
+@pytest.fixture
+def restore_torch_threads():
+    """Tests that pin torch's thread count leave it as they found it for the rest of the session."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_its_rule(tiny, tmp_path, monkeypatch,
+                                                                                       restore_torch_threads):
     monkeypatch.setenv("DTUNE_SPEED_CACHE", str(tmp_path / "anchors.json"))
     spec, evaluator, items = tiny
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/t.db", directions=["maximize", "maximize"])
+    # The clock is chosen when the timer is made: CPU time only for a single decoding thread (CI's pytest does not
+    # set OMP_NUM_THREADS, so the fixture pins one thread rather than rely on the environment).
+    torch.set_num_threads(2)
+    assert timer_for(spec, evaluator, items).clock == "wall"
+    torch.set_num_threads(1)
     timer = timer_for(spec, evaluator, items)
     vanilla = timer.measure(spec.reference_config(spec.reference("vanilla")), study, 0.0, 0)
     anchor = study.user_attrs[ANCHOR_KEY]
@@ -209,7 +223,7 @@ def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_i
     assert fast.tokens_per_s > 2 * vanilla.tokens_per_s
     assert vanilla.ratio > 2  # vanilla's 32 forwards per block of 32 against the reference's few
     assert "median over passes" in fast.detail["rule"] and fast.detail["probe_items"] == 2
-    # One decoding thread (OMP_NUM_THREADS=1 here): passes are timed by its CPU time, the wall times kept beside.
+    # One decoding thread when the timer was made: passes are timed by its CPU time, the wall times kept beside.
     assert fast.detail["clock"] == "cpu" and "CPU time" in fast.detail["rule"]
     assert len(fast.detail["trial_walls"]) == len(fast.detail["trial_times"])
     assert fast.overhead_s == pytest.approx(sum(fast.detail["trial_walls"]) + sum(fast.detail["ref_walls"]))
