@@ -1,6 +1,6 @@
 """Calibration of the tuner's verdicts: do exported profiles keep their promise on data no study saw?
 
-    OMP_NUM_THREADS=1 python -m benchmarks.calibration measure --grid GRID [--shard 0/2]   # the grid (hours on CPU)
+    OMP_NUM_THREADS=1 python -m benchmarks.calibration measure --grid GRID [--shard 0/2] [--items 0:3000]  # hours
     OMP_NUM_THREADS=1 python -m benchmarks.calibration time --grid GRID                    # robust speeds (minutes)
     OMP_NUM_THREADS=1 python -m benchmarks.calibration replay --grid GRID --studies 100    # both policies (minutes)
 
@@ -86,19 +86,22 @@ def measure(args: argparse.Namespace) -> None:
     model, tok = load_model("dtune/tiny-arith", device="cpu")
     evaluator = Evaluator(model, tok, task, batch_size=args.batch_size)
     only = {int(i) for i in args.only.split(",")} if args.only else None
+    first, stop = map(int, args.items.split(":")) if args.items else (0, args.pool)
     for idx, cfg in enumerate(grid()):
         if idx % shards != shard or (only is not None and idx not in only):
             continue
-        f = out / f"{idx:03d}-{file_key(cfg)}.jsonl"
+        # A range that doesn't start at 0 goes to a part file of its own, so two processes can share one config
+        # (vanilla costs ~50x a streaming config); `load_grid` joins the parts by their chunks' starts.
+        f = out / (f"{idx:03d}-{file_key(cfg)}" + (f"@{first}" if first else "") + ".jsonl")
         done = sum(json.loads(line)["n"] for line in f.read_text().splitlines()[1:]) if f.exists() else 0
         if done == 0:
             f.write_text(json.dumps({"config": cfg.to_dict(), "seed": POOL_SEED, "n": 0}) + "\n")
-        for start in range(done, args.pool, args.chunk):
-            r = evaluator.evaluate(items[start : start + args.chunk], cfg, warmup=start == done)
+        for start in range(first + done, stop, args.chunk):
+            r = evaluator.evaluate(items[start : min(stop, start + args.chunk)], cfg, warmup=start == first + done)
             with f.open("a") as fh:
                 fh.write(json.dumps({"n": r.n, "start": start, "outcomes": "".join("1" if o else "0" for o in r.outcomes),
                                      "counted_tokens": r.counted_tokens, "counters": r.counters.to_dict()}) + "\n")
-            print(f"{idx} {file_key(cfg)} {start + r.n}/{args.pool} acc={r.accuracy:.3f}", flush=True)
+            print(f"{idx} {file_key(cfg)} {start + r.n}/{stop} acc={r.accuracy:.3f}", flush=True)
 
 
 @dataclass
@@ -115,16 +118,24 @@ class Grid:
 def load_grid(folder: str, pool: int | None = None) -> Grid:
     """The measured grid, cut to the first ``pool`` problems (default: as many as vanilla has); configurations
     measured on fewer are left out."""
-    configs, outcomes, speed, counted = {}, {}, {}, {}
-    for f in sorted(Path(folder).glob("*.jsonl")):
+    configs, chunks = {}, {}
+    for f in sorted(Path(folder).glob("*.jsonl")):  # a config's main file and any part files (`measure --items`)
         lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         cfg = DecodeConfig.from_dict(lines[0]["config"])
-        key = config_key(cfg)
-        configs[key] = cfg
-        outcomes[key] = "".join(c["outcomes"] for c in lines[1:])
-        tokens = sum(c["counted_tokens"] for c in lines[1:])
-        wall = sum(c["counters"]["wall_time_s"] for c in lines[1:])
-        speed[key], counted[key] = tokens / wall, tokens / max(1, len(outcomes[key]))
+        configs[config_key(cfg)] = cfg
+        chunks.setdefault(config_key(cfg), []).extend(lines[1:])
+    outcomes, speed, counted = {}, {}, {}
+    for key, cs in chunks.items():
+        cs.sort(key=lambda c: c["start"])
+        joined = ""
+        for c in cs:  # the contiguous prefix from problem 0: a gap (a part not yet measured) ends it
+            if c["start"] != len(joined):
+                break
+            joined += c["outcomes"]
+        outcomes[key] = joined
+        tokens = sum(c["counted_tokens"] for c in cs)
+        wall = sum(c["counters"]["wall_time_s"] for c in cs)
+        speed[key], counted[key] = tokens / wall, tokens / max(1, sum(c["n"] for c in cs))
     timed = Path(folder) / "speeds.json"
     if timed.exists():  # the robust timing pass replaces the measurement run's wall clock
         speed.update(json.loads(timed.read_text()))
@@ -424,6 +435,7 @@ def main() -> None:
     m.add_argument("--batch-size", type=int, default=32)
     m.add_argument("--shard", default="0/1")
     m.add_argument("--only", help="comma list of grid indices to measure (e.g. 0 for vanilla)")
+    m.add_argument("--items", help="START:STOP, a range of the pool (two processes can share vanilla)")
     t = sub.add_parser("time")
     t.add_argument("--grid", required=True)
     t.add_argument("--probe", type=int, default=16)

@@ -132,8 +132,31 @@ def test_interleave_stops_at_the_maximum_or_when_the_budget_is_spent():
     noisy = Clock(0.2, jitter=1.0, seed=3)
     trial, _, _ = interleave(noisy.trial, noisy.ref, rule, budget_s=0.1)  # spent after the minimum
     assert len(trial) == 2
-    assert settled([1.0, 1.5], rule, spent_s=1.0, budget_s=0.5)
-    assert not settled([1.0], rule)
+    assert settled(2, 0.5, rule, spent_s=1.0, budget_s=0.5)
+    assert not settled(1, 0.0, rule)
+    assert not settled(2, 0.5, rule, spent_s=0.1, budget_s=0.5) and settled(4, 0.5, rule)
+
+
+def test_on_the_cpu_clock_one_trial_pass_suffices_when_the_reference_passes_around_it_agree():
+    """R T R: the two reference passes are the same configuration timed just before and just after the trial pass,
+    so their disagreement is the clock's noise at that moment; a pass more is taken only when they disagree."""
+    rule = TimingRule(max_passes=5, settle_spread=0.05).for_clock("cpu")
+    assert rule.min_passes == 1 and TimingRule().for_clock("wall").min_passes == 2
+    quiet = Clock(0.2, load=1.3)
+    trial, ref, _ = interleave(quiet.trial, quiet.ref, rule)
+    assert (len(trial), len(ref)) == (1, 2)
+    est = estimate(trial, ref, TOKENS, REF_S, rule)
+    assert est.tokens_per_s == pytest.approx(truth(0.2)) and est.spread == pytest.approx(0.0, abs=1e-12)
+    # The second reference pass runs 10% slow (a shared cache, a busy sibling): the single pass can't be trusted.
+    disturbed = Clock(0.2, load=1.3, stalls={2: 0.1 * REF_S * 1.3})
+    trial, ref, _ = interleave(disturbed.trial, disturbed.ref, rule)
+    assert len(trial) >= 2
+    one = estimate(trial[:1], ref[:2], TOKENS, REF_S, rule)
+    assert one.spread == pytest.approx(0.1 / math.sqrt(1.1), rel=1e-9)  # (t/R0 - t/R1) / (t / sqrt(R0 R1))
+    # Against the undisturbed reference pass the figure is the truth, against the slow one 1.1x too fast; the
+    # figure itself is the geometric mean between them.
+    assert (one.low, one.tokens_per_s, one.high) == pytest.approx(
+        (truth(0.2), truth(0.2) * math.sqrt(1.1), truth(0.2) * 1.1), rel=1e-9)
 
 
 def test_trials_timed_under_changing_load_and_stalls_keep_their_order():
@@ -228,7 +251,10 @@ def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_i
     assert len(fast.detail["trial_walls"]) == len(fast.detail["trial_times"])
     assert fast.overhead_s == pytest.approx(sum(fast.detail["trial_walls"]) + sum(fast.detail["ref_walls"]))
     m = fast.metrics(999.0)
-    assert m["tokens_per_s_wall"] == 999.0 and m["timing_passes"] >= 2 and m["timing_overhead_s"] > 0
+    # One trial pass at least on the CPU clock (R T R), more when its two reference passes disagree.
+    assert timer.rule.min_passes == 1 and "passes 1-5" in fast.detail["rule"]
+    assert m["tokens_per_s_wall"] == 999.0 and m["timing_passes"] >= 1 and m["timing_overhead_s"] > 0
+    assert len(fast.detail["ref_times"]) == m["timing_passes"] + 1
     assert 0 <= m["speed_spread"] < math.inf and isinstance(m["speed_noisy"], bool)
     # A later study on this machine starts from the fastest reference pass the machine has shown, so a study
     # begun while the machine is busy reports the quiet scale.

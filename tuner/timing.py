@@ -17,8 +17,13 @@ its first rung has been decoded (the configuration is warm):
   across the three passes cancels), or the faster of the two when they differ by more than 25% (a stall in one
   reference pass is then ignored); load that lasts longer than a pass slows both and cancels out;
 * ratio = the median of the per-pass ratios (a stall in a minority of trial passes is ignored), with its
-  dispersion: spread = IQR / median of the ratios. Passes are added, from `min_passes` up to `max_passes`, only
-  while the spread is above `settle_spread`, so a quiet machine pays for two passes and a noisy one for more;
+  dispersion: spread = IQR / median of the ratios, or, after a single trial pass, how far apart its ratios to
+  the two reference passes around it are (the same configuration timed twice, just before and just after: the
+  clock's own repeatability at that moment). Passes are added, from `min_passes` up to `max_passes`, only while
+  the spread is above `settle_spread`, so a quiet machine pays for the minimum and a noisy one for more. The
+  minimum is one trial pass on the CPU clock (R T R: its passes agreed within 1% in all 24 trials of BENCHMARKS.md
+  section 6, and a descheduled thread's CPU time doesn't stall) and two on the wall clock (R T R T R: a stall
+  inside a lone trial pass would go unseen between two agreeing reference passes);
 * tokens/s = the trial's answer tokens on the probe / (ratio x the reference's quiet probe time). The quiet time
   (the **anchor**) is fixed when the study's first trial is timed and stored with the study, so every trial of a
   study is on one scale (tokens/s, answer tokens per decode second, as before) and a trial timed under load loses
@@ -49,7 +54,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -116,21 +121,27 @@ class TimingRule:
     of 24 trials still spread over 15% after their passes, and those included the figure that moved most."""
 
     probe_items: int = 2
-    min_passes: int = 2
+    min_passes: int = 2  # on the wall clock
+    min_passes_cpu: int = 1  # on the CPU clock (see the module docstring)
     max_passes: int = 5
     settle_spread: float = 0.05  # stop adding passes once IQR/median of the ratios is at most this
     noisy_spread: float = 0.15  # after the last pass, a spread above this flags the figure speed_noisy
     budget: float = 0.10  # passes beyond min_passes only while the probe has cost less than this share of the
     #                       trial's first-rung decode time
 
+    def for_clock(self, clock: str) -> TimingRule:
+        """The rule as applied on `clock`: its minimum of passes is the CPU clock's there."""
+        return replace(self, min_passes=self.min_passes_cpu) if clock == "cpu" else self
+
     def describe(self, reference: str, anchor_s: float, clock: str = "wall") -> str:
         what = "the decoding thread's CPU time" if clock == "cpu" else "decode wall time"
         return (f"pass times = {what}; tokens/s = answer tokens on the probe ({self.probe_items} fixed validation "
                 f"prompts) / (median over passes of [trial pass time / the {reference} passes around it (geometric "
                 f"mean, or the faster when >{STALL_RATIO:g}x apart)] x {reference}'s quiet probe time "
-                f"{anchor_s:.4f}s); passes {self.min_passes}-{self.max_passes}, added while IQR/median of the ratios "
-                f"> {self.settle_spread:g} and the probe has cost < {self.budget:.0%} of the first rung's decode "
-                f"time; speed_noisy when IQR/median > {self.noisy_spread:g} after the last pass")
+                f"{anchor_s:.4f}s); passes {self.min_passes}-{self.max_passes}, added while the spread (IQR/median "
+                f"of the ratios; for one pass, the range of its ratios to the two reference passes around it / "
+                f"their geometric mean) > {self.settle_spread:g} and the probe has cost < {self.budget:.0%} of the "
+                f"first rung's decode time; speed_noisy when the spread > {self.noisy_spread:g} after the last pass")
 
 
 @dataclass(frozen=True)
@@ -140,9 +151,9 @@ class SpeedEstimate:
     tokens_per_s: float
     method: str  # "probe-ratio" | "wall"
     ratio: float | None = None  # median trial/reference time ratio on the probe
-    spread: float | None = None  # IQR / median of the per-pass ratios
+    spread: float | None = None  # IQR / median of the per-pass ratios (`timing_spread`)
     noisy: bool = False
-    low: float | None = None  # tokens/s at the upper quartile of the ratios
+    low: float | None = None  # tokens/s at the upper quartile of the ratios (`ratio_bounds`)
     high: float | None = None  # tokens/s at the lower quartile
     load: float | None = None  # fastest reference pass / the anchor
     overhead_s: float = 0.0  # decode time the probe passes cost
@@ -196,12 +207,28 @@ def spread(ratios: Sequence[float]) -> float:
     return (q3 - q1) / med if med > 0 else math.inf
 
 
+def ratio_bounds(trial_times: Sequence[float], ref_times: Sequence[float]) -> tuple[float, float, float]:
+    """(low, median, high) of the trial/reference time ratio: the quartiles of the per-pass ratios, or, for a
+    single trial pass, its ratios to the faster and the slower reference pass around it (with the geometric-mean
+    ratio between them), so that one pass still carries a dispersion."""
+    if len(trial_times) == 1 and len(ref_times) == 2:
+        t, (fast, slow) = trial_times[0], sorted(ref_times)
+        return t / slow, pass_ratios(trial_times, ref_times)[0], t / fast
+    return quartiles(pass_ratios(trial_times, ref_times))
+
+
+def timing_spread(trial_times: Sequence[float], ref_times: Sequence[float]) -> float:
+    """The relative dispersion of a trial's ratio (`ratio_bounds`: (high - low) / median)."""
+    low, med, high = ratio_bounds(trial_times, ref_times)
+    return (high - low) / med if med > 0 else math.inf
+
+
 def estimate(trial_times: Sequence[float], ref_times: Sequence[float], trial_tokens: int, anchor_s: float,
              rule: TimingRule = TimingRule()) -> SpeedEstimate:
     """The speed from interleaved passes (see the module docstring); pure, so tests feed it synthetic timings."""
     ratios = pass_ratios(trial_times, ref_times)
-    q1, med, q3 = quartiles(ratios)
-    rel = spread(ratios)
+    q1, med, q3 = ratio_bounds(trial_times, ref_times)
+    rel = timing_spread(trial_times, ref_times)
     per_token = anchor_s / trial_tokens if trial_tokens > 0 else math.inf
 
     def tps(ratio: float) -> float:
@@ -228,16 +255,17 @@ def interleave(trial_pass: Callable[[], tuple[float, int]], ref_pass: Callable[[
         trial_times.append(seconds)
         ref_times.append(ref_pass())
         spent = elapsed() if elapsed is not None else sum(trial_times) + sum(ref_times)
-        if settled(pass_ratios(trial_times, ref_times), rule, spent, budget_s):
+        if settled(len(trial_times), timing_spread(trial_times, ref_times), rule, spent, budget_s):
             return trial_times, ref_times, tokens
 
 
-def settled(ratios: Sequence[float], rule: TimingRule, spent_s: float = 0.0, budget_s: float = math.inf) -> bool:
-    """Enough passes: the maximum is reached, or the minimum is and the spread is small or the budget spent."""
-    n = len(ratios)
-    if n >= rule.max_passes:
+def settled(passes: int, dispersion: float, rule: TimingRule, spent_s: float = 0.0,
+            budget_s: float = math.inf) -> bool:
+    """Enough trial passes: the maximum is reached, or the minimum is and the spread (`timing_spread`) is small or
+    the budget spent."""
+    if passes >= rule.max_passes:
         return True
-    return n >= rule.min_passes and (spread(ratios) <= rule.settle_spread or spent_s >= budget_s)
+    return passes >= rule.min_passes and (dispersion <= rule.settle_spread or spent_s >= budget_s)
 
 
 # ------------------------------------------------------------------------------------------------ timers
@@ -360,4 +388,4 @@ def timer_for(spec: StudySpec, evaluator: Any, items: Sequence[Any], rule: Timin
     # count as CPU time), the wall clock.
     clock = "cpu" if (device is None or device.type == "cpu") and torch.get_num_threads() == 1 else "wall"
     return ProbeTimer(evaluator, probe, spec.reference_config(spec.reference(name)), name,
-                      TimingRule(**{**rule.__dict__, "probe_items": len(probe)}), machine, clock)
+                      replace(rule, probe_items=len(probe)).for_clock(clock), machine, clock)
