@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python -m benchmarks.calibration measure --grid GRID [--shard 0/2] [--items 0:3000]  # hours
     OMP_NUM_THREADS=1 python -m benchmarks.calibration time --grid GRID                    # robust speeds (minutes)
+    OMP_NUM_THREADS=1 python -m benchmarks.calibration summary --grid GRID                 # the grid's own table
     OMP_NUM_THREADS=1 python -m benchmarks.calibration replay --grid GRID --studies 100    # both policies (minutes)
 
 How, and why this way:
@@ -437,6 +438,30 @@ def replay(args: argparse.Namespace) -> None:
     report.save()
 
 
+def summary(args: argparse.Namespace) -> None:
+    """The measured grid on its whole pool: accuracy, the paired drop and discordant share against vanilla, and
+    the timing pass's tokens/s, fastest first (the table above section 7's calibration tables)."""
+    report = Report(args.out)
+    g = load_grid(args.grid, args.pool)
+    every = list(range(g.pool))
+    base = g.outcomes[g.vanilla]
+    rows = []
+    for key in sorted(g.outcomes, key=lambda k: -g.speed[k]):
+        out = g.outcomes[key]
+        discordant = sum(a != b for a, b in zip(out, base, strict=True)) / g.pool
+        rows.append([describe(g.configs[key]) + ("" if g.configs[key].early_exit or key == g.vanilla
+                                                 else " (no early exit)"),
+                     f"{out.count('1') / g.pool:.1%}", f"{100 * true_drop(g, key, every):.2f}", f"{discordant:.1%}",
+                     f"{g.speed[key]:.0f}"])
+    report(f"The grid on its whole pool ({g.pool} problems; the drop is paired against vanilla):")
+    report("")
+    report(md_table(["configuration", "accuracy", "drop vs vanilla (points)", "discordant", "tokens/s (timing pass)"],
+                    rows))
+    report("")
+    report(f"command: `{command_line()}`")
+    report.save()
+
+
 def describe(cfg: DecodeConfig) -> str:
     if cfg.mode != "streaming":
         return cfg.mode
@@ -459,6 +484,10 @@ def main() -> None:
     t.add_argument("--probe", type=int, default=16)
     t.add_argument("--rounds", type=int, default=5)
     t.add_argument("--only", help="comma list of grid indices to time (vanilla and Fast-dLLM always are)")
+    su = sub.add_parser("summary")
+    su.add_argument("--grid", required=True)
+    su.add_argument("--pool", type=int, default=None)
+    su.add_argument("--out")
     r = sub.add_parser("replay")
     r.add_argument("--grid", required=True)
     r.add_argument("--studies", type=int, default=100)
@@ -480,7 +509,7 @@ def main() -> None:
     args = ap.parse_args()
     if (warning := threads_warning()) is not None:
         print(warning)
-    {"measure": measure, "time": time_grid, "replay": replay}[args.command](args)
+    {"measure": measure, "time": time_grid, "summary": summary, "replay": replay}[args.command](args)
 
 
 if __name__ == "__main__":
