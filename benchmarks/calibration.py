@@ -126,8 +126,9 @@ def load_grid(folder: str, pool: int | None = None) -> Grid:
     for f in sorted(Path(folder).glob("*.jsonl")):  # a config's main file and any part files (`measure --items`)
         lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         cfg = DecodeConfig.from_dict(lines[0]["config"])
-        configs[config_key(cfg)] = cfg
-        chunks.setdefault(config_key(cfg), []).extend(lines[1:])
+        key = config_key(cfg)
+        configs[key] = cfg
+        chunks.setdefault(key, []).extend(lines[1:])
     outcomes, speed, counted = {}, {}, {}
     for key, cs in chunks.items():
         cs.sort(key=lambda c: c["start"])
@@ -364,8 +365,8 @@ def judge(policy: str, seed: int, g: Grid, key: str, confirmed: bool, split: Spl
 
 def replay_study(spec: StudySpec, g: Grid, args: argparse.Namespace, space: set[str], workdir: str,
                  s: int) -> tuple[Outcome, Outcome]:
-    """Study `s` under both policies, on the same draw of validation, test and fresh problems."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    """Study `s` under both policies, on the same draw of validation, test and fresh problems (run in a forked
+    process: it inherits `replay`'s quiet Optuna logging and the loaded grid)."""
     split = draw(1000 + s, args.validation, args.test, g.pool)
     return (run_new(spec, g, split, s, args.rule, workdir, space, args.min_confirmation),
             run_old(spec, g, split, s, args.rule, workdir, args.old_validation, space))

@@ -124,7 +124,7 @@ class TimingRule:
     min_passes: int = 2  # on the wall clock
     min_passes_cpu: int = 1  # on the CPU clock (see the module docstring)
     max_passes: int = 5
-    settle_spread: float = 0.05  # stop adding passes once IQR/median of the ratios is at most this
+    settle_spread: float = 0.05  # stop adding passes once the spread (`timing_spread`) is at most this
     noisy_spread: float = 0.15  # after the last pass, a spread above this flags the figure speed_noisy
     budget: float = 0.10  # passes beyond min_passes only while the probe has cost less than this share of the
     #                       trial's first-rung decode time
@@ -201,10 +201,14 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+def relative_width(low: float, med: float, high: float) -> float:
+    """(high - low) / median: the one dispersion formula `spread` and `timing_spread` share."""
+    return (high - low) / med if med > 0 else math.inf
+
+
 def spread(ratios: Sequence[float]) -> float:
     """IQR / median: a relative dispersion that one outlying pass in five does not move much."""
-    q1, med, q3 = quartiles(ratios)
-    return (q3 - q1) / med if med > 0 else math.inf
+    return relative_width(*quartiles(ratios))
 
 
 def ratio_bounds(trial_times: Sequence[float], ref_times: Sequence[float]) -> tuple[float, float, float]:
@@ -218,9 +222,9 @@ def ratio_bounds(trial_times: Sequence[float], ref_times: Sequence[float]) -> tu
 
 
 def timing_spread(trial_times: Sequence[float], ref_times: Sequence[float]) -> float:
-    """The relative dispersion of a trial's ratio (`ratio_bounds`: (high - low) / median)."""
-    low, med, high = ratio_bounds(trial_times, ref_times)
-    return (high - low) / med if med > 0 else math.inf
+    """The relative dispersion of a trial's ratio (`ratio_bounds`: (high - low) / median); for two or more trial
+    passes this is `spread` of their ratios."""
+    return relative_width(*ratio_bounds(trial_times, ref_times))
 
 
 def estimate(trial_times: Sequence[float], ref_times: Sequence[float], trial_tokens: int, anchor_s: float,
@@ -228,7 +232,7 @@ def estimate(trial_times: Sequence[float], ref_times: Sequence[float], trial_tok
     """The speed from interleaved passes (see the module docstring); pure, so tests feed it synthetic timings."""
     ratios = pass_ratios(trial_times, ref_times)
     q1, med, q3 = ratio_bounds(trial_times, ref_times)
-    rel = timing_spread(trial_times, ref_times)
+    rel = relative_width(q1, med, q3)
     per_token = anchor_s / trial_tokens if trial_tokens > 0 else math.inf
 
     def tps(ratio: float) -> float:
