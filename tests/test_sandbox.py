@@ -143,3 +143,88 @@ def test_process_limit_counts_threads_and_zombies_of_the_shared_uid():
     assert tasks[os.getpid()] >= 4  # ourselves: the main thread and three more
     assert tasks[pid] == 1  # the zombie still counts
     assert total >= tasks[os.getpid()] + tasks[pid]  # both existed throughout
+
+
+# A parent of our uid that forks a child which exits at once, reaps it after REAP_AFTER seconds (never if < 0), prints
+# the child's pid, and lives until its stdin closes: the child is a zombie someone else must reap, like a killed
+# run's orphans waiting for init.
+_LATE_REAPER = """
+import os, sys, time
+child = os.fork()
+if child == 0:
+    os._exit(0)
+print(child, flush=True)
+delay = float(sys.argv[1])
+if delay >= 0:
+    time.sleep(delay)
+    os.waitpid(child, 0)
+    print("reaped", flush=True)
+sys.stdin.read()
+"""
+
+
+def _zombie_of_a_late_reaper(delay: float):
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", _LATE_REAPER, str(delay)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    return parent, child
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return False
+
+
+def test_the_process_limit_waits_for_zombies_that_another_parent_will_reap():
+    """Zombies charged to our uid at a run's start but reaped during it would hand the program their slots on top of
+    its allowance (the hostile fork-count test once forked 40 with an allowance of 16): so the limit is sized only
+    after the zombies another process will reap are gone."""
+    import os
+    import time
+
+    from tuner.sandbox.procs import wait_for_reaping
+
+    parent, child = _zombie_of_a_late_reaper(0.5)
+    try:
+        for _ in range(200):
+            if _is_zombie(child):
+                break
+            time.sleep(0.01)
+        assert _is_zombie(child)
+        assert wait_for_reaping(os.getuid(), tolerate=10**6, wait_s=5.0) >= 1 and _is_zombie(child)  # tolerated
+        start = time.monotonic()
+        wait_for_reaping(os.getuid(), wait_s=5.0)
+        waited = time.monotonic() - start
+        assert not os.path.exists(f"/proc/{child}")  # reaped before the wait returned, not given up on
+        assert waited < 4.0
+    finally:
+        parent.communicate("")
+
+
+def test_a_zombie_nobody_reaps_costs_one_wait_not_one_per_run():
+    import os
+    import time
+
+    from tuner.sandbox.procs import wait_for_reaping
+
+    parent, child = _zombie_of_a_late_reaper(-1)
+    try:
+        for _ in range(200):
+            if _is_zombie(child):
+                break
+            time.sleep(0.01)
+        start = time.monotonic()
+        left = wait_for_reaping(os.getuid(), wait_s=0.5)
+        first = time.monotonic() - start
+        assert left >= 1 and first >= 0.5
+        start = time.monotonic()
+        assert wait_for_reaping(os.getuid(), wait_s=0.5) >= 1  # still there, and known
+        assert time.monotonic() - start < first / 2
+    finally:
+        parent.communicate("")

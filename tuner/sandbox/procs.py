@@ -84,6 +84,42 @@ def count_tasks_of_uid(uid: int) -> int:
     return sum(tasks_of_uid(uid).values())
 
 
+#: Zombies that outlived a whole `wait_for_reaping`: their parent doesn't reap (or not soon); not waited for again.
+_UNREAPED: set[tuple[int, int]] = set()
+
+
+def wait_for_reaping(uid: int, tolerate: int = 0, wait_s: float = 3.0) -> int:
+    """Wait (up to ``wait_s``) until at most ``tolerate`` of the zombies of ``uid`` that someone else must reap are
+    left; returns how many such zombies are left (the tolerated ones, and ones that outlived this or an earlier
+    wait).
+
+    Why: unprivileged, RLIMIT_NPROC is sized as "what the uid is charged now + the program's allowance", and the
+    kernel charges zombies until they are reaped. The orphans of a run killed just before (a fork bomb's hundred
+    processes, reparented to init) are zombies for a while: this machine's init reaps in batches every 1-2 s. Counted
+    at the start and reaped mid-run, they hand the next program their slots on top of its allowance (the hostile
+    fork-count test then forked 40 where the limit said 16). Our own unreaped children are skipped (only we reap
+    them, so they stay charged throughout), and so are zombies a previous call already waited for in vain: a parent
+    that never reaps costs one wait, not one per run. ``tolerate``: a few zombies freed mid-run loosen the limit by
+    as many, not worth a wait each time (every bwrap run leaves one, its pid-namespace init, for init to reap).
+    """
+    me = os.getpid()
+    deadline = time.monotonic() + wait_s
+    while True:
+        zombies: set[tuple[int, int]] = set()
+        for pid in _pids_owned_by(uid):
+            st = _read_stat(pid)
+            if st is not None and st.zombie and st.ppid != me:
+                zombies.add((pid, st.starttime))
+        _UNREAPED.intersection_update(zombies)  # forget the ones reaped since (the memo stays small)
+        pending = zombies - _UNREAPED
+        if len(pending) <= tolerate:
+            return len(zombies)
+        if time.monotonic() >= deadline:
+            _UNREAPED.update(pending)
+            return len(zombies)
+        time.sleep(0.01)
+
+
 def kill_uid(uid: int, wait_s: float = 2.0) -> int:
     """SIGKILL every process of ``uid`` and wait (up to ``wait_s``) until none is left alive, re-killing
     processes forked meanwhile. The wait matters because the uid is handed to the next run afterwards, and

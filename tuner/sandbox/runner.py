@@ -27,7 +27,7 @@ from pathlib import Path
 from .bootstrap import BOOT_NAME, MAIN_NAME, render_bootstrap
 from .commands import BOX_DIR, Isolation, bwrap_command, sandbox_env, subprocess_command
 from .limits import Limits
-from .procs import RUN_TAG_VAR, Lineage, count_tasks_of_uid, kill_uid
+from .procs import RUN_TAG_VAR, Lineage, count_tasks_of_uid, kill_uid, wait_for_reaping
 from .result import ProgramResult, SandboxError
 from .sweep import remove_run_dir, sweep_files_of_uid, sweep_ipc_of_uid
 from .uids import claim_uid
@@ -36,6 +36,9 @@ log = logging.getLogger("tuner.sandbox")
 
 #: processes bwrap itself keeps under the sandbox uid (the outer bwrap and the pid-namespace init).
 _BWRAP_OWN_PROCESSES = 2
+#: unprivileged: how many zombies awaiting someone else's reaping may be counted into RLIMIT_NPROC at a run's start
+#: (each loosens the limit by one once reaped) before the run waits for them (procs.wait_for_reaping).
+_ZOMBIE_SLACK = 4
 _EXIT_GRACE_S = 0.2
 #: How often an unprivileged ``subprocess`` run's descendants are recorded while it runs (and the longest
 #: select() wait of the output pump).
@@ -248,7 +251,8 @@ class _Reaper:
 def _run_once(source: str, limits: Limits, iso: Isolation, uid: int | None) -> ProgramResult:
     if uid is not None:
         nproc = limits.max_processes + (_BWRAP_OWN_PROCESSES if iso.level == "bwrap" else 0)
-    else:  # we share the caller's uid: RLIMIT_NPROC counts the caller's processes too
+    else:  # we share the caller's uid: RLIMIT_NPROC counts the caller's processes too, and zombies until reaped
+        wait_for_reaping(os.getuid(), _ZOMBIE_SLACK)  # an earlier run's orphans: not counted and then freed mid-run
         nproc = count_tasks_of_uid(os.getuid()) + limits.max_processes
         nproc += _BWRAP_OWN_PROCESSES if iso.level == "bwrap" else 0
     marker = b"DTUNE-OK-" + secrets.token_hex(16).encode()
