@@ -6,8 +6,9 @@ bounded background load on top (benchmarks.burner) — and how well each speed f
 How, and why this way:
 * Same trials in both runs: random sampler, same seed, one racing rung (race.min_items = the validation size), so
   the configurations and the items do not depend on the speeds measured. 150 items by default: the arith spec's
-  own first rung, so the overhead is what a study's trials pay (the probe is a fixed cost per trial). Vanilla runs 64 steps here (half the
-  spec's 128: still 64 forwards per problem against streaming's 5-10, and it keeps the benchmark short).
+  own first rung, so the overhead is what a study's trials pay (the probe is a fixed cost per trial). Vanilla
+  runs 64 steps here (half the spec's 128: still 64 forwards per problem against streaming's 5-10, and it keeps
+  the benchmark short).
 * Two figures per trial, from the same run: the robust one the study optimises (tuner.timing: probe passes against
   the timing reference) and the old single wall-clock figure of the trial's accuracy evaluation
   (`tokens_per_s_wall`).

@@ -145,9 +145,9 @@ def test_process_limit_counts_threads_and_zombies_of_the_shared_uid():
     assert total >= tasks[os.getpid()] + tasks[pid]  # both existed throughout
 
 
-# A parent of our uid that forks a child which exits at once, reaps it after REAP_AFTER seconds (never if < 0), prints
-# the child's pid, and lives until its stdin closes: the child is a zombie someone else must reap, like a killed
-# run's orphans waiting for init.
+# A parent of our uid that forks a child which exits at once, prints the child's pid, reaps it after argv[1] seconds
+# (never if < 0) and lives until its stdin closes: the child is a zombie someone else must reap, like a killed run's
+# orphans waiting for init.
 _LATE_REAPER = """
 import os, sys, time
 child = os.fork()
@@ -158,7 +158,6 @@ delay = float(sys.argv[1])
 if delay >= 0:
     time.sleep(delay)
     os.waitpid(child, 0)
-    print("reaped", flush=True)
 sys.stdin.read()
 """
 
