@@ -112,6 +112,25 @@ def test_bad_configuration():
         run_program("pass", T3, isolation="auto")  # there is no silent fallback any more
 
 
+def _is_zombie(pid: int) -> bool:
+    from tuner.sandbox.procs import _read_stat
+
+    st = _read_stat(pid)
+    return st is not None and st.zombie
+
+
+def _wait_until_zombie(pid: int, timeout_s: float) -> bool:
+    """Poll (without reaping) until ``pid`` has exited and waits as a zombie; False if it didn't within the time."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not _is_zombie(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_process_limit_counts_threads_and_zombies_of_the_shared_uid():
     """Unprivileged, RLIMIT_NPROC is sized as "what the uid already has + the program's allowance". The kernel
     charges every thread and every unreaped zombie, so the count must too, or the program's first fork fails."""
@@ -128,11 +147,7 @@ def test_process_limit_counts_threads_and_zombies_of_the_shared_uid():
     if pid == 0:
         os._exit(0)  # stays a zombie until we reap it below
     try:
-        for _ in range(500):  # wait until the child has exited (a zombie), without reaping it
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    break
-            stop.wait(0.01)
+        _wait_until_zombie(pid, timeout_s=5.0)  # the child has exited, and we don't reap it yet
         tasks = tasks_of_uid(os.getuid())
         total = count_tasks_of_uid(os.getuid())
     finally:
@@ -172,12 +187,6 @@ def _zombie_of_a_late_reaper(delay: float):
     return parent, child
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except OSError:
-        return False
 
 
 def test_the_process_limit_waits_for_zombies_that_another_parent_will_reap():
@@ -191,11 +200,7 @@ def test_the_process_limit_waits_for_zombies_that_another_parent_will_reap():
 
     parent, child = _zombie_of_a_late_reaper(0.5)
     try:
-        for _ in range(200):
-            if _is_zombie(child):
-                break
-            time.sleep(0.01)
-        assert _is_zombie(child)
+        assert _wait_until_zombie(child, timeout_s=2.0)
         assert wait_for_reaping(os.getuid(), tolerate=10**6, wait_s=5.0) >= 1 and _is_zombie(child)  # tolerated
         start = time.monotonic()
         wait_for_reaping(os.getuid(), wait_s=5.0)
@@ -214,10 +219,7 @@ def test_a_zombie_nobody_reaps_costs_one_wait_not_one_per_run():
 
     parent, child = _zombie_of_a_late_reaper(-1)
     try:
-        for _ in range(200):
-            if _is_zombie(child):
-                break
-            time.sleep(0.01)
+        _wait_until_zombie(child, timeout_s=2.0)
         start = time.monotonic()
         left = wait_for_reaping(os.getuid(), wait_s=0.5)
         first = time.monotonic() - start
