@@ -14,8 +14,8 @@ How, and why this way:
   simulated: a replayed study reads measured outcomes and measured speeds.
 * **Replayed studies.** Each of K studies draws its own split of the pool with its own seed: a validation pool,
   a test split and the rest as fresh problems (≥ 3,000) that neither the study nor its export sees. The study
-  runs the real tuner — `tuner.study.create_study` (references, GP sampler), `tuner.objective.Objective` (racing,
-  paired bounds, the baseline ledger), then `tuner.selection` (the pick by bound, the declared confirmation rule)
+  runs the real tuner — `tuner.study.lifecycle.create_study` (references, GP sampler), `tuner.study.objective.Objective` (racing,
+  paired bounds, the baseline ledger), then `tuner.verdict.selection` (the pick by bound, the declared confirmation rule)
   — with a replay evaluator in place of the decoder. The search space is the grid's (categorical knobs).
 * **Today's policy, side by side.** The tuner as it was before racing, re-implemented here in a few lines: a
   fixed validation prefix (200 items, the old spec's size), chunked evaluation stopped by a one-sided Wilson
@@ -47,16 +47,18 @@ import optuna
 
 from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
 from decoder import Counters, DecodeConfig, load_model
-from tuner.baseline import read_ledger
-from tuner.evaluate import EvalResult, Evaluator
-from tuner.objective import Objective
-from tuner.pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
-from tuner.selection import PickError, confirm, pick
-from tuner.spec import StudySpec, load_spec
-from tuner.stats import wilson_interval, z_one_sided
-from tuner.study import config_key, create_study, trial_points
+from tuner.storage.record import StudyRecord, TrialRecord, TrialWriter, reference_of
+from tuner.study.evaluate import EvalResult, Evaluator
+from tuner.study.lifecycle import create_study
+from tuner.study.objective import Objective
+from tuner.study.points import trial_points
+from tuner.study.space import config_key
+from tuner.study.spec import StudySpec, load_spec
 from tuner.tasks import Item
 from tuner.tasks.arith import ArithTask
+from tuner.verdict.pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
+from tuner.verdict.selection import PickError, confirm, pick
+from tuner.verdict.stats import wilson_interval, z_one_sided
 
 GEN, BLOCK = 128, 32
 WINDOWS = (16, 32, 64, None)
@@ -161,7 +163,7 @@ def time_grid(args: argparse.Namespace) -> None:
     """Speed of every grid configuration on one probe batch, each pass timed right after a pass of the yardstick
     (Fast-dLLM) so that both see the same load; speed = tokens / (median time ratio × the yardstick's fastest
     pass). Vanilla gets fewer rounds (its pass is ~25x longer). Passes are timed by this thread's CPU time, as
-    `tuner.timing` does with one decoding thread: other processes taking turns on the cores don't add to it."""
+    `tuner.study.timing` does with one decoding thread: other processes taking turns on the cores don't add to it."""
     task = ArithTask(seed=POOL_SEED, validation_size=args.probe, test_size=1)
     probe = task.load("validation")
     model, tok = load_model("dtune/tiny-arith", device="cpu")
@@ -195,7 +197,7 @@ def time_grid(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------------------------- replay
 class ReplayEvaluator:
-    """Stands in for `tuner.evaluate.Evaluator`: measured outcomes of the grid for the items asked (item ids are
+    """Stands in for `tuner.study.evaluate.Evaluator`: measured outcomes of the grid for the items asked (item ids are
     pool indices), and decode time from the measured speed."""
 
     def __init__(self, g: Grid) -> None:
@@ -287,12 +289,12 @@ def run_new(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdi
         chosen = pick(trial_points(study, spec.constraint), rule, spec.constraint, test_items=len(split.test),
                       min_confirmation=min_confirmation)
     except PickError:
-        return Outcome("new", seed, None, False, False, 0.0, None, read_ledger(study).n, items)
-    key = study.trials[chosen.number].user_attrs["config_key"]
+        return Outcome("new", seed, None, False, False, 0.0, None, StudyRecord(study).ledger.n, items)
+    key = TrialRecord.read(study.trials[chosen.number]).config_key
     test_ids = [int(it.id) for it in split.test]
     verdict = confirm([g.outcomes[key][i] == "1" for i in test_ids],
                       [g.outcomes[g.vanilla][i] == "1" for i in test_ids], spec.constraint)
-    return judge("new", seed, g, key, verdict.confirmed, split, spec.constraint.margin, read_ledger(study).n, items,
+    return judge("new", seed, g, key, verdict.confirmed, split, spec.constraint.margin, StudyRecord(study).ledger.n, items,
                  space)
 
 
@@ -302,16 +304,16 @@ class PointEstimateObjective:
 
     def __init__(self, spec: StudySpec, evaluator: ReplayEvaluator, items: list[Item], chunk: int = 50) -> None:
         self.spec, self.evaluator, self.items, self.chunk = spec, evaluator, items, chunk
-        from tuner.study import distributions, suggest
+        from tuner.study.space import distributions, suggest
 
         self.dists, self.suggest = distributions(spec), suggest
         self.baseline_acc: float | None = None
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         params = {n: self.suggest(trial, n, d) for n, d in self.dists.items()}
-        ref = trial.user_attrs.get("reference")
+        ref = reference_of(trial)
         cfg = self.spec.reference_config(self.spec.reference(ref)) if ref else self.spec.config_for(params)
-        trial.set_user_attr("config_key", config_key(cfg))
+        TrialWriter(trial).configuration(cfg.to_dict(), config_key(cfg))
         bar = None if self.baseline_acc is None or ref == "vanilla" else self.baseline_acc - self.spec.constraint.margin
         parts = []
         for start in range(0, len(self.items), self.chunk):
@@ -348,7 +350,7 @@ def run_old(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdi
         return Outcome("today", seed, None, False, False, 0.0, None, n_val, decoded)
     chosen = (pick_knee(front, accuracy_scale=spec.constraint.margin) if rule == "knee"
               else pick_fastest(front, base - spec.constraint.margin))
-    key = study.trials[chosen.number].user_attrs["config_key"]
+    key = TrialRecord.read(study.trials[chosen.number]).config_key
     test_ids = [int(it.id) for it in split.test]
     drop = true_drop(g, key, test_ids)  # the point estimate of the test drop
     return judge("today", seed, g, key, drop <= spec.constraint.margin + 1e-12, split, spec.constraint.margin, n_val,

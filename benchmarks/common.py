@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tuner import hardware
+from tuner.base import hardware
 
 
 def machine_line(device: str = "cpu") -> str:

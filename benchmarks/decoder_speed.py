@@ -7,7 +7,7 @@ profile), same model, same machine, one run, for several generation lengths.
 
 Why: the claim to check is "streaming >= fast >= vanilla in tokens/s at equal accuracy, and streaming's lead grows
 with the generation length" (pruning and early exit save more of a longer, mostly-EOS answer region). Every
-mode decodes the same `arith` test problems through `tuner.evaluate.Evaluator`, so tokens/s is the tuner's own
+mode decodes the same `arith` test problems through `tuner.study.evaluate.Evaluator`, so tokens/s is the tuner's own
 definition (answer tokens up to the first stop id, decoder wall time, one untimed warm-up per configuration) and
 accuracy is exact match. Latency per sample = batched wall time / problems (the batch is `--batch-size`).
 
@@ -34,7 +34,7 @@ import torch
 
 from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
 from decoder import DecodeConfig, load_model, read_profile
-from tuner.evaluate import EvalResult, Evaluator
+from tuner.study.evaluate import EvalResult, Evaluator
 from tuner.tasks import get_task
 
 

@@ -9,11 +9,11 @@ How, and why this way:
   own first rung, so the overhead is what a study's trials pay (the probe is a fixed cost per trial). Vanilla
   runs 64 steps here (half the spec's 128: still 64 forwards per problem against streaming's 5-10, and it keeps
   the benchmark short).
-* Two figures per trial, from the same run: the robust one the study optimises (tuner.timing: probe passes against
+* Two figures per trial, from the same run: the robust one the study optimises (tuner.study.timing: probe passes against
   the timing reference) and the old single wall-clock figure of the trial's accuracy evaluation
   (`tokens_per_s_wall`).
 * A third figure, for what the clock contributes: the same probe-ratio estimator on the passes' wall times
-  (tuner.timing times passes by the decoding thread's CPU time when one CPU thread decodes, as here), anchored at
+  (tuner.study.timing times passes by the decoding thread's CPU time when one CPU thread decodes, as here), anchored at
   the quiet run's fastest reference pass.
 * Rank agreement: Spearman's rho of the trials' speeds, quiet run vs loaded run (distinct configurations only).
 * Clearly ordered pairs: one configuration did at most half the forwards per problem (row forwards) of the other
@@ -45,12 +45,13 @@ from scipy.stats import spearmanr
 from benchmarks import burner
 from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
 from decoder import load_model
-from tuner.context import load_task
-from tuner.evaluate import Evaluator
-from tuner.objective import Objective
-from tuner.spec import StudySpec, load_spec
-from tuner.study import create_study
-from tuner.timing import estimate
+from tuner.app.context import load_task
+from tuner.storage.record import TrialRecord
+from tuner.study.evaluate import Evaluator
+from tuner.study.lifecycle import create_study
+from tuner.study.objective import Objective
+from tuner.study.spec import StudySpec, load_spec
+from tuner.study.timing import estimate
 
 
 @dataclass
@@ -94,15 +95,14 @@ def run_study(spec: StudySpec, evaluator: Evaluator, items: list, folder: Path, 
         t0 = time.perf_counter()
         study.optimize(objective, n_trials=1, catch=(RuntimeError,), callbacks=[lambda _s, t: done.append(t)])
         elapsed = time.perf_counter() - t0
-        t = done[-1]
-        m = t.user_attrs.get("metrics") or {}
-        if "duplicate_of" in t.user_attrs or not m:
+        t = TrialRecord.read(done[-1])
+        m = t.metrics
+        if t.duplicate_of is not None or not m:
             continue
-        rows.append(Row(t.number, t.user_attrs["config_key"], t.user_attrs.get("reference") or "", m["tokens_per_s"],
-                        m["tokens_per_s_wall"], m["nfe"], m.get("attended_pairs", 0.0), m.get("speed_spread", 0.0),
-                        bool(m.get("speed_noisy")), m.get("timing_load", 0.0), m.get("timing_overhead_s", 0.0),
-                        elapsed, dict(t.user_attrs.get("timing") or {})))
-        print(f"  {name} trial {t.number} {rows[-1].label or ''}: {m['tokens_per_s']:.0f} tok/s robust "
+        rows.append(Row(t.number, t.config_key, t.reference or "", m.tokens_per_s, m.tokens_per_s_wall, m.nfe,
+                        m.attended_pairs or 0.0, m.speed_spread or 0.0, bool(m.speed_noisy), m.timing_load or 0.0,
+                        m.timing_overhead_s or 0.0, elapsed, dict(t.timing or {})))
+        print(f"  {name} trial {t.number} {rows[-1].label or ''}: {m.tokens_per_s:.0f} tok/s robust "
               f"(±{50 * rows[-1].spread:.0f}%{' noisy' if rows[-1].noisy else ''}, load {rows[-1].load:.2f}), "
               f"{m['tokens_per_s_wall']:.0f} wall, NFE {m['nfe']:.1f}, {elapsed:.1f}s", flush=True)
     return rows
@@ -191,7 +191,7 @@ def main() -> None:
         report(warn)
     report()
     rows = []
-    for figure, name in (("robust", f"robust (tuner.timing: probe ratios, {clock} clock)"),
+    for figure, name in (("robust", f"robust (tuner.study.timing: probe ratios, {clock} clock)"),
                          ("wall_ratio", "probe ratios on the wall clock"), ("wall", "single wall clock (before)")):
         rho = spearmanr([quiet[k].__dict__[figure] for k in common], [loaded[k].__dict__[figure] for k in common])
         inv_q, inv_l = inversions(runs["quiet"], figure), inversions(runs["loaded"], figure)

@@ -1,5 +1,5 @@
 """Study + tracking overhead: the share of a trial's wall time spent in Optuna storage calls and MLflow logging,
-with SQLite and with PostgreSQL, measured inside a real `tuner.worker.Worker.run()` on the built-in task.
+with SQLite and with PostgreSQL, measured inside a real `tuner.workers.worker.Worker.run()` on the built-in task.
 
     OMP_NUM_THREADS=1 python -m benchmarks.overhead --quick        # 8 trials per backend (CPU: ~3 min)
     OMP_NUM_THREADS=1 python -m benchmarks.overhead                # 30 trials per backend
@@ -17,7 +17,7 @@ the main thread only (heartbeats run on their own thread and block nothing):
                 don't count in the trial's wall time; their time is reported beside it (on a CPU-only machine
                 that thread still takes CPU from decoding, on a GPU machine it runs on an otherwise idle core).
 * other       — the rest of the trial loop (progress bars, Python).
-The loop is `tuner.worker.Worker.work` (model loading and study creation excluded). PostgreSQL: a throw-away server from
+The loop is `tuner.workers.worker.Worker.work` (model loading and study creation excluded). PostgreSQL: a throw-away server from
 `tools/pg_server.py` (or `--pg-url`) holds both the Optuna storage and the MLflow backend store; SQLite uses two
 files in a temporary directory. Artifacts go to a local folder in both cases.
 """
@@ -38,11 +38,11 @@ from typing import Any
 import optuna
 
 from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
-from tuner.context import Context, Options
-from tuner.evaluate import Evaluator
-from tuner.spec import load_spec
+from tuner.app.context import Context, Options
+from tuner.study.evaluate import Evaluator
+from tuner.study.spec import load_spec
 from tuner.tracking import Tracker
-from tuner.worker import Worker, WorkerOptions
+from tuner.workers.worker import Worker, WorkerOptions
 
 
 class Attribution:
@@ -186,7 +186,7 @@ def main() -> None:
     report(f"command: `{command_line()}`")
     if (warn := threads_warning()) is not None:
         report(warn)
-    report(f"\nexclusive wall time per trial, main thread; the trial loop is `tuner.worker.Worker.work`; artifacts refreshed "
+    report(f"\nexclusive wall time per trial, main thread; the trial loop is `tuner.workers.worker.Worker.work`; artifacts refreshed "
            f"every {args.refresh_every} trials and at the end\n")
     cats = ["evaluation", "storage", "mlflow log_trial", "mlflow artifacts", "sampler", "other"]
     rows = []

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from decoder import Counters, DecodeConfig, generate, load_model
-from tuner.stats import wilson_interval
 from tuner.tasks import get_task
+from tuner.verdict.stats import wilson_interval
 
 GEN, BLOCK = 128, 32
 

@@ -10,11 +10,11 @@ How, and why this way:
   all draw from the same set of configurations; window and early_exit are the arith spec's own choices, and the
   references (vanilla among them) are evaluated as in a real study.
 * Every configuration is evaluated once. The whole grid is decoded first (validation subset, in the study's
-  chunks, with per-chunk times); the samplers then run the real tuner objective (`tuner.study.Objective`:
+  chunks, with per-chunk times); the samplers then run the real tuner objective (`tuner.study.objective.Objective`:
   enqueued references, dedupe, accuracy constraint, racing over chunks) against a replay of those results.
   A trial therefore costs what it would cost live, and all three methods see identical numbers (tokens/s is a
   measurement; re-measuring it per method would add noise that has nothing to do with the sampler).
-* Hypervolume: `tuner.pareto.hypervolume_2d` of the feasible front (complete trials within `max_drop` of the
+* Hypervolume: `tuner.verdict.pareto.hypervolume_2d` of the feasible front (complete trials within `max_drop` of the
   vanilla baseline, as the tuner defines its front), reference point = the worst corner of the grid (lowest
   accuracy, lowest tokens/s). The grid's hypervolume is 100%. The unconstrained front is reported beside it.
 * Each sampler budget is its own study (the GP's random start-up length depends on the budget), seeds 0, 1, 2.
@@ -38,13 +38,16 @@ import torch
 
 from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
 from decoder import DecodeConfig, load_model
-from tuner.context import load_task
-from tuner.evaluate import EvalResult, Evaluator
-from tuner.objective import Objective
-from tuner.pareto import TrialPoint, hypervolume_2d, pareto_front
-from tuner.spec import StudySpec, load_spec
-from tuner.storage import open_storage
-from tuner.study import config_key, create_study, trial_points
+from tuner.app.context import load_task
+from tuner.storage.database import open_storage
+from tuner.storage.record import TrialRecord
+from tuner.study.evaluate import EvalResult, Evaluator
+from tuner.study.lifecycle import create_study
+from tuner.study.objective import Objective
+from tuner.study.points import trial_points
+from tuner.study.space import config_key
+from tuner.study.spec import StudySpec, load_spec
+from tuner.verdict.pareto import TrialPoint, hypervolume_2d, pareto_front
 
 BUDGETS = (10, 20, 40)
 SEEDS = (0, 1, 2)
@@ -162,8 +165,9 @@ def run_sampler(spec: StudySpec, sampler: str, budget: int, seed: int, table, it
     study.optimize(Objective(spec, replay, items), n_trials=budget, catch=(RuntimeError,), gc_after_trial=False)
     elapsed = time.perf_counter() - t0
     points = trial_points(study, spec.constraint)
-    evaluated = [t for t in study.trials if "duplicate_of" not in t.user_attrs and "config_key" in t.user_attrs]
-    keys = frozenset(t.user_attrs["config_key"] for t in evaluated)
+    records = [TrialRecord.read(t) for t in study.trials]
+    evaluated = [t for t in records if t.duplicate_of is None and t.config_key is not None]
+    keys = frozenset(t.config_key for t in evaluated)
     return Run(sampler, budget, seed, hv(points, ref, True), hv(points, ref, False), len(evaluated),
                sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
                replay.spent, replay.full, elapsed, keys)

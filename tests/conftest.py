@@ -22,7 +22,7 @@ from tools.pg_server import PostgresServer, PostgresUnavailable, wait_until
 
 @pytest.fixture(scope="session", autouse=True)
 def _speed_record(tmp_path_factory):
-    """Studies run by the tests keep their machine record of reference passes (tuner.timing) in a temporary folder,
+    """Studies run by the tests keep their machine record of reference passes (tuner.study.timing) in a temporary folder,
     not in the user's ~/.cache (child processes inherit it)."""
     if "DTUNE_SPEED_CACHE" not in os.environ:
         os.environ["DTUNE_SPEED_CACHE"] = str(tmp_path_factory.mktemp("speed") / "speed-anchors.json")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import optuna
 
-from tuner.spec import load_spec
-from tuner.storage import open_storage
-from tuner.study import default_study_name
+from tuner.storage.database import open_storage
+from tuner.study.lifecycle import default_study_name
+from tuner.study.spec import load_spec
 
 MODEL = os.environ.get("DTUNE_TEST_MODEL", "dtune/tiny-arith")
 REPO = Path(__file__).resolve().parents[1]

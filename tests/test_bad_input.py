@@ -26,7 +26,7 @@ from helpers import MODEL, child_env, small_args, spec_for
 
 from decoder import DecodeConfig, ProfileError, load_profile, save_profile
 from decoder.loading import BUNDLED_MODELS, inspect_checkpoint
-from tuner.study import default_study_name
+from tuner.study.lifecycle import default_study_name
 
 TINY = BUNDLED_MODELS["dtune/tiny-arith"]
 
@@ -121,7 +121,7 @@ def rows_without_fields(tmp: Path) -> Path:
 
 
 def gsm8k_spec_file(tmp: Path) -> Path:
-    from tuner.spec import builtin_specs
+    from tuner.study.spec import builtin_specs
 
     path = tmp / "gsm8k-copy.yaml"
     path.write_text(builtin_specs()["gsm8k"].read_text())

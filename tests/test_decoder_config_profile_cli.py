@@ -135,7 +135,7 @@ def test_the_cli_and_the_tuner_encode_a_templated_prompt_to_the_same_ids(tmp_pat
     from tokenizers.processors import TemplateProcessing
 
     from decoder import encode_prompt, load_model, save_checkpoint
-    from tuner.evaluate import Evaluator
+    from tuner.study.evaluate import Evaluator
     from tuner.tasks import get_task
 
     model, tokenizer = load_model("dtune/tiny-arith", device="cpu")

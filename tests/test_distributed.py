@@ -27,9 +27,11 @@ from mlflow.entities import ViewType
 from optuna.trial import TrialState
 
 from tools.pg_server import wait_until
-from tuner.objective import Objective
-from tuner.storage import StorageError, open_storage
-from tuner.study import FINISHED, create_study, distributions, fail_stale_trials, suggest
+from tuner.storage.database import open_storage
+from tuner.storage.errors import StorageError
+from tuner.study.lifecycle import FINISHED, create_study, fail_stale_trials
+from tuner.study.objective import Objective
+from tuner.study.space import distributions, suggest
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")]
 REPO = Path(__file__).resolve().parents[1]
@@ -215,7 +217,7 @@ def test_a_running_trial_without_any_heartbeat_is_an_orphan_and_retried(tmp_path
 
 
 def test_sqlite_on_a_network_file_system_is_refused(tmp_path, monkeypatch):
-    import tuner.storage as storage_mod
+    import tuner.storage.database as storage_mod
 
     monkeypatch.setattr(storage_mod, "_fs_type", lambda path: "nfs4")
     with pytest.raises(StorageError, match="network file system"):
@@ -223,7 +225,7 @@ def test_sqlite_on_a_network_file_system_is_refused(tmp_path, monkeypatch):
 
 
 def test_worker_command_lines():
-    from tuner.launcher import child_argv, parse_n_workers, worker_devices
+    from tuner.workers.launcher import child_argv, parse_n_workers, worker_devices
 
     argv = ["run", "--task", "arith", "--n-workers", "4", "--device=cuda", "--no-progress", "--worker-index", "7",
             "--set", "trials=8"]
@@ -238,9 +240,9 @@ def test_an_objective_error_surfaces_and_is_not_taken_for_a_stale_take_over(tmp_
     """Only a trial another worker finished while this one ran it means "taken over, go on" (tests/
     test_worker_faults.py); the objective's own errors stop the worker at once (they once made it fail trials
     forever)."""
-    from tuner.context import Context, Options
-    from tuner.storage import StudyLock
-    from tuner.worker import Worker, WorkerOptions
+    from tuner.app.context import Context, Options
+    from tuner.storage.locks import StudyLock
+    from tuner.workers.worker import Worker, WorkerOptions
 
     url = f"sqlite:///{tmp_path}/s.db"
     storage = open_storage(url, heartbeat_interval=1)
@@ -260,11 +262,13 @@ def test_an_objective_error_surfaces_and_is_not_taken_for_a_stale_take_over(tmp_
 
 CLAIM_SCRIPT = textwrap.dedent("""
     import sys, time
-    from tuner.context import Context, Options
-    from tuner.storage import StudyLock, open_storage
-    from tuner.study import create_study, distributions, suggest
-    from tuner.spec import load_spec
-    from tuner.worker import Worker, WorkerOptions
+    from tuner.app.context import Context, Options
+    from tuner.storage.database import open_storage
+    from tuner.storage.locks import StudyLock
+    from tuner.study.lifecycle import create_study
+    from tuner.study.space import distributions, suggest
+    from tuner.study.spec import load_spec
+    from tuner.workers.worker import Worker, WorkerOptions
 
     url, budget = sys.argv[1], int(sys.argv[2])
     spec = load_spec("arith", [f"trials={budget}", "sampler=random"])

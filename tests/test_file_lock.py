@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from tuner import file_lock
+from tuner.base import file_lock
 
 
 def test_lock_path_sits_beside_sqlite_files_only(tmp_path):
@@ -20,7 +20,7 @@ def test_a_second_process_waits_until_the_holder_dies(tmp_path):
     path = tmp_path / "db.lock"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from tuner import file_lock
+        from tuner.base import file_lock
         with file_lock.held_lock(__import__("pathlib").Path({str(path)!r}), timeout_s=5) as held:
             print(held, flush=True)
             time.sleep(60)

@@ -13,14 +13,26 @@ import pytest
 import decoder
 from decoder.cli import add_knob_arguments, knobs_from_args
 from decoder.config import KNOBS, DecodeConfig
-from tools.import_graph import cycles, import_graph
-from tuner.spec import SEARCHABLE, builtin_specs, load_spec
+from tools.import_graph import LAYERS, cycles, import_graph, layer_of, layer_violations
+from tuner.study.spec import SEARCHABLE, builtin_specs, load_spec
 
 HEAVY = ("torch", "mlflow", "optuna", "sqlalchemy", "datasets", "transformers")
 
 
 def test_no_import_cycles():
     assert cycles(import_graph()) == []
+
+
+def test_tuner_is_layered_no_lower_folder_imports_a_higher_one():
+    """tuner's folders stack (tools/import_graph.LAYERS): base, sandbox, tasks, verdict, storage, study, report,
+    tracking, app, workers, export, cli. Every module of tuner sits in one of them, and none imports a folder
+    above its own; checked on the real graph, and shown to catch an upward import."""
+    graph = import_graph()
+    assert layer_violations(graph) == []
+    modules = [m for m in graph if m.startswith("tuner.") and m not in ("tuner.__main__",)]
+    assert all(layer_of(m) in LAYERS for m in modules), [m for m in modules if layer_of(m) not in LAYERS]
+    upward = {**graph, "tuner.verdict.stats": graph["tuner.verdict.stats"] | {"tuner.study.spec"}}
+    assert layer_violations(upward) == [("tuner.verdict.stats", "tuner.study.spec")]
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["run"], ["run", "--task", "arith", "--set", "trails=3"],

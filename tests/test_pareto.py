@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from tuner.pareto import TrialPoint, hypervolume_2d, pareto_front, pick_fastest, pick_knee
-from tuner.plots import pareto_figure, pareto_png_figure, save_pareto_png
-from tuner.report import front_table
+from tuner.report.files import front_table
+from tuner.report.plots import pareto_figure, pareto_png_figure, save_pareto_png
+from tuner.verdict.pareto import TrialPoint, hypervolume_2d, pareto_front, pick_fastest, pick_knee
 
 
 def pt(number: int, acc: float, tps: float, **kw) -> TrialPoint:
@@ -162,7 +162,7 @@ def test_points_are_hashable_despite_params():
 
 
 def test_log_ticks_are_plain_1_2_5_numbers_spanning_the_speeds():
-    from tuner.plots import log_ticks
+    from tuner.report.plots import log_ticks
 
     assert log_ticks([150.0, 1400.0]) == [100.0, 200.0, 500.0, 1000.0, 2000.0]
     assert log_ticks([10.0, 30.0]) == [10.0, 20.0]

@@ -13,17 +13,19 @@ import pytest
 from scipy.stats import norm
 
 from decoder import Counters, DecodeConfig
-from tuner import racing
-from tuner.baseline import read_ledger
-from tuner.evaluate import EvalResult
-from tuner.objective import Objective
-from tuner.pareto import TrialPoint
-from tuner.racing import PowerError, power_check, rungs
-from tuner.selection import PickError, confirm, pick
-from tuner.spec import Constraint, Race, load_spec
-from tuner.stats import items_to_resolve
-from tuner.study import config_key, create_study, trial_points
+from tuner.storage.record import StudyRecord
+from tuner.study.evaluate import EvalResult
+from tuner.study.lifecycle import create_study
+from tuner.study.objective import Objective
+from tuner.study.points import trial_points
+from tuner.study.space import config_key
+from tuner.study.spec import Constraint, Race, load_spec
 from tuner.tasks import Item
+from tuner.verdict import racing
+from tuner.verdict.pareto import TrialPoint
+from tuner.verdict.racing import PowerError, power_check, rungs
+from tuner.verdict.selection import PickError, confirm, pick
+from tuner.verdict.stats import items_to_resolve
 
 POOL = 1600
 BASE_ACC = 0.95
@@ -121,7 +123,7 @@ def test_racing_gives_items_to_trials_that_need_them_and_stops_the_rest(race_stu
     assert verdicts["slow"] == racing.DOMINATED and used["slow"] < POOL
     assert verdicts["fast-good"] == racing.FEASIBLE
     # Every comparison was paired: the ledger covers every item any trial used, each decoded once.
-    ledger = read_ledger(study)
+    ledger = StudyRecord(study).ledger
     assert ledger.n == max(t.user_attrs["metrics"]["n"] for t in study.trials if "metrics" in t.user_attrs)
     vanilla_key = config_key(spec.reference_config(spec.reference("vanilla")))
     assert sum(n for key, n in evaluator.calls if key == vanilla_key) == ledger.n
@@ -196,7 +198,7 @@ def test_rungs_grow_geometrically_to_the_whole_pool():
 
 
 def test_confirmation_probability_is_a_power_calculation_for_the_one_test():
-    from tuner.selection import confirmation_probability
+    from tuner.verdict.selection import confirmation_probability
 
     margin = Constraint(max_drop=5.0)
     z = norm.ppf(0.95)

@@ -7,7 +7,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner.sampling import SeesStoppedTrials, StudyView, make_sampler
+from tuner.study.sampling import SeesStoppedTrials, StudyView, make_sampler
 
 DISTS = {"window": CategoricalDistribution([16, 32, None]), "threshold": FloatDistribution(0.5, 0.99)}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.errors import TunerError
+from tuner.base.errors import TunerError
 from tuner.sandbox import Limits, SandboxError, require_isolation, reset_cache, run_program, run_programs
 from tuner.tasks.base import Task
 from tuner.tasks.code_task import CodeTask

@@ -9,7 +9,13 @@ import pytest
 from scipy.optimize import brentq, minimize_scalar
 from scipy.stats import norm
 
-from tuner.stats import items_to_resolve, paired_drop, paired_drop_counts, tango_bound, wilson_interval
+from tuner.verdict.stats import (
+    items_to_resolve,
+    paired_drop,
+    paired_drop_counts,
+    tango_bound,
+    wilson_interval,
+)
 
 
 def independent_tango_bound(b: int, c: int, n: int, confidence: float, upper: bool) -> float:

@@ -1,4 +1,4 @@
-"""tuner.timing: the speed estimator on synthetic timings with injected load and stalls (fast, deterministic), then
+"""tuner.study.timing: the speed estimator on synthetic timings with injected load and stalls (fast, deterministic), then
 the probe timer on the bundled tiny model and the robust figure in the report files and `show`'s cells."""
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from helpers import MODEL
 from scipy.stats import spearmanr
 
 from tuner.cli.common import format_speed
-from tuner.pareto import TrialPoint
-from tuner.report import study_metrics, write_study_files
-from tuner.spec import load_spec
-from tuner.timing import (
-    ANCHOR_KEY,
+from tuner.report.files import study_metrics, write_study_files
+from tuner.storage.record import StudyRecord
+from tuner.study.spec import load_spec
+from tuner.study.timing import (
     SpeedEstimate,
     TimingRule,
     WallTimer,
@@ -33,6 +32,7 @@ from tuner.timing import (
     timer_for,
     timing_reference,
 )
+from tuner.verdict.pareto import TrialPoint
 
 TOKENS = 80  # answer tokens a configuration produces on the probe
 REF_S = 0.10  # the reference's quiet pass time
@@ -205,8 +205,8 @@ def test_an_evaluator_without_a_model_keeps_the_figure_it_replays():
 @pytest.fixture(scope="module")
 def tiny():
     from decoder import load_model
-    from tuner.context import load_task
-    from tuner.evaluate import Evaluator
+    from tuner.app.context import load_task
+    from tuner.study.evaluate import Evaluator
 
     spec = load_spec("arith", ["decode.gen_length=64", "validation_size=8",
                                "references=[{name: vanilla, mode: vanilla, steps: 32}, "
@@ -237,11 +237,11 @@ def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_i
     torch.set_num_threads(1)
     timer = timer_for(spec, evaluator, items)
     vanilla = timer.measure(spec.reference_config(spec.reference("vanilla")), study, 0.0, 0)
-    anchor = study.user_attrs[ANCHOR_KEY]
-    assert anchor["reference"] == "paper" and anchor["probe"] == [it.id for it in items[:2]] and anchor["trial"] == 0
+    anchor = StudyRecord(study).speed_anchor
+    assert anchor.reference == "paper" and anchor.probe == [it.id for it in items[:2]] and anchor.trial == 0
     fast = timer.measure(spec.config_for({"window": 16, "threshold": 0.7, "alpha": 0.3, "early_exit": True}),
                          study, 0.0, 1)
-    assert study.user_attrs[ANCHOR_KEY] == anchor  # set once, by the first trial timed
+    assert StudyRecord(study).speed_anchor == anchor  # set once, by the first trial timed
     assert vanilla.method == fast.method == "probe-ratio"
     assert fast.tokens_per_s > 2 * vanilla.tokens_per_s
     assert vanilla.ratio > 2  # vanilla's 32 forwards per block of 32 against the reference's few
@@ -259,12 +259,12 @@ def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_i
     # A later study on this machine starts from the fastest reference pass the machine has shown, so a study
     # begun while the machine is busy reports the quiet scale.
     recorded = machine_anchor(timer.machine_key)
-    assert recorded is not None and recorded <= anchor["time_s"]
+    assert recorded is not None and recorded <= anchor.time_s
     record_machine_anchor(timer.machine_key, recorded / 10, {})  # as if a quieter moment had been seen
     later = optuna.create_study(storage=f"sqlite:///{tmp_path}/t.db", directions=["maximize", "maximize"])
     timer.measure(spec.reference_config(spec.reference("paper")), later, 0.0, 0)
-    assert later.user_attrs[ANCHOR_KEY]["time_s"] == pytest.approx(recorded / 10)
-    assert later.user_attrs[ANCHOR_KEY]["source"] == "this machine's record"
+    assert StudyRecord(later).speed_anchor.time_s == pytest.approx(recorded / 10)
+    assert StudyRecord(later).speed_anchor.source == "this machine's record"
 
 
 def test_the_machine_record_keeps_the_fastest_pass_and_can_be_switched_off(tmp_path, monkeypatch):

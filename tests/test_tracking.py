@@ -18,8 +18,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from tuner.pareto import TrialPoint
 from tuner.tracking import STUDY_TAG, Tracker, TrackingError
+from tuner.verdict.pareto import TrialPoint
 
 EXP = "dtune-test"
 
@@ -212,7 +212,8 @@ RACES = 4
 
 
 def _race_worker(uri: str, artifacts: str, study_db: str, barrier, out) -> None:
-    from tuner.storage import StudyLock, open_storage
+    from tuner.storage.database import open_storage
+    from tuner.storage.locks import StudyLock
 
     tracker = Tracker.open(uri, "race-exp", artifact_location=artifacts, backoff_s=0.2)
     storage = open_storage(study_db)
@@ -223,7 +224,7 @@ def _race_worker(uri: str, artifacts: str, study_db: str, barrier, out) -> None:
 
 
 def test_two_processes_end_with_one_parent(store, tmp_path):
-    """Workers create the parent run under the study lock (tuner.worker), the one de-duplication a study has."""
+    """Workers create the parent run under the study lock (tuner.workers.worker), the one de-duplication a study has."""
     uri, artifacts = store
     study_db = f"sqlite:///{tmp_path}/study.db"
     ctx = mp.get_context("spawn")  # a forked child would share the parent's sqlite connections

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tuner.spec import SpecError, apply_overrides, builtin_specs, load_spec, spec_from_dict
-from tuner.stats import mcnemar_exact, wilson_interval
-from tuner.study import distributions, reference_params
+from tuner.study.space import distributions, reference_params
+from tuner.study.spec import SpecError, apply_overrides, builtin_specs, load_spec, spec_from_dict
+from tuner.verdict.stats import mcnemar_exact, wilson_interval
 
 
 @pytest.mark.parametrize("task", ["arith", "gsm8k", "math", "humaneval", "mbpp"])

@@ -24,8 +24,8 @@ from helpers import MODEL, load, small_args, spec_for
 
 from decoder import load_profile, read_profile
 from tuner.cli import main
-from tuner.storage import open_storage
-from tuner.study import default_study_name
+from tuner.storage.database import open_storage
+from tuner.study.lifecycle import default_study_name
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_mlflow_holds_one_parent_with_nested_trials_and_pareto_artifacts(finishe
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 5
     assert all("accuracy" in c.data.metrics and "nfe" in c.data.metrics for c in children)
-    # The robust speed and its dispersion (tuner.timing) are on every trial run, the old wall figure beside them.
+    # The robust speed and its dispersion (tuner.study.timing) are on every trial run, the old wall figure beside them.
     assert all({"tokens_per_s", "speed_spread", "speed_noisy", "tokens_per_s_wall"} <= set(c.data.metrics)
                for c in children)
     assert parent.data.params["task"] == "arith" and "validation_hash" in parent.data.params
@@ -153,22 +153,22 @@ def test_a_second_export_decodes_only_the_pick_and_registers_it_for_production(f
     """The baseline's test evaluation is stored with the study: a second export of the same study decodes only its
     pick (generations counted), says which figures it reused, registers the profile (alias candidate), and after
     `promote` production code loads it by alias."""
-    import tuner.evaluate
-    from tuner.baseline import TEST_KEY
+    import tuner.study.evaluate
+    from tuner.storage.record import StudyRecord
 
     args = small_args(finished_study, 6)
     cwd = os.getcwd()
     os.chdir(finished_study)
     try:
-        if not load(finished_study, 6).user_attrs.get(TEST_KEY):  # run on its own: the first export fills the cache
+        if not StudyRecord(load(finished_study, 6)).has_stored_tests:  # run on its own: the first export fills the cache
             assert main(["export", *args, "--out", str(finished_study / "first.json"), "--force"]) == 0
-        rows, real = [], tuner.evaluate.generate
+        rows, real = [], tuner.study.evaluate.generate
 
         def counting(model, prompts, config, **kw):
             rows.append((config, len(prompts), "tokenizer" in kw))  # warm-up calls pass no tokenizer
             return real(model, prompts, config, **kw)
 
-        monkeypatch.setattr(tuner.evaluate, "generate", counting)
+        monkeypatch.setattr(tuner.study.evaluate, "generate", counting)
         out = finished_study / "registered.json"
         assert main(["export", *args, "--out", str(out), "--force", "--register", "arith-tiny"]) == 0
         monkeypatch.undo()
@@ -219,10 +219,10 @@ def test_racing_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
     shown infeasible by its paired bound before the pool is used up and stops there, the baseline having decoded
     just the items it used; its repeat is not evaluated again."""
     from decoder import load_model
-    from tuner.baseline import read_ledger
-    from tuner.context import load_task
-    from tuner.evaluate import Evaluator
-    from tuner.objective import Objective
+    from tuner.app.context import load_task
+    from tuner.storage.record import StudyRecord
+    from tuner.study.evaluate import Evaluator
+    from tuner.study.objective import Objective
 
     spec = spec_for(tmp_path, 3, ["constraint.max_drop=0", "race.min_items=16", "validation_size=96"])
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/p.db"), study_name="prune",
@@ -240,7 +240,7 @@ def test_racing_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
     assert stopped < 96 and reckless.user_attrs["metrics"]["race_verdict"] == "infeasible"
     assert [h["n"] for h in reckless.user_attrs["race"]] == [16, 32, 64][: len(reckless.user_attrs["race"])]
     assert reckless.constraints["accuracy"] > 0
-    assert read_ledger(study).n == stopped  # the baseline decoded exactly the items the trial used
+    assert StudyRecord(study).ledger.n == stopped  # the baseline decoded exactly the items the trial used
     # The same configuration again (alpha as a GP proposes it) is not evaluated again: it stops as trial 0 did.
     study.enqueue_trial({"window": 16, "threshold": 0.5, "alpha": 0.6999999999999998, "early_exit": True})
     study.optimize(objective, n_trials=1)
@@ -327,7 +327,7 @@ def test_an_interrupt_while_optuna_records_a_trial_still_requeues_it(tmp_path):
     heartbeat goes stale."""
     import sqlalchemy
 
-    from tuner.worker import interrupts
+    from tuner.workers.worker import interrupts
 
     fired = []
 

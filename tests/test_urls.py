@@ -2,7 +2,7 @@
 
 import pytest
 
-from tuner.urls import redact_url, sqlite_file
+from tuner.base.urls import redact_url, sqlite_file
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,14 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from rich.console import Console
 
-from tuner.context import Context, Options
-from tuner.objective import Objective
-from tuner.storage import StudyLock, open_storage, stale_handler
-from tuner.study import FINISHED, config_key, create_study, distributions, fail_stale_trials, suggest
-from tuner.worker import Worker, WorkerOptions
+from tuner.app.context import Context, Options
+from tuner.storage.database import open_storage
+from tuner.storage.locks import StudyLock
+from tuner.storage.retry import stale_handler
+from tuner.study.lifecycle import FINISHED, create_study, fail_stale_trials
+from tuner.study.objective import Objective
+from tuner.study.space import config_key, distributions, suggest
+from tuner.workers.worker import Worker, WorkerOptions
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")
 
@@ -145,14 +148,15 @@ def test_a_retry_sets_its_own_constraint(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- 4-6: MLflow
-def _tracked_worker(tmp_path, spec, study, storage):
+def _study_tracking(tmp_path, spec, study, storage):
+    """What a worker logs to MLflow with (`StudyTracking`), on a study of hand-made trials."""
     from tuner.tracking import Tracker
+    from tuner.workers.study_tracking import StudyTracking
 
     tracker = Tracker.open(f"sqlite:///{tmp_path}/mlflow.db", "dtune-arith", retries=0)
-    worker = Worker(Context(spec, Options(storage=storage.url)), WorkerOptions())
-    worker.study, worker.tracker, worker.lock = study, tracker, StudyLock(storage, study.study_name)
-    worker.parent = tracker.parent_run(study.study_name, params={}, tags={})
-    return worker, tracker
+    parent = tracker.parent_run(study.study_name, params={}, tags={})
+    ctx = Context(spec, Options(storage=storage.url, study_name=study.study_name))
+    return StudyTracking(ctx, tracker, StudyLock(storage, study.study_name), parent), tracker
 
 
 def _finished_trials(spec, study, n: int, failed: int = 0) -> None:
@@ -175,19 +179,19 @@ def test_mlflow_converges_to_the_study_at_refresh_and_the_parent_run_is_closed(t
     storage = open_storage(url)
     study = optuna.create_study(storage=storage, study_name="converge", directions=["maximize", "maximize"])
     _finished_trials(spec, study, 3, failed=1)
-    worker, tracker = _tracked_worker(tmp_path, spec, study, storage)
-    worker._log_trial(study.get_trials()[1])  # the one trial whose logging got through
-    worker._refresh()
+    tracking, tracker = _study_tracking(tmp_path, spec, study, storage)
+    tracking.log_trial(study.get_trials()[1])  # the one trial whose logging got through
+    tracking.refresh(study)
     client = MlflowClient(tracking_uri=tracker.tracking_uri)
-    runs = client.search_runs([tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{worker.parent}'")
+    runs = client.search_runs([tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{tracking.parent}'")
     assert sorted(int(r.data.tags["dtune.trial_number"]) for r in runs) == [0, 1, 2, 3]
     assert {int(r.data.tags["dtune.trial_number"]): r.info.status for r in runs}[0] == "FAILED"
-    parent = client.get_run(worker.parent)
+    parent = client.get_run(tracking.parent)
     assert parent.data.metrics["n_failed"] == 1 and parent.data.metrics["n_complete"] == 3
     assert parent.info.status == "RUNNING"
-    worker._finish_tracking()
-    assert client.get_run(worker.parent).info.status == "FINISHED"
-    worker.lock.close()
+    tracking.finish(study)
+    assert client.get_run(tracking.parent).info.status == "FINISHED"
+    tracking.lock.close()
 
 
 # --------------------------------------------------------------------------------------- 7: duplicates
@@ -227,7 +231,7 @@ def test_a_duplicate_of_a_running_configuration_waits_for_its_result(tmp_path):
 def test_the_n_workers_parent_names_workers_by_their_own_index(tmp_path):
     """The parent takes its workers' indices from the study and hands them out, so "worker 5 … was killed" is
     the process whose own lines say "worker 5"; a worker started by hand later gets the next free index."""
-    from tuner.launcher import exit_lines
+    from tuner.workers.launcher import exit_lines
 
     url = f"sqlite:///{tmp_path}/s.db"
     spec = spec_for(tmp_path, 4)
@@ -252,8 +256,8 @@ def test_show_finds_a_study_run_with_validation_size(tmp_path, capsys):
         common += ["--set", o]
     base = spec_for(tmp_path, 4, ["references=[{name: vanilla, mode: vanilla, steps: 32}]"])
     storage = open_storage(url)
-    from tuner.spec import load_spec
-    from tuner.study import default_study_name
+    from tuner.study.lifecycle import default_study_name
+    from tuner.study.spec import load_spec
 
     ran = load_spec("arith", [f"model={base.model!r}", "references=[{name: vanilla, mode: vanilla, steps: 32}]",
                               "validation_size=48"])

@@ -13,6 +13,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("decoder", "tuner")
+# tuner's folders from the bottom up: a module may import its own folder and the folders below it, never one above.
+LAYERS = ("base", "sandbox", "tasks", "verdict", "storage", "study", "report", "tracking", "app", "workers", "export",
+          "cli")
 
 
 def module_name(path: Path) -> str:
@@ -72,6 +75,27 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return [list(c) for c in sorted(found)]
 
 
+def layer_of(module: str) -> str | None:
+    """The folder of `tuner` a module belongs to (None for the package's own top-level modules)."""
+    parts = module.split(".")
+    if parts[0] != "tuner" or len(parts) < 2 or (len(parts) == 2 and parts[1] not in LAYERS):
+        return None
+    return parts[1]
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(module, import) pairs where a module of a lower folder imports a higher one (LAYERS)."""
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    out = []
+    for mod, targets in graph.items():
+        own = layer_of(mod)
+        for target in targets:
+            other = layer_of(target)
+            if own in rank and other in rank and rank[other] > rank[own]:
+                out.append((mod, target))
+    return sorted(out)
+
+
 if __name__ == "__main__":
     graph = import_graph()
     for mod in sorted(graph):
@@ -79,4 +103,7 @@ if __name__ == "__main__":
     found = cycles(graph)
     for c in found:
         print("cycle:", " -> ".join([*c, c[0]]))
-    sys.exit(1 if found else 0)
+    upward = layer_violations(graph)
+    for mod, target in upward:
+        print(f"layer: {mod} imports {target}, a higher folder")
+    sys.exit(1 if found or upward else 0)

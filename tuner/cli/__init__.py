@@ -1,7 +1,7 @@
 """`python -m tuner run | eval | show | export | promote | tasks`: one module per subcommand, dispatched from here.
 
-Exit codes scripts can rely on: 0 success; 2 bad input or unreachable service (one-line message on stderr);
-3 export refused by its held-out confirmation; 130 interrupted (finished trials are kept).
+Exit codes scripts can rely on (`tuner.base.errors`): 0 success; 2 bad input or unreachable service (one-line
+message on stderr); 3 export refused by its held-out confirmation; 130 interrupted (finished trials are kept).
 
 Importing this package, parsing arguments and printing help import neither torch, MLflow nor Optuna: a command's
 module is imported only once it runs, so `--help` and argument errors answer at once.
@@ -12,9 +12,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ..base.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_REFUSED
 from .parser import build_parser
-
-EXIT_OK, EXIT_ERROR, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 # subcommand -> the module under tuner.cli that runs it (its `main(args)` returns the exit code)
 COMMANDS = {"run": "run", "eval": "evaluate", "show": "show", "export": "export", "promote": "promote",
@@ -27,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # `run --n-workers` hands the same command to its workers
     from decoder.errors import DecoderError
 
-    from ..errors import RefusedError, TunerError, one_line
-    from ..logs import quiet_libraries
+    from ..base.errors import RefusedError, TunerError, one_line
+    from ..base.logs import quiet_libraries
 
     quiet_libraries()  # no library log line before a command's one-line error
 

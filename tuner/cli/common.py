@@ -13,9 +13,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ..context import Context, Options
-from ..pareto import TrialPoint
-from ..spec import SpecError, StudySpec, load_spec
+from ..app.context import Context, Options
+from ..storage.record import BaselineSummary
+from ..study.spec import SpecError, StudySpec, load_spec
+from ..verdict.pareto import TrialPoint
 
 
 def spec_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> StudySpec:
@@ -73,7 +74,7 @@ def usage_error(message: str) -> SpecError:
     return SpecError(message)
 
 
-def print_front(out: Console, name: str, front: list[TrialPoint], baseline: dict | None) -> None:
+def print_front(out: Console, name: str, front: list[TrialPoint], baseline: BaselineSummary | None) -> None:
     table = Table(title=f"Pareto front of {name} (accuracy vs tokens/s; feasible = the drop's upper bound within "
                         "the margin)")
     for col in ("trial", "ref", "items", "accuracy", "interval", "drop [upper]", "tokens/s", "NFE", "params"):
@@ -84,10 +85,10 @@ def print_front(out: Console, name: str, front: list[TrialPoint], baseline: dict
                       format_drop(p), format_speed(p), "" if p.nfe is None else f"{p.nfe:.1f}",
                       format_params(p.params))
     out.print(table)
-    if baseline:
-        out.print(f"baseline ({baseline.get('reference')}, trial {baseline.get('trial')}): "
-                  f"accuracy {baseline['accuracy']:.1%} on {baseline.get('n', '?')} items; accuracy above = the "
-                  "baseline's minus the paired drop")
+    if baseline is not None and baseline.accuracy is not None:
+        out.print(f"baseline ({baseline.reference}, trial {baseline.trial}): accuracy {baseline.accuracy:.1%} on "
+                  f"{baseline.n if baseline.n is not None else '?'} items; accuracy above = the baseline's minus the "
+                  "paired drop")
 
 
 def format_drop(p: TrialPoint) -> str:

@@ -10,19 +10,16 @@ from rich.progress import Progress
 
 from decoder.cli import build_config, knobs_from_args
 
+from ..app.preflight import EVAL, preflight
+from ..base.errors import EXIT_OK
 from .common import context_from_args, spec_from_args
-
-EXIT_OK = 0
 
 
 def main(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, [f"batch_size={args.batch_size}"] if args.batch_size else None)
     knobs = {**spec.fixed_knobs(), **knobs_from_args(args)} if not args.profile else knobs_from_args(args)
-    build_config(args.profile, knobs)  # the profile file and the knobs first: they need no model
     ctx = context_from_args(args, spec)
-    ctx.check_sandbox()
-    ctx.check_device()
-    # The data, then the checkpoint's files and the profile's model, all before the model loads.
+    preflight(ctx, EVAL, profile=args.profile, knobs=knobs, split=args.split)  # all before the model loads
     items = ctx.task.load(args.split)
     items = items[: args.limit] if args.limit is not None else items
     config = build_config(args.profile, knobs, ctx.check_model(), allow_mismatch=args.allow_model_mismatch)
@@ -31,13 +28,12 @@ def main(args: argparse.Namespace) -> int:
         bar = progress.add_task(f"{ctx.task.name} {args.split}", total=len(items))
         result = evaluator.evaluate(items, config, on_progress=lambda seen, total, c: progress.update(bar, completed=seen))
     info = ctx.task.split_info(args.split)
-    out = {**result.metrics(), "task": spec.task, "split": args.split, "split_hash": info.content_hash,
-           "model": spec.model, "config": config.to_dict()}
     if args.json:
-        print(json.dumps(out))
+        print(json.dumps({**result.metrics(), **dict(task=spec.task, split=args.split, split_hash=info.content_hash,
+                                                     model=spec.model, config=config.to_dict())}))
         return EXIT_OK
     lo, hi = result.ci
     Console().print(f"{spec.task} {args.split} (n={result.n}): accuracy {result.accuracy:.1%} "
-                    f"[95% CI {lo:.1%}–{hi:.1%}] · {result.tokens_per_s:.1f} tokens/s · NFE {out['nfe']:.1f}/item · "
-                    f"{config.mode}")
+                    f"[95% CI {lo:.1%}–{hi:.1%}] · {result.tokens_per_s:.1f} tokens/s · NFE {result.metrics()['nfe']:.1f}"
+                    f"/item · {config.mode}")
     return EXIT_OK

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..base.urls import DEFAULT_STORAGE
+
 
 def _common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
     p.add_argument("--task", required=True, help="task name (its built-in spec, tuner/studies/<task>.yaml) or a spec file path")
@@ -16,22 +18,25 @@ def _common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
                    help="local benchmark files laid out like shared/data (default: $DTUNE_DATA_DIR, else the hub)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
     if study:
-        p.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE", "sqlite:///dtune.db"),
+        p.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE", DEFAULT_STORAGE),
                        help="Optuna storage URL: sqlite:///file.db (default) or postgresql+psycopg://…")
         p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                        help="MLflow tracking URI (default: sqlite:///mlflow.db in the current directory)")
         p.add_argument("--study-name", help="default: <task>-<model>-<spec hash>, so re-running resumes")
 
 
-def non_negative_float(text: str) -> float:
-    """An argparse type: a finite number >= 0 (accuracy points)."""
+def accuracy_points(text: str) -> float:
+    """An argparse type: a margin in accuracy points (`tuner.verdict.constraint.check_max_drop`)."""
+    from ..verdict.constraint import ConstraintError, check_max_drop
+
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 100:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"must be accuracy points in [0, 100], got {text}")
-    return value
+    try:
+        return check_max_drop(value, "")
+    except ConstraintError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="confirm a Pareto point on the test split and write a profile")
     _common(exp)
     exp.add_argument("--pick", choices=["knee", "fastest"], default="knee")
-    exp.add_argument("--max-drop", type=non_negative_float,
+    exp.add_argument("--max-drop", type=accuracy_points,
                      help="accuracy points below the baseline allowed (default: spec)")
     exp.add_argument("--out", help="profile path (default: profiles/<study>-<time>.json); an existing file is "
                      "never replaced unless it is a dtune profile and --overwrite is given")

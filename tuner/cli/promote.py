@@ -6,7 +6,7 @@ import argparse
 
 from rich.console import Console
 
-EXIT_OK = 0
+from ..base.errors import EXIT_OK
 
 
 def main(args: argparse.Namespace) -> int:

@@ -7,9 +7,10 @@ import argparse
 
 from rich.console import Console
 
+from ..app.preflight import RUN, preflight
+from ..base.errors import EXIT_OK
 from .common import context_from_args, print_front, spec_from_args, stdout_console, usage_error
 
-EXIT_OK = 0
 SHORTCUTS = ("trials", "validation_size", "batch_size", "sampler", "seed")  # flags that set a spec field
 
 
@@ -20,24 +21,12 @@ def main(args: argparse.Namespace) -> int:
         raise usage_error("--heartbeat-interval must be at least 1 second")
     if args.refresh_every < 1:
         raise usage_error(f"--refresh-every must be at least 1, not {args.refresh_every}")
-    # Options and the study database are checked before anything heavy is imported (torch, MLflow): a typo or a
-    # foreign database answers at once, and nothing is created in either store.
     ctx = context_from_args(args, spec)
-    ctx.check_services()
-    # Then the sandbox, the device, the data (the power check reads both splits) and the checkpoint (last: a hub
-    # checkpoint is fetched), all before a model loads.
-    ctx.check_sandbox()
-    ctx.check_device()
-    if not args.accept_low_power:  # before any model loads: a margin the items can't resolve wastes the study
-        from ..racing import power_check
-
-        power_check(spec.constraint, len(ctx.items("validation")), len(ctx.items("test")))
-    else:
-        ctx.items("validation")  # the rows checked all the same
-    ctx.check_model()
-    from ..launcher import parse_n_workers, run_workers, stop_with_parent
-    from ..study import front
-    from ..worker import Worker, WorkerOptions, interrupts
+    preflight(ctx, RUN, accept_low_power=args.accept_low_power)  # before torch, MLflow or a model loads
+    from ..storage.record import StudyRecord
+    from ..study.points import front
+    from ..workers.launcher import parse_n_workers, run_workers, stop_with_parent
+    from ..workers.worker import Worker, WorkerOptions, interrupts
 
     n_workers = parse_n_workers(args.n_workers)
     if n_workers is None:
@@ -56,5 +45,5 @@ def main(args: argparse.Namespace) -> int:
         else:
             code, study = EXIT_OK, Worker(ctx, options, console).run()
     if study is not None and not args.worker_child:
-        print_front(stdout_console(), study.study_name, front(study, spec.constraint), study.user_attrs.get("baseline"))
+        print_front(stdout_console(), study.study_name, front(study, spec.constraint), StudyRecord(study).baseline)
     return code

@@ -7,9 +7,11 @@ import json
 
 from rich.table import Table
 
-from ..pareto import pareto_front
-from ..report import front_table
-from ..study import trial_points
+from ..base.errors import EXIT_OK
+from ..report.files import front_table
+from ..storage.record import StudyRecord
+from ..study.points import trial_points
+from ..verdict.pareto import pareto_front
 from .common import (
     context_from_args,
     format_drop,
@@ -20,17 +22,17 @@ from .common import (
     stdout_console,
 )
 
-EXIT_OK = 0
-
 
 def main(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     study = context_from_args(args, spec).load_study()
     points = trial_points(study, spec.constraint)
     best = pareto_front(points)
+    baseline = StudyRecord(study).baseline
     if args.json:
-        print(json.dumps({"study": study.study_name, "baseline": study.user_attrs.get("baseline"),
-                          "trials": [p.__dict__ for p in points], "front": front_table(best)}, default=str))
+        shown = dict(study=study.study_name, baseline=baseline.to_dict() if baseline else None,
+                     trials=[p.to_dict() for p in points], front=front_table(best))
+        print(json.dumps(shown, default=str))
         return EXIT_OK
     out = stdout_console()
     table = Table(title=f"{study.study_name}: {len(points)} finished trials")
@@ -41,5 +43,5 @@ def main(args: argparse.Namespace) -> int:
                       format_drop(p), format_speed(p), "" if p.nfe is None else f"{p.nfe:.1f}",
                       "yes" if p.feasible else "no", format_params(p.params))
     out.print(table)
-    print_front(out, study.study_name, best, study.user_attrs.get("baseline"))
+    print_front(out, study.study_name, best, baseline)
     return EXIT_OK

@@ -7,10 +7,9 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from ..spec import builtin_specs
+from ..base.errors import EXIT_OK
+from ..study.spec import builtin_specs
 from ..tasks import list_tasks
-
-EXIT_OK = 0
 
 
 def main(args: argparse.Namespace) -> int:

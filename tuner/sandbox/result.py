@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tuner.errors import TunerError
+from tuner.base.errors import TunerError
 
 Status = Literal["passed", "failed", "timeout", "crashed"]
 
@@ -20,7 +20,7 @@ STATUSES: tuple[Status, ...] = ("passed", "failed", "timeout", "crashed")
 class SandboxError(TunerError, RuntimeError):
     """The sandbox itself could not be set up (not: the program failed).
 
-    A :class:`~tuner.errors.TunerError`, so the CLI reports it as one line; still a ``RuntimeError`` for
+    A :class:`~tuner.base.errors.TunerError`, so the CLI reports it as one line; still a ``RuntimeError`` for
     callers written before that base existed.
 
     Raised only for caller mistakes or a broken host (e.g. an interpreter that cannot be found); a program that

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import TunerError
+from ..base.errors import TunerError
 
 
 class TaskError(TunerError):

@@ -6,7 +6,7 @@
 * `backlog` — tracking calls on a background thread, so trials don't wait for MLflow;
 * `registry` — profiles as registered-model versions, and the aliases production loads them by.
 
-What the artifacts hold is `tuner.report`'s business; the tracker only uploads them.
+What the artifacts hold is `tuner.report.files`'s business; the tracker only uploads them.
 
 Names are imported on first use (PEP 562): `tuner promote` checks its arguments through `registry` before MLflow
 (which `client` imports) costs its second or two.

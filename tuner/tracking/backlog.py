@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import one_line
+from ..base.errors import one_line
 
 _log = logging.getLogger("tuner.tracking")
 

@@ -29,11 +29,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
-from .. import file_lock
-from ..errors import one_line
-from ..pareto import TrialPoint
-from ..report import study_metrics, write_study_files
-from ..urls import redact_url
+from ..base import file_lock
+from ..base.errors import one_line
+from ..base.urls import redact_url
+from ..report.files import study_metrics, write_study_files
+from ..verdict.pareto import TrialPoint
 from .store import HTTP_ENV_DEFAULTS, TrackingError, check_reachable, fix_hint, run_link, uri_scheme
 from .values import (
     MAX_ENTITIES_PER_BATCH,
@@ -260,7 +260,7 @@ class Tracker:
 
         Idempotent across resumes and workers: the run is found by its ``dtune.study`` tag. MLflow has no
         create-if-absent, so the caller serialises creation: workers call this under the study lock
-        (`tuner.storage.StudyLock`), the one lock of a study. Should a duplicate exist all the same (a lock that
+        (`tuner.storage.locks.StudyLock`), the one lock of a study. Should a duplicate exist all the same (a lock that
         timed out on a hung holder), the oldest run is the parent and a run this call just created is deleted.
 
         Tags and params already on the run are kept (first writer wins); missing ones are added.

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TunerError, one_line
+from ..base.errors import TunerError, one_line
+from ..storage.record import ProfileMeta
 from .values import tag_value
 
 CANDIDATE, PRODUCTION = "candidate", "production"
@@ -71,32 +73,31 @@ class RegisteredProfile:
         return model_uri(self.name, self.alias) if self.alias else f"models:/{self.name}/{self.version}"
 
 
-def profile_tags(meta: dict[str, Any]) -> dict[str, str]:
+def profile_tags(meta: ProfileMeta | Mapping[str, Any]) -> dict[str, str]:
     """The version's tags, from a profile's metadata: what a reviewer filters and compares versions by."""
-    test = meta.get("test", {})
-    pick, rule = test.get("pick", {}), test.get("non_inferiority", {})
-    model, task = meta.get("model", {}), meta.get("task", {})
+    meta = meta if isinstance(meta, ProfileMeta) else ProfileMeta.read(meta)
+    test, pick, rule = meta.test, meta.test.pick, meta.test.non_inferiority
 
     def pct(x: Any) -> str:
         return f"{100 * x:.1f}" if isinstance(x, (int, float)) else ""
 
     tags = {
-        "task": task.get("name"),
-        "model": model.get("id"),
-        "model_fingerprint": model.get("fingerprint"),
+        "task": meta.task.get("name"),
+        "model": meta.model.get("id"),
+        "model_fingerprint": meta.model.get("fingerprint"),
         "test_accuracy": pct(pick.get("accuracy")),
         "test_accuracy_ci95": (f"{pct(pick.get('accuracy_ci_low'))}–{pct(pick.get('accuracy_ci_high'))}"
                                if "accuracy_ci_low" in pick else ""),
         "test_items": pick.get("n"),
-        "baseline_test_accuracy": pct(test.get("baseline", {}).get("accuracy")),
+        "baseline_test_accuracy": pct(test.baseline.get("accuracy")),
         "paired_drop_points": rule.get("drop_points"),
         "paired_drop_upper_points": rule.get("upper_bound_points"),
         "margin_points": rule.get("margin_points"),
-        "speedup_tokens_per_s": (f"{test['speedup_tokens_per_s']:.2f}"
-                                 if isinstance(test.get("speedup_tokens_per_s"), (int, float)) else ""),
-        "study": meta.get("study", {}).get("name"),
-        "trial": meta.get("study", {}).get("trial"),
-        CONFIRMED_TAG: str(bool(meta.get("confirmed"))).lower(),
+        "speedup_tokens_per_s": (f"{test.speedup_tokens_per_s:.2f}"
+                                 if isinstance(test.speedup_tokens_per_s, (int, float)) else ""),
+        "study": meta.study.name,
+        "trial": meta.study.trial,
+        CONFIRMED_TAG: str(bool(meta.confirmed)).lower(),
     }
     return {k: tag_value(v) for k, v in tags.items() if v not in (None, "")}
 
@@ -117,7 +118,8 @@ def _fail(what: str, exc: Exception) -> RegistryError:
     return RegistryError(f"{what}: {one_line(exc, with_type=True, limit=300)}")
 
 
-def register_profile(client: Any, name: str, profile: str | Path, run_id: str, meta: dict[str, Any], *,
+def register_profile(client: Any, name: str, profile: str | Path, run_id: str,
+                     meta: ProfileMeta | Mapping[str, Any], *,
                      alias: str | None = CANDIDATE) -> RegisteredProfile:
     """Upload `profile` to run `run_id`, add it as a new version of registered model `name` (created on first use)
     tagged from `meta`, and point `alias` at it. `client` comes from :func:`registry_client`."""

@@ -12,8 +12,8 @@ import time
 import urllib.error
 import urllib.request
 
-from ..errors import TunerError
-from ..urls import redact_url, sqlite_file
+from ..base.errors import TunerError
+from ..base.urls import redact_url, sqlite_file
 
 
 class TrackingError(TunerError):

@@ -33,7 +33,7 @@ its first rung has been decoded (the configuration is warm):
   quiet machine gave, and studies on the same hardware stay comparable;
 * the figure is flagged `speed_noisy` when the spread is still above `noisy_spread` after `max_passes`: the machine
   was too busy for the figure to be trusted to better than that. The rule, with its numbers, is stored with the
-  trial (`user_attrs["timing"]["rule"]`).
+  trial (`TrialRecord.timing["rule"]`).
 
 `load` = the trial's fastest reference pass / the anchor: how much slower the machine ran than when the anchor was
 taken (1 = as quiet). The accuracy evaluation's own wall-clock figure stays in the metrics as
@@ -58,6 +58,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..storage.record import SpeedAnchor, StudyRecord
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import optuna
 
@@ -68,7 +70,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 # Two reference passes around a trial pass further apart than this are one stalled pass, not drifting load.
 STALL_RATIO = 1.25
-ANCHOR_KEY = "speed_anchor"  # study user attr: the timing reference's quiet probe time (see the module docstring)
 _log = logging.getLogger(__name__)
 
 
@@ -325,18 +326,20 @@ class ProbeTimer:
         Workers share it through the study; two first trials timed at once may both write it, and the stored one
         is used from then on (re-read after writing, so the window for a mismatch is one storage round trip)."""
         fastest = min(ref_times)
-        stored = study.user_attrs.get(ANCHOR_KEY)
+        record = StudyRecord(study)
+        stored = record.speed_anchor
         record_machine_anchor(self.machine_key, fastest, self.what)
-        if stored and stored.get("probe") == self.probe_ids and stored.get("reference") == self.reference_name:
-            return float(stored["time_s"])
+        if stored and stored.probe == self.probe_ids and stored.reference == self.reference_name:
+            return float(stored.time_s)
         known = machine_anchor(self.machine_key)
         anchor = min(fastest, known) if known else fastest
-        study.set_user_attr(ANCHOR_KEY, {
-            "reference": self.reference_name, "probe": self.probe_ids, "time_s": anchor, "trial": number,
-            "source": "this machine's record" if anchor < fastest else "the first trial timed",
-            "machine_key": self.machine_key,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-        return float(study.user_attrs.get(ANCHOR_KEY, {}).get("time_s", anchor))
+        record.set_speed_anchor(SpeedAnchor(
+            reference=self.reference_name, probe=self.probe_ids, time_s=anchor, trial=number,
+            source="this machine's record" if anchor < fastest else "the first trial timed",
+            machine_key=self.machine_key,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")))
+        stored = StudyRecord(study).speed_anchor  # re-read: another worker may have written it at the same time
+        return float(stored.time_s if stored else anchor)
 
     def measure(self, config: DecodeConfig, study: optuna.Study, wall_tokens_per_s: float = 0.0,
                 number: int | None = None, eval_time_s: float = math.inf) -> SpeedEstimate:
@@ -379,7 +382,7 @@ def timer_for(spec: StudySpec, evaluator: Any, items: Sequence[Any], rule: Timin
     """A ProbeTimer for an evaluator that decodes (it holds a model); a WallTimer for one that replays results."""
     if getattr(evaluator, "model", None) is None or not items:
         return WallTimer()
-    from . import hardware
+    from ..base import hardware
 
     name = timing_reference(spec)
     probe = list(items[: max(1, rule.probe_items)])

@@ -18,8 +18,8 @@ from typing import Any
 
 from decoder import Counters, DecodeConfig, encode_prompt, generate
 
-from .stats import wilson_interval
-from .tasks import Item, Task
+from ..tasks import Item, Task
+from ..verdict.stats import wilson_interval
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Evaluator:
         on_progress: Callable[[int, int, int], None] | None = None,
     ) -> EvalResult:
         """Decode and score `items` in order, chunk by chunk (progress is reported and an interrupt can land
-        between chunks; racing decides between calls how many items a trial gets, tuner.racing)."""
+        between chunks; racing decides between calls how many items a trial gets, tuner.verdict.racing)."""
         items = list(items)
         total = len(items)
         if warmup and items:

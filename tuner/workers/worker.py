@@ -1,105 +1,53 @@
 """One worker of a study: claim a trial, run it, repeat until the study holds its budget, then wait for the last
 running trials (retrying a dead worker's) and exit.
 
-Any number of workers, on any machines, run the same command against one shared storage (README "Scale out").
-The study lock (`tuner.storage.StudyLock`) is taken and released here only: around study set-up, the MLflow parent
-run, and each claim (count finished + running trials, ask Optuna for one), released as soon as the claimed trial
-exists so the next worker can claim while this one evaluates.
+Any number of workers, on any machines, run the same command against one shared storage (docs/scale-out.md). The
+study lock (`tuner.storage.locks.StudyLock`) is taken and released here only: around study set-up, the MLflow
+parent run, and each claim (count finished + running trials, ask Optuna for one), released as soon as the claimed
+trial exists so the next worker can claim while this one evaluates.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from decoder.config import KNOBS, DecodeConfig
+from decoder.config import DecodeConfig
 
-from . import hardware
-from .baseline import BaselineLedger
-from .context import Context
-from .errors import TunerError, db_error
-from .objective import LedgerFactory, Objective
-from .storage import (
-    DEFAULT_HEARTBEAT_S,
-    StorageError,
-    StudyLock,
-    held_study_lock,
-    is_transient,
-    stale_handler,
-)
-from .study import (
-    FINISHED,
-    budget_counts,
-    create_study,
-    fail_stale_trials,
-    finished_count,
-    requeue,
-    trial_points,
-)
-from .tracking import Backlog, Tracker
-from .tracking.client import NOTE_TAG
-from .tracking.store import run_link
-from .urls import redact_url
+from ..app.context import Context
+from ..app.preflight import WORKER, preflight
+from ..base import hardware
+from ..base.errors import TunerError, db_error
+from ..base.urls import redact_url
+from ..report.lines import SHOWN_KNOBS, trial_line
+from ..storage.database import DEFAULT_HEARTBEAT_S
+from ..storage.errors import StorageError
+from ..storage.locks import StudyLock, held_study_lock
+from ..storage.optuna_internals import backend, study_id
+from ..storage.record import StudyRecord, TrialRecord, TrialWriter
+from ..storage.resilience import is_transient
+from ..storage.retry import stale_handler
+from ..study.baseline import BaselineLedger
+from ..study.lifecycle import budget_counts, create_study, fail_stale_trials, finished_count, requeue
+from ..study.objective import LedgerFactory, Objective
+from ..tracking import Backlog, Tracker
+from ..tracking.store import run_link
+from .interrupts import interrupts
+from .study_tracking import StudyTracking, study_params
 
 log = logging.getLogger(__name__)
 
-# What the progress line shows of a trial's config: its mode and the knobs a study may search.
-_SHOWN_KNOBS = {"mode", *(name for name, knob in KNOBS.items() if knob.search is not None)}
-
-
 class WorkerError(TunerError):
     """This worker can't go on (its trials keep failing); the study and its finished trials are intact."""
-
-
-class Interrupts:
-    """Ctrl-C / SIGTERM for a worker: raise KeyboardInterrupt at once, and remember it.
-
-    Python swallows a KeyboardInterrupt that lands inside a finalizer (`Exception ignored in ... __del__`), so the
-    worker also checks the flag after every evaluated chunk and between trials, and an interrupt is never lost.
-    SIGTERM (a scheduler preempting, `kill`, the `--n-workers` parent forwarding) ends a run like Ctrl-C: the
-    running trial is re-queued rather than left running until its heartbeat goes stale.
-    """
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def request(self, signum: int | None = None, frame: Any = None) -> None:
-        self._event.set()
-        raise KeyboardInterrupt
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def check(self) -> None:
-        if self._event.is_set():
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def handling_signals(self) -> Iterator[None]:
-        """Install the handler for SIGINT and SIGTERM for the block (fresh: an earlier interrupt is forgotten)."""
-        self._event.clear()
-        previous = {sig: signal.signal(sig, self.request) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-interrupts = Interrupts()
 
 
 @dataclass(frozen=True)
@@ -122,22 +70,6 @@ class WorkerOptions:
     max_consecutive_failures: int = 3
 
 
-def study_params(ctx: Context, split_size: int, split_hash: str, hw: dict[str, str]) -> tuple[dict, dict]:
-    """Parent-run params (what the study searched and on what) and tags (where it ran)."""
-    spec, model = ctx.spec, ctx.model
-    params: dict[str, Any] = {
-        "task": spec.task, "model": spec.model, "model_fingerprint": model.source.get("fingerprint"),
-        "model_revision": model.source.get("revision"), "chat_template": spec.chat_template,
-        "validation_size": split_size, "validation_hash": split_hash,
-        "sampler": spec.sampler, "trials": spec.trials, "constraint_baseline": spec.constraint.baseline,
-        "constraint_max_drop": spec.constraint.max_drop, "spec_fingerprint": spec.fingerprint(),
-        **{f"decode.{k}": v for k, v in spec.decode.items()},
-        **{f"space.{k.name}": list(k.choices) if k.is_categorical else [k.low, k.high] for k in spec.search_space},
-    }
-    tags = {f"hw.{k}": v for k, v in hw.items()}
-    return params, tags
-
-
 class Worker:
     """Works on one study until it holds `spec.trials` finished (complete or pruned) trials.
 
@@ -153,11 +85,10 @@ class Worker:
         self.mine: int | None = None  # the number of the trial this worker runs now
         self.returned = False  # its objective returned (or stopped it early): the outcome was this worker's to tell
         self.taken = False  # its trial was finished by another worker while the objective ran
-        self.parent: str | None = None  # the study's MLflow parent run
         self.study: optuna.Study | None = None
         self.lock: StudyLock | None = None
         # Set up by `run` once the study needs work:
-        self.tracker: Tracker | None = None
+        self.tracking: StudyTracking | None = None
         self.backlog: Backlog | None = None
         self.objective: Callable[[optuna.Trial], tuple[float, float]] | None = None
         self.progress: Progress | None = None
@@ -178,37 +109,30 @@ class Worker:
 
     def _run(self, tracker: Tracker, storage: optuna.storages.RDBStorage) -> optuna.Study:
         spec, name, console = self.ctx.spec, self.ctx.study_name, self.console
+        assert self.lock is not None
         study, index = create_study(spec, storage, name, spec.seed, worker=self.options.worker_index, lock=self.lock)
         self.study = study
         done = finished_count(study)
         if done >= spec.trials:
             console.print(f"study {name}: budget of {spec.trials} trials already spent ({done} finished); nothing to do")
-            self.parent, self.tracker = study.user_attrs.get("mlflow_parent_run_id"), tracker
-            if self.parent:  # every worker may have died before closing the study's MLflow run: converge now
-                self._finish_tracking()
+            # Every worker may have died before closing the study's MLflow run: converge now.
+            StudyTracking(self.ctx, tracker, self.lock, StudyRecord(study).parent_run_id).finish(study)
             return study
 
-        self.ctx.check_sandbox()
+        preflight(self.ctx, WORKER)
         items = self.ctx.items("validation")
         split = self.ctx.task.split_info("validation")
         evaluator = self.ctx.evaluator
         hw = hardware.describe(self.ctx.model.device)
         params, tags = study_params(self.ctx, split.size, split.content_hash, hw)
         params["validation_items_used"] = len(items)
-        with self.lock:  # one parent run however many workers start together (MLflow has no create-if-absent)
-            self.parent = tracker.parent_run(name, params=params,
-                                             tags={**tags, "dtune.storage": redact_url(self.ctx.options.storage),
-                                                   NOTE_TAG: study_description(self.ctx)})
-            if self.parent and study.user_attrs.get("mlflow_parent_run_id") != self.parent:
-                study.set_user_attr("mlflow_parent_run_id", self.parent)
-        if self.parent:
-            tracker.mark_running(self.parent)  # a study resumed with a larger budget is running again
+        self.tracking = tracking = StudyTracking.open(self.ctx, tracker, self.lock, study, params, tags)
         self.label = f"worker {index} ({socket.gethostname()}:{os.getpid()})"
         console.print(f"study [bold]{name}[/] · {spec.task} on {spec.model} · {len(items)} validation items · "
                       f"{hardware.summary(hw)} · {finished_count(study)}/{spec.trials} trials finished · "
                       f"{self.label}", soft_wrap=True)
-        if self.parent:  # once per study and worker; MLflow's own per-run "View run" lines are switched off
-            console.print(f"MLflow: {run_link(tracker.tracking_uri, tracker.experiment_id, self.parent)}",
+        if tracking.parent:  # once per study and worker; MLflow's own per-run "View run" lines are switched off
+            console.print(f"MLflow: {run_link(tracker.tracking_uri, tracker.experiment_id, tracking.parent)}",
                           soft_wrap=True, highlight=False, markup=False)
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -217,18 +141,17 @@ class Worker:
         self.trials_bar = self.progress.add_task("trials", total=spec.trials, completed=done, info="")
         self.items_bar = self.progress.add_task("  items", total=len(items), info="")
         self.n_items = len(items)
-        self.tracker, self.backlog = tracker, Backlog()  # MLflow logging off the trial loop's thread
-        backlog = self.backlog
-        handler = stale_handler(study._storage)
+        self.backlog = backlog = Backlog()  # MLflow logging off the trial loop's thread
+        handler = stale_handler(study)
         if handler is not None:  # the worker that notices a dead worker's trial logs it as failed
-            handler.listeners.append(lambda trial: backlog.submit(self._log_trial, trial))
+            handler.listeners.append(lambda trial: backlog.submit(tracking.log_trial, trial))
         objective = Objective(spec, evaluator, items, on_progress=self._on_progress,
                               on_trial_start=self._on_trial_start, ledger=self._ledger_factory(storage, items))
         try:
             with self.progress:
                 self.work(study, self.lock, objective)
-            if self.parent:  # the study holds its budget: the last worker out leaves MLflow complete and closed
-                backlog.submit(self._finish_tracking)
+            # The study holds its budget: the last worker out leaves MLflow complete and closed.
+            backlog.submit(tracking.finish, study)
         finally:
             backlog.close()  # interrupted or not, what finished is logged before the run returns
         return study
@@ -302,11 +225,11 @@ class Worker:
     def _waiting_line(self, study: optuna.Study, running: set[int]) -> str:
         """What this worker waits for: the running trials with a live worker, and apart from them those whose
         heartbeat has stopped (their worker looks dead; they are re-queued once stale)."""
-        backend = getattr(study._storage, "_backend", study._storage)
+        storage = backend(study)
         interval = self.options.heartbeat_interval
         silent: dict[int, float] = {}
-        if interval and hasattr(backend, "silent_running_trials"):
-            silent = {n: age for n, age in backend.silent_running_trials(study._study_id, 1.5 * interval).items()
+        if interval and hasattr(storage, "silent_running_trials"):
+            silent = {n: age for n, age in storage.silent_running_trials(study_id(study), 1.5 * interval).items()
                       if n in running}
         line = f"{len(running) - len(silent)} trial(s) still running on other workers; waiting for them"
         if silent:
@@ -343,7 +266,7 @@ class Worker:
         and other workers see its configuration, so the next worker can claim."""
         assert self.lock is not None and self.objective is not None
         self.mine = trial.number
-        trial.set_user_attr("worker", self.label)
+        TrialWriter(trial).worker(self.label)
         try:
             if isinstance(self.objective, Objective):
                 values = self.objective(trial, on_keyed=self.lock.release)
@@ -394,7 +317,7 @@ class Worker:
 
     # ------------------------------------------------------------------------------------- callbacks
     def _on_trial_start(self, number: int, config: DecodeConfig) -> None:
-        knobs = ", ".join(f"{k}={v}" for k, v in config.normalized().to_dict().items() if k in _SHOWN_KNOBS)
+        knobs = ", ".join(f"{k}={v}" for k, v in config.normalized().to_dict().items() if k in SHOWN_KNOBS)
         if self.progress is not None:
             self.progress.reset(self.items_bar, total=self.n_items, info=f"trial {number}: {knobs}")
 
@@ -409,115 +332,10 @@ class Worker:
         if self.progress is not None:
             self.progress.update(self.trials_bar, completed=finished)
         if self.options.log_trials:
-            self.console.print(f"{self.label}: {trial_log_line(trial, finished, self.ctx.spec.trials)}",
+            self.console.print(f"{self.label}: {trial_line(TrialRecord.read(trial), finished, self.ctx.spec.trials)}",
                                soft_wrap=True, highlight=False, markup=False)
-        if self.backlog is None:  # tracking not set up (work() driven directly)
+        if self.backlog is None or self.tracking is None:  # tracking not set up (work() driven directly)
             return
-        self.backlog.submit(self._log_trial, trial)
-        if self.parent and finished % self.options.refresh_every == 0:
-            self.backlog.submit(self._refresh)
-
-    # ------------------------------------------------------------------------------------- tracking
-    def _refresh(self) -> None:
-        """Make MLflow hold what the study holds, then rewrite the study's report on the parent run (on the
-        tracking thread)."""
-        assert self.study is not None and self.parent is not None and self.tracker is not None
-        self._reconcile()
-        constraint = self.ctx.spec.constraint
-        failed = len(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-        self.tracker.refresh_study_artifacts(self.parent, trial_points(self.study, constraint),
-                                             title=self.ctx.study_name, accuracy_scale=constraint.margin,
-                                             extra_metrics={"n_failed": failed})
-
-    def _reconcile(self) -> None:
-        """Log every finished or failed trial whose nested run is missing or shows another state: one logged
-        while MLflow failed (a 503 outlasting the retries), by a worker killed before its backlog drained, or
-        taken over from a live worker. MLflow thus converges to the study at every refresh and at the end."""
-        assert self.study is not None and self.parent is not None and self.tracker is not None
-        logged = self.tracker.trial_states(self.parent)
-        if logged is None:  # MLflow unavailable now: the next refresh tries again
-            return
-        for trial in self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)):
-            if logged.get(trial.number) != trial.state.name:
-                self._log_trial(trial)
-
-    def _finish_tracking(self) -> None:
-        """The study holds its budget: reconcile, refresh the report and close the parent run. Every worker that
-        sees the study complete does it (idempotent), so the last one out leaves the run FINISHED."""
-        assert self.parent is not None and self.tracker is not None
-        if self.study is not None:
-            self._refresh()
-        self.tracker.finish(self.parent, "FINISHED")
-
-    def _log_trial(self, trial: FrozenTrial) -> None:
-        if not self.parent or self.tracker is None:
-            return
-        metrics = dict(trial.user_attrs.get("metrics", {}))
-        metrics.update({f"constraint_{k}": v for k, v in (trial.constraints or {}).items()})
-        tags = {"state": trial.state.name, "reference": trial.user_attrs.get("reference") or "",
-                "config_key": trial.user_attrs.get("config_key", ""),
-                "duplicate_of": str(trial.user_attrs.get("duplicate_of", "")),
-                "retry_of": str(trial.system_attrs.get("failed_trial", "")),
-                "worker": trial.user_attrs.get("worker", "")}
-        tags = {k: v for k, v in tags.items() if v}  # an empty tag is clutter on the run's page
-        tags[NOTE_TAG] = trial_log_line(trial)  # the run's description: the trial in one readable line
-        params = {**trial.params, **{f"config.{k}": v for k, v in trial.user_attrs.get("config", {}).items()}}
-        # MLflow has no create-if-absent: the nested run is looked up and created under a study-wide lock of its
-        # own, so the trial's worker and another one reconciling it never create two runs for one trial.
-        assert self.lock is not None
-        with held_study_lock(self.lock.storage, f"{self.ctx.study_name}:mlflow"):
-            self.tracker.log_trial(self.parent, trial.number, params=params, metrics=metrics, tags=tags,
-                                   state=trial.state.name)
-
-
-def study_description(ctx: Context) -> str:
-    """The study run's description on its MLflow page: what was tuned, the promise, where to look."""
-    spec, c = ctx.spec, ctx.spec.constraint
-    return (f"dtune study {ctx.study_name}: {spec.task} on {spec.model}, {spec.trials} trials maximising accuracy and "
-            f"tokens/s while losing at most {c.max_drop:g} accuracy points against {c.baseline} (one-sided "
-            f"{c.confidence:.0%} bound of the paired drop). Each nested run is a trial; its description gives its "
-            "state, knobs, accuracy with its CI, paired drop, tokens/s and items used. Artifacts: pareto.html "
-            "(interactive, log speed axis), pareto.png, front.json (the front and the knee that export --pick knee "
-            "takes), trials.csv/json; exported profiles under profiles/, registered ones under registry/.")
-
-
-def trial_log_line(trial: FrozenTrial, finished: int | None = None, budget: int | None = None) -> str:
-    """One line for a finished trial, for logs: number, state, knobs, accuracy with its CI, the paired drop's upper
-    bound, tokens/s, items used, and why it stopped."""
-    m = trial.user_attrs.get("metrics") or {}
-    config = trial.user_attrs.get("config") or {}
-    ref = trial.user_attrs.get("reference")
-    parts = [f"trial {trial.number}" + (f" ({ref})" if ref else "") + f" {trial.state.name}"]
-    if finished is not None and budget:
-        parts[0] += f" [{finished}/{budget}]"
-    mode = config.get("mode")
-    knobs = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
-                     if k in _SHOWN_KNOBS and (k == "mode" or mode in KNOBS[k].modes))  # the knobs its mode reads
-    if knobs:
-        parts.append(knobs)
-    if "accuracy" in m:
-        ci = (f" [95% CI {m['accuracy_ci_low']:.1%}–{m['accuracy_ci_high']:.1%}]"
-              if "accuracy_ci_low" in m and "accuracy_ci_high" in m else "")
-        parts.append(f"accuracy {m['accuracy']:.1%}{ci}")
-    if "drop" in m and "drop_upper" in m and not ref:
-        parts.append(f"drop {100 * m['drop']:.1f} pts (upper {100 * m['drop_upper']:.1f})")
-    if "tokens_per_s" in m:
-        parts.append(f"{m['tokens_per_s']:.1f} tokens/s")
-    if "n" in m:
-        parts.append(f"{m['n']} items")
-    if m.get("race_verdict"):
-        parts.append(str(m["race_verdict"]))
-    if "duplicate_of" in trial.user_attrs:
-        parts.append(f"repeat of trial {trial.user_attrs['duplicate_of']}")
-    return " · ".join(parts)
-
-
-def _taken_over(exc: BaseException) -> bool:
-    """Did Optuna refuse to finish this worker's trial because another worker already failed it as stale?
-
-    Optuna then raises "Cannot tell a FAIL trial." from its tell (optuna#5470), or UpdateFinishedTrialError from
-    a write; any other error is the objective's own and must surface.
-    """
-    if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
-        return True
-    return isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")
+        self.backlog.submit(self.tracking.log_trial, trial)
+        if self.tracking.parent and finished % self.options.refresh_every == 0:
+            self.backlog.submit(self.tracking.refresh, study)

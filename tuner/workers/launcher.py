@@ -25,12 +25,11 @@ from typing import Any
 import optuna
 from rich.console import Console
 
-from .context import Context
-from .storage import StudyLock
-from .study import create_study, finished_count
+from ..app.context import Context
+from ..base.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from ..storage.locks import StudyLock
+from ..study.lifecycle import create_study, finished_count
 from .worker import WorkerOptions
-
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 
 # Options of the parent command that each worker gets in its own form (or not at all).
 _PARENT_ONLY = {"--n-workers": True, "--worker-index": True, "--device": True, "--no-progress": False,

@@ -11,19 +11,17 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import TunerError
-from .spec import StudySpec
-from .urls import redact_url
+from ..base.errors import TunerError
+from ..base.urls import DEFAULT_STORAGE, redact_url
+from ..study.spec import StudySpec
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import optuna
 
-    from .evaluate import Evaluator
-    from .storage import ResilientRDBStorage
-    from .tasks import Item, Task
-    from .tracking import Tracker
-
-DEFAULT_STORAGE = "sqlite:///dtune.db"
+    from ..storage.resilience import ResilientRDBStorage
+    from ..study.evaluate import Evaluator
+    from ..tasks import Item, Task
+    from ..tracking import Tracker
 
 
 class NoStudyError(TunerError):
@@ -49,7 +47,7 @@ def experiment_name(spec: StudySpec) -> str:
 
 def load_task(spec: StudySpec, data_dir: str | None) -> Task:
     """The spec's task with its options (few-shot count included)."""
-    from .tasks import get_task
+    from ..tasks import get_task
 
     options: dict[str, Any] = dict(spec.task_options)
     if spec.few_shot is not None:
@@ -63,10 +61,12 @@ class Context:
     def __init__(self, spec: StudySpec, options: Options) -> None:
         self.spec, self.options = spec, options
         self._found_name: str | None = None  # the study `load_study` found under another name
+        self.checked: set[str] = set()  # the pre-flight checks already passed (tuner.app.preflight)
+        self._studies: dict[bool, optuna.Study] = {}  # `load_study`'s, by write access
 
     @property
     def study_name(self) -> str:
-        from .study import default_study_name
+        from ..study.lifecycle import default_study_name
 
         return self.options.study_name or self._found_name or default_study_name(self.spec)
 
@@ -89,7 +89,7 @@ class Context:
         """A code task runs model-written programs only inside bubblewrap (or the explicit opt-in): refuse at once,
         before any model loads, where that can't be done (tuner.sandbox.SandboxError, one line)."""
         if getattr(self.task, "needs_sandbox", False):
-            from .sandbox import require_isolation
+            from ..sandbox import require_isolation
 
             require_isolation()
 
@@ -134,7 +134,7 @@ class Context:
 
     @functools.cached_property
     def evaluator(self) -> Evaluator:
-        from .evaluate import Evaluator
+        from ..study.evaluate import Evaluator
 
         model, tokenizer = self.model_and_tokenizer
         return Evaluator(model, tokenizer, self.task, chat_template=self.spec.chat_template,
@@ -144,30 +144,37 @@ class Context:
     def check_services(self, *, create: bool = True, write: bool = True) -> None:
         """The study database and the tracking store checked without creating anything in either (a foreign or
         read-only database, an unreachable server, a missing folder): one line before any data or model."""
-        from .storage import EmptyStorageError, check_storage
+        from ..storage.database import check_storage
+        from ..storage.errors import EmptyStorageError
 
         try:
             check_storage(self.options.storage, create=create, write=write)
         except EmptyStorageError:
             raise self._no_study() from None
         if self.options.tracking_uri:
-            from .tracking.store import check_reachable  # imports MLflow: after the cheaper check
+            from ..tracking.store import check_reachable  # imports MLflow: after the cheaper check
 
             check_reachable(self.options.tracking_uri, retries=1, backoff_s=0.5)
 
     def open_storage(self, **kwargs: Any) -> ResilientRDBStorage:
-        """The study database (`tuner.storage.open_storage`; raises StorageError with one line)."""
-        from .storage import open_storage
+        """The study database (`tuner.storage.database.open_storage`; raises StorageError with one line)."""
+        from ..storage.database import open_storage
 
         return open_storage(self.options.storage, **kwargs)
 
     def open_tracker(self) -> Tracker:
         """The study's MLflow experiment (raises TrackingError with one line when the store can't be used)."""
-        from .tracking import Tracker
+        from ..tracking import Tracker
 
         return Tracker.open(self.options.tracking_uri, self.experiment)
 
     def load_study(self, *, write: bool = False) -> optuna.Study:
+        """The existing study of this spec (`find_study`), loaded once per access mode."""
+        if write not in self._studies:
+            self._studies[write] = self.find_study(write=write)
+        return self._studies[write]
+
+    def find_study(self, *, write: bool = False) -> optuna.Study:
         """The existing study of this spec (for `show`, and `export` with `write`: it stores the baseline's test
         figures); NoStudyError if there is none. Creates no database, file or table on the way.
 
@@ -178,7 +185,8 @@ class Context:
         """
         import optuna
 
-        from .storage import EmptyStorageError
+        from ..storage.errors import EmptyStorageError
+        from ..storage.record import stored_spec
 
         try:
             storage = self.open_storage(create=False, write=write)
@@ -191,23 +199,23 @@ class Context:
         where = redact_url(self.options.storage)
         if self.options.study_name:
             raise NoStudyError(f"no study {self.study_name!r} in {where}; check --study-name and --storage") from None
-        from .study import default_study_name
+        from ..study.lifecycle import default_study_name
 
         prefix = default_study_name(self.spec).rsplit("-", 1)[0] + "-"
         summaries = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
                      if s.study_name.startswith(prefix)]
         mine = _comparable(self.spec.to_dict())
-        matches = [s for s in summaries if _comparable(s.user_attrs.get("spec") or {}) == mine]
+        matches = [s for s in summaries if _comparable(stored_spec(s.user_attrs) or {}) == mine]
         if len(matches) == 1:
             found = matches[0]
-            differs = _run_options(found.user_attrs.get("spec") or {}, self.spec.to_dict())
+            differs = _run_options(stored_spec(found.user_attrs) or {}, self.spec.to_dict())
             import sys
 
             print(f"study {found.study_name!r}: the study of this spec {differs}", file=sys.stderr)
             self._found_name = found.study_name
             return optuna.load_study(study_name=found.study_name, storage=storage)
         if matches:
-            listed = "; ".join(f"{s.study_name} ({_run_options(s.user_attrs.get('spec') or {}, self.spec.to_dict())})"
+            listed = "; ".join(f"{s.study_name} ({_run_options(stored_spec(s.user_attrs) or {}, self.spec.to_dict())})"
                                for s in matches)
             raise NoStudyError(f"no study {self.study_name!r} in {where}, but {len(matches)} studies of this spec run "
                                f"with other options: {listed}; pick one with --study-name") from None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# Exit codes scripts can rely on: success; bad input or an unreachable service (one line on stderr); an export
+# refused by its held-out confirmation; interrupted (finished trials are kept).
+EXIT_OK, EXIT_ERROR, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 2, 3, 130
+
 
 class TunerError(Exception):
     """Base of every error the tuner raises on purpose; the CLI prints it as one line and exits 2."""

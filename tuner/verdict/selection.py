@@ -1,12 +1,12 @@
 """Which trial `export` ships, and the declared rule that confirms it on the held-out test split.
 
 The pick is selection-aware: it is chosen among the trials whose *upper* bound on the paired drop is within the
-margin (resolved feasible on validation, tuner.racing), never by point estimates, so the best of many noisy
+margin (resolved feasible on validation, tuner.verdict.racing), never by point estimates, so the best of many noisy
 estimates (the winner's curse) can't carry a configuration that only looked feasible. Then the test split, which
 tuning never touched, confirms it with a non-inferiority test declared in advance:
 
     confirmed  ⇔  the one-sided upper bound of the paired drop on the test split (Tango's score bound,
-                  tuner.stats, at the constraint's confidence) is at most the margin.
+                  tuner.verdict.stats, at the constraint's confidence) is at most the margin.
 
 One pick, one test: trying the next candidate after a refusal would test several configurations on the same test
 items and let chance confirm one. The profile records the rule with its numbers.
@@ -22,10 +22,10 @@ from typing import Any
 
 from scipy.stats import norm
 
-from .errors import TunerError
+from ..base.errors import TunerError
+from .constraint import Constraint, Verdict
 from .pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
-from .spec import Constraint
-from .stats import METHOD, PairedDrop, paired_drop, z_one_sided
+from .stats import METHOD, PairedDrop, z_one_sided
 
 PICKS = ("knee", "fastest")
 
@@ -35,13 +35,13 @@ class PickError(TunerError):
 
 
 def candidates(points: Sequence[TrialPoint], constraint: Constraint) -> list[TrialPoint]:
-    """Complete trials whose paired drop's upper bound is within `constraint`'s margin (the baseline included)."""
+    """Complete trials `constraint` judges feasible on their validation bound (the baseline included)."""
     out = []
     for p in points:
         if p.state != "COMPLETE":
             continue
-        ok = p.feasible if p.drop_upper is None else p.drop_upper <= constraint.margin + 1e-12
-        if ok:
+        bound = p.bound()
+        if p.feasible if bound is None else constraint.verdict(bound) is Verdict.FEASIBLE:
             out.append(dataclasses.replace(p, feasible=True))
     return out
 
@@ -90,7 +90,11 @@ class Confirmation:
 
     confirmed: bool
     paired: PairedDrop
-    margin: float
+    constraint: Constraint
+
+    @property
+    def margin(self) -> float:
+        return self.constraint.margin
 
     def rule(self) -> dict[str, Any]:
         p = self.paired
@@ -105,5 +109,6 @@ class Confirmation:
 
 
 def confirm(pick_outcomes: Sequence[bool], baseline_outcomes: Sequence[bool], constraint: Constraint) -> Confirmation:
-    paired = paired_drop(pick_outcomes, baseline_outcomes, constraint.confidence)
-    return Confirmation(paired.upper <= constraint.margin + 1e-12, paired, constraint.margin)
+    """The declared test: `constraint.verdict` on the paired bound over the test items."""
+    paired = constraint.compare(pick_outcomes, baseline_outcomes)
+    return Confirmation(constraint.verdict(paired) is Verdict.FEASIBLE, paired, constraint)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .pareto import TrialPoint, finite, has_objectives
+from ..verdict.pareto import TrialPoint, finite, has_objectives
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import plotly.graph_objects as go
@@ -35,7 +35,7 @@ def _categories(points: Iterable[TrialPoint]) -> list[str]:
     )
 
 
-# The speed axis: the robust figure of tuner.timing, with the quartiles of its timing passes as error bars.
+# The speed axis: the robust figure of tuner.study.timing, with the quartiles of its timing passes as error bars.
 SPEED_AXIS = "tokens / s (load-corrected: probe passes timed against a reference)"
 
 # Colour per category; the same palette in plotly and matplotlib so the HTML and the PNG read alike.
@@ -85,7 +85,7 @@ def _ci_err(p: TrialPoint) -> tuple[float, float]:
 
 
 def _speed_err(p: TrialPoint) -> tuple[float, float]:
-    """(minus, plus) error-bar lengths in tokens/s: the quartiles of the trial's timing passes (tuner.timing)."""
+    """(minus, plus) error-bar lengths in tokens/s: the quartiles of the trial's timing passes (tuner.study.timing)."""
     if finite(p.tokens_per_s_low) and finite(p.tokens_per_s_high):
         return max(0.0, p.tokens_per_s - p.tokens_per_s_low), max(0.0, p.tokens_per_s_high - p.tokens_per_s)  # type: ignore[operator]
     return 0.0, 0.0

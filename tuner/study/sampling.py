@@ -1,6 +1,6 @@
 """The study's sampler, and the one thing Optuna's GP misses about our trials: the ones we stopped early.
 
-A trial stopped by the accuracy constraint (tuner.study.Objective, marked PRUNED as the product promises) is
+A trial stopped by the accuracy constraint (tuner.study.objective.Objective, marked PRUNED as the product promises) is
 exactly what the constrained GP should learn from: "this region can't keep the accuracy". But Optuna's
 GPSampler fits only COMPLETE trials, so with a strict constraint (most trials stopped early) it models two or
 three points and keeps proposing the regions it was just told are hopeless. `SeesStoppedTrials` shows the GP
@@ -18,6 +18,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
+
+from ..storage.record import TrialRecord
 
 __all__ = ["SeesStoppedTrials", "make_sampler"]
 
@@ -37,12 +39,14 @@ def make_sampler(name: str, seed: int | None, trials: int) -> BaseSampler:
 def as_complete(trial: FrozenTrial) -> FrozenTrial:
     """A stopped trial as the sampler should see it: COMPLETE with its partial (accuracy, tokens/s); any other
     trial, or a stopped one that recorded no metrics, as it is."""
-    metrics = trial.user_attrs.get("metrics") or {}
-    if trial.state != TrialState.PRUNED or "accuracy" not in metrics or "tokens_per_s" not in metrics:
+    if trial.state != TrialState.PRUNED:
+        return trial
+    metrics = TrialRecord.read(trial).metrics
+    if metrics.accuracy is None or metrics.tokens_per_s is None:
         return trial
     seen = copy.copy(trial)
     seen.state = TrialState.COMPLETE
-    seen.values = [float(metrics["accuracy"]), float(metrics["tokens_per_s"])]
+    seen.values = [float(metrics.accuracy), float(metrics.tokens_per_s)]
     return seen
 
 

@@ -7,7 +7,7 @@ it is still plausibly feasible and could still matter:
 
 * rungs: `min_items`, then `growth` times more, ..., up to the whole pool (successive halving's geometric
   schedule, Jamieson & Talwalkar 2016, applied to one trial at a time);
-* after each rung the trial's paired drop against the baseline on the same items (tuner.stats, Tango's bound at
+* after each rung the trial's paired drop against the baseline on the same items (tuner.verdict.stats, Tango's bound at
   the constraint's confidence) gives a verdict:
   - `infeasible`: the lower bound of the drop is above the margin — stop (pruned);
   - `feasible`: the upper bound is within the margin — resolved; a trial on the current front of resolved ones
@@ -26,7 +26,7 @@ in multi-objective studies), and its WilcoxonPruner compares with the best trial
 margin. The idea (a paired test over per-instance scores, F-Race, Birattari et al. 2002) carries over; the class
 does not.
 
-The baseline covers every item any trial used (tuner.baseline), so every comparison stays paired.
+The baseline covers every item any trial used (tuner.study.baseline), so every comparison stays paired.
 """
 
 from __future__ import annotations
@@ -34,13 +34,27 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .errors import TunerError
-from .spec import Constraint, Race
-from .stats import PairedDrop, items_to_resolve, z_one_sided
+from ..base.errors import TunerError
+from .constraint import Constraint, Verdict
+
+if TYPE_CHECKING:  # pragma: no cover - stats imports scipy; the spec reads Race without it
+    from .stats import PairedDrop
 
 CONTINUE, FEASIBLE, INFEASIBLE, DOMINATED, UNRESOLVED = "continue", "feasible", "infeasible", "dominated", "unresolved"
 STOPPED = (INFEASIBLE, DOMINATED)  # verdicts that end a trial as pruned
+
+
+@dataclass(frozen=True)
+class Race:
+    """How validation items are shared out among trials (tuner.verdict.racing): every trial starts with `min_items`;
+    one still plausibly feasible and not dominated gets `growth` times more, up to the whole validation pool.
+    `speed_tolerance`: a rival counts as faster only when its tokens/s are at least this much higher."""
+
+    min_items: int = 100
+    growth: float = 2.0
+    speed_tolerance: float = 0.05
 
 
 class PowerError(TunerError):
@@ -82,16 +96,15 @@ def on_front(tokens_per_s: float, paired: PairedDrop, rivals: Iterable[Rival]) -
     return not any(r.tokens_per_s >= tokens_per_s and r.drop <= paired.drop for r in rivals)
 
 
-def judge(paired: PairedDrop, margin: float, *, last: bool, dominated: bool, front: bool) -> str:
-    """The verdict after a rung (see the module docstring)."""
-    if paired.lower > margin:
+def judge(verdict: Verdict, *, last: bool, dominated: bool, front: bool) -> str:
+    """The racing verdict after a rung, from the constraint's verdict on the trial's bound so far (see the module
+    docstring)."""
+    if verdict is Verdict.INFEASIBLE:
         return INFEASIBLE
-    if paired.upper <= margin and (last or not front):
-        return FEASIBLE
+    if verdict is Verdict.FEASIBLE:
+        return FEASIBLE if last or not front else CONTINUE  # a candidate for the pick earns the whole pool first
     if dominated:
         return DOMINATED
-    if paired.upper <= margin:
-        return CONTINUE  # resolved, but a candidate for the pick: it earns the whole pool (see the docstring)
     return UNRESOLVED if last else CONTINUE
 
 
@@ -102,6 +115,8 @@ def power_check(constraint: Constraint, validation_pool: int, test_items: int) -
     The standard error of a paired drop is about sqrt(q / n) for a discordant share q (the spec's
     `constraint.discordance`), so n ≈ q · ((z_conf + z_0.8) / (margin / 2))² items are needed.
     """
+    from .stats import items_to_resolve, z_one_sided
+
     need = items_to_resolve(constraint.margin, constraint.discordance, true_drop=constraint.margin / 2,
                             confidence=constraint.confidence, power=0.8)
     short = [(name, have) for name, have in (("validation pool", validation_pool), ("test split", test_items))

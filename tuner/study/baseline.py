@@ -3,17 +3,17 @@
 Every trial is compared with the baseline on exactly the items it used (a paired comparison), and racing lets
 trials use different numbers of items. So the baseline (vanilla decoding: the expensive one) is decoded only as
 far as the furthest trial needs, and whichever worker first needs more items decodes them, under a lock of its
-own so two workers don't decode the same items. The ledger lives in the study (`study.user_attrs`), so every
+own so two workers don't decode the same items. The ledger lives in the study (`StudyRecord.ledger`), so every
 worker, a resumed run and `show`/`export` read the same outcomes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ..storage.record import LedgerState, StoredTest, StudyRecord
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; reading a ledger (show, export) must not import torch
     import optuna
@@ -21,42 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; reading a ledger (show, exp
     from decoder.config import DecodeConfig
 
     from .evaluate import Evaluator
-
-LEDGER_KEY = "baseline_ledger"
-SUMMARY_KEY = "baseline"  # {"trial", "reference", "accuracy", "n"}: what show / export print
-TEST_KEY = "baseline_test"  # the baseline's test-split evaluations, reused by every export of the study
-
-
-@dataclass(frozen=True)
-class LedgerState:
-    """What the study holds: outcomes of items [0, n) of the pool, and the decode cost of producing them."""
-
-    outcomes: str = ""  # "1"/"0" per item, in pool order
-    counted_tokens: int = 0
-    decode_time_s: float = 0.0
-    row_forwards: int = 0
-    attended_pairs: int = 0  # query x key pairs (a ledger stored before this field reads 0)
-
-    @property
-    def n(self) -> int:
-        return len(self.outcomes)
-
-    @property
-    def accuracy(self) -> float:
-        return self.outcomes.count("1") / self.n if self.n else 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.counted_tokens / self.decode_time_s if self.decode_time_s > 0 else 0.0
-
-    def bools(self, n: int | None = None) -> list[bool]:
-        return [o == "1" for o in self.outcomes[:n]]
-
-
-def read_ledger(study: optuna.Study) -> LedgerState:
-    raw = study.user_attrs.get(LEDGER_KEY)
-    return LedgerState(**raw) if raw else LedgerState()
-
 
 class BaselineLedger:
     """Grows and reads the baseline's outcomes for one study (see the module docstring)."""
@@ -71,7 +35,7 @@ class BaselineLedger:
         self.on_progress = on_progress
 
     def state(self) -> LedgerState:
-        return read_ledger(self.study)
+        return StudyRecord(self.study).ledger
 
     def ensure(self, n: int) -> LedgerState:
         """The ledger covering at least the first `n` pool items, decoding the missing ones if needed."""
@@ -91,10 +55,7 @@ class BaselineLedger:
                 decode_time_s=state.decode_time_s + result.counters.wall_time_s,
                 row_forwards=state.row_forwards + result.counters.row_forwards,
                 attended_pairs=state.attended_pairs + result.counters.attended_pairs)
-            self.study.set_user_attr(LEDGER_KEY, state.__dict__)
-            summary = dict(self.study.user_attrs.get(SUMMARY_KEY) or {"reference": self.reference})
-            summary.update(accuracy=state.accuracy, n=state.n)
-            self.study.set_user_attr(SUMMARY_KEY, summary)
+            StudyRecord(self.study).set_ledger(state, self.reference)
             return state
 
     def _progress(self, start: int, end: int) -> Callable[[int, int, int], None] | None:
@@ -106,19 +67,10 @@ class BaselineLedger:
 
 
 # ------------------------------------------------------------------------------------------ the test split
-def test_key(config_key: str, model_fingerprint: str | None, split_hash: str, size: int) -> str:
-    """What makes two test evaluations of the baseline the same: its configuration, the model's weights, the
-    split's content and how many of its items were used."""
-    return json.dumps({"config": config_key, "model": model_fingerprint, "split": split_hash, "n": size},
-                      sort_keys=True)
-
-
-def cached_test(study: optuna.Study, key: str) -> dict[str, Any] | None:
-    """The baseline's stored test evaluation for `key` (outcomes, metrics, when), if an export made it."""
-    return (study.user_attrs.get(TEST_KEY) or {}).get(key)
+def cached_test(study: optuna.Study, key: str) -> StoredTest | None:
+    """The baseline's stored test evaluation for `key` (`record.test_key`), if an export made it."""
+    return StudyRecord(study).stored_test(key)
 
 
 def store_test(study: optuna.Study, key: str, outcomes: list[bool], metrics: dict[str, Any], when: str) -> None:
-    stored = dict(study.user_attrs.get(TEST_KEY) or {})
-    stored[key] = {"outcomes": "".join("1" if o else "0" for o in outcomes), "metrics": metrics, "created": when}
-    study.set_user_attr(TEST_KEY, stored)
+    StudyRecord(study).store_test(key, StoredTest("".join("1" if o else "0" for o in outcomes), metrics, when))

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import one_line
-from .pareto import TrialPoint, finite, hypervolume_2d, pareto_front, pick_knee
+from ..base.errors import one_line
+from ..verdict.pareto import TrialPoint, finite, hypervolume_2d, pareto_front, pick_knee
 from .plots import ci_text, fmt_params, pareto_figure, save_pareto_png
 
 _log = logging.getLogger("tuner.tracking")

@@ -2,7 +2,7 @@
 fastest point above a bar, and the hypervolume.
 
 Pure functions of hand-made points, free of Optuna, MLflow and plotting, so the CLI, the tracker, the exporter and
-the benchmarks share one definition and tests can check it on small inputs. Pictures are `tuner.plots`.
+the benchmarks share one definition and tests can check it on small inputs. Pictures are `tuner.report.plots`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .constraint import Interval
 
 __all__ = ["TrialPoint", "finite", "has_objectives", "hypervolume_2d", "pareto_front", "pick_fastest", "pick_knee"]
 
@@ -37,16 +39,23 @@ class TrialPoint:
     ci_high: float | None = None
     n: int | None = None  # validation items it used
     drop: float | None = None  # paired drop against the baseline (accuracy fraction)
-    drop_upper: float | None = None  # its one-sided upper bound at the constraint's confidence
+    drop_lower: float | None = None  # its one-sided lower bound at the constraint's confidence
+    drop_upper: float | None = None  # its one-sided upper bound
     discordance: float | None = None  # share of its items on which it and the baseline disagree
-    speed_spread: float | None = None  # IQR / median of its timing passes (tuner.timing)
-    speed_noisy: bool | None = None  # the machine was too busy for its tokens/s to be trusted (tuner.timing)
+    speed_spread: float | None = None  # IQR / median of its timing passes (tuner.study.timing)
+    speed_noisy: bool | None = None  # the machine was too busy for its tokens/s to be trusted (tuner.study.timing)
     tokens_per_s_low: float | None = None  # tokens/s at the slow and the fast quartile of its timing passes
     tokens_per_s_high: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict (used for trials.json / trials.csv)."""
         return asdict(self)
+
+    def bound(self) -> Interval | None:
+        """The paired bound it carries, for `Constraint.verdict` (None without one: an old study's trial)."""
+        if self.drop_upper is None:
+            return None
+        return Interval(self.drop_lower if self.drop_lower is not None else -math.inf, self.drop_upper)
 
 
 def finite(x: Any) -> bool:

@@ -27,7 +27,9 @@ import yaml
 
 from decoder.config import KNOBS, MODES, ConfigError, DecodeConfig
 
-from .errors import TunerError
+from ..base.errors import TunerError
+from ..verdict.constraint import Constraint, ConstraintError, check_max_drop
+from ..verdict.racing import Race
 
 SPEC_VERSION = 1
 SAMPLERS = ("gp", "tpe", "nsga2", "random")
@@ -83,42 +85,6 @@ class Reference:
 
     name: str
     knobs: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """The accuracy promise: a configuration may lose at most `max_drop` points against the baseline reference,
-    a non-inferiority claim judged by a one-sided bound on the paired drop at `confidence` (tuner.stats).
-
-    `discordance` is the share of items on which a candidate and the baseline are expected to disagree; it sets
-    how many items the margin needs (the power check at start). Measured on arith: 4.5-10% (5-7% for the
-    configurations near the margin); a study reports the observed share, so set it from a first study.
-    """
-
-    baseline: str = "vanilla"  # name of the reference whose accuracy is the bar
-    max_drop: float = 1.0  # accuracy points (percent) a configuration may lose against the baseline
-    confidence: float = 0.95  # of every one-sided bound: racing verdicts, the feasible flag, the pick, the test
-    discordance: float = 0.06
-
-    @property
-    def margin(self) -> float:
-        """The allowed drop as an accuracy fraction."""
-        return self.max_drop / 100
-
-    def bar(self, baseline_accuracy: float) -> float:
-        """The lowest accuracy a configuration may have against a baseline of `baseline_accuracy`."""
-        return baseline_accuracy - self.margin
-
-
-@dataclass(frozen=True)
-class Race:
-    """How validation items are shared out among trials (tuner.racing): every trial starts with `min_items`;
-    one still plausibly feasible and not dominated gets `growth` times more, up to the whole validation pool.
-    `speed_tolerance`: a rival counts as faster only when its tokens/s are at least this much higher."""
-
-    min_items: int = 100
-    growth: float = 2.0
-    speed_tolerance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -376,17 +342,22 @@ def _parse_references(refs: list[Any]) -> tuple[Reference, ...]:
 
 
 def _parse_constraint(c: dict[str, Any]) -> Constraint:
+    keys = [f.name for f in dataclasses.fields(Constraint)]
     if not isinstance(c, dict):
-        raise SpecError("constraint must be a mapping {baseline, max_drop, confidence, discordance}")
-    extra = set(c) - {"baseline", "max_drop", "confidence", "discordance"}
+        raise SpecError(f"constraint must be a mapping {{{', '.join(keys)}}}")
+    extra = set(c) - set(keys)
     if extra:
         raise SpecError(f"constraint: unknown key(s) {', '.join(sorted(extra))}")
-    max_drop = c.get("max_drop", 1.0)
-    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 100:
-        raise SpecError(f"constraint.max_drop must be accuracy points in [0, 100], got {max_drop!r}")
-    confidence = _number(c, "confidence", 0.95, "constraint.confidence", 0.5, 0.9999, open_low=True)
-    discordance = _number(c, "discordance", 0.06, "constraint.discordance", 0.0, 1.0, open_low=True)
-    return Constraint(str(c.get("baseline", "vanilla")), float(max_drop), confidence, discordance)
+    default = Constraint()
+    try:
+        max_drop = check_max_drop(c.get("max_drop", default.max_drop), "constraint.max_drop")
+    except ConstraintError as exc:
+        raise SpecError(str(exc)) from None
+    confidence = _number(c, "confidence", default.confidence, "constraint.confidence", 0.5, 0.9999, open_low=True)
+    discordance = _number(c, "discordance", default.discordance, "constraint.discordance", 0.0, 1.0, open_low=True)
+    # The baseline is checked against the references once the spec is whole (_check_consistency).
+    return dataclasses.replace(default, **{**c, "max_drop": max_drop, "confidence": confidence,
+                                           "discordance": discordance})
 
 
 def _parse_race(r: dict[str, Any]) -> Race:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+DEFAULT_STORAGE = "sqlite:///dtune.db"  # the study database when no --storage / $OPTUNA_STORAGE is given
+
 
 def redact_url(url: str) -> str:
     """``scheme://user:password@host/...`` → ``scheme://user:***@host/...``; other strings unchanged.

@@ -1,0 +1,1 @@
+"""What a study shows: its summary metrics, tables and Pareto plots."""

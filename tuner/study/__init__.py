@@ -1,0 +1,1 @@
+"""Running a study: its spec, search space, objective, baseline ledger, timing and sampler."""
