@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .architectures import ARCHITECTURES, PRESETS, args_from_config, config_from_args, detect_architecture
-from .errors import ModelLoadError
+from .errors import ModelLoadError, one_line
 from .model import DiffusionLM, ModelArgs
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"unknown device {str(device)!r} ({one_line(exc)}); use cpu, cuda or cuda:N") from None
+        raise ModelLoadError(f"unknown device {str(device)!r} ({one_line(exc, first=True)}); use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelLoadError(f"device {str(device)!r} asked for, but CUDA is not available on this machine")
@@ -48,12 +48,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     elif dev.type not in ("cpu", "mps", "xpu"):
         raise ModelLoadError(f"device {str(device)!r} is not supported; use cpu, cuda or cuda:N")
     return dev
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an error message (library errors can span many lines)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def default_device() -> torch.device:
@@ -160,7 +154,7 @@ def check_weights(ckpt_dir: Path) -> None:
             with safe_open(str(f), framework="pt", device="cpu") as st:
                 st.keys()
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelLoadError(f"{f} is not a readable safetensors file ({one_line(exc)}); re-download or "
+            raise ModelLoadError(f"{f} is not a readable safetensors file ({one_line(exc, first=True)}); re-download or "
                                  "re-export the checkpoint") from None
 
 
@@ -185,7 +179,7 @@ def load_weights(model: DiffusionLM, ckpt_dir: Path, arch_name: str) -> None:
         try:
             _copy_tensors(f, arch, params, loaded, unexpected)
         except (SafetensorError, OSError) as exc:
-            raise ModelLoadError(f"{f} is not a readable safetensors file ({one_line(exc)}); re-download or "
+            raise ModelLoadError(f"{f} is not a readable safetensors file ({one_line(exc, first=True)}); re-download or "
                                  "re-export the checkpoint") from None
     if model.args.tie_embeddings:
         loaded.add("lm_head.weight")

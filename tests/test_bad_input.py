@@ -178,6 +178,10 @@ CASES = [
      "no study"),
     ("run-storage-folder-missing", "tuner", ["run", "--task", "arith", "--storage", "sqlite:///no/such/dir/s.db",
                                              "--tracking-uri", "sqlite:///mlflow.db"], "does not exist"),
+    ("run-storage-url-malformed", "tuner", ["run", "--task", "arith", "--storage", "sqlite///x.db",
+                                            "--tracking-uri", "sqlite:///mlflow.db"], "is not a database URL"),
+    ("show-storage-url-malformed", "tuner", ["show", "--task", "arith", "--storage", "sqlite///x.db"],
+     "is not a database URL"),
     # checkpoints: refused in one line, and by `run` before any database is made
     ("eval-corrupt-safetensors", "tuner", ["eval", "--task", "arith", "--model", "@CORRUPT_MODEL@", "--limit", "2"],
      "is not a readable safetensors file"),

@@ -453,6 +453,32 @@ def test_a_postgresql_outage_mid_run_is_waited_out(pg, tmp_path):
     assert len(study.get_trials(states=FINISHED)) == budget
 
 
+def test_a_lasting_outage_is_waited_out_for_outage_s_and_no_longer(pg):
+    """One retry layer: Optuna's storage calls call each other (a trial's creation reads trials), and retries nested
+    in them once waited a lasting outage out several times over (with outage_s = 2, get_all_trials gave up after
+    5.3 s and create_new_trial after 21.7 s). A call now gives up at its first failure after outage_s; trial creation
+    may take one round of Optuna's own deadlock retry longer (5 tries, pauses of up to 2 s, inside the call)."""
+    from tuner.storage.optuna_internals import study_id
+    from tuner.storage.resilience import is_transient
+
+    url = pg.create_database("lasting")
+    storage = open_storage(url, outage_s=2.0)
+    sid = study_id(optuna.create_study(storage=storage, study_name="lasting", directions=["maximize", "maximize"]))
+    pg.halt("fast")
+    try:
+        for call, optunas_own in ((lambda: storage.get_all_trials(sid), 0.0),
+                                  (lambda: storage.create_new_trial(sid), 8.0)):
+            t0 = time.monotonic()
+            with pytest.raises(Exception) as info:  # noqa: PT011 - SQLAlchemy's or Optuna's wrapper, as it comes
+                call()
+            elapsed = time.monotonic() - t0
+            assert is_transient(info.value)
+            # The outage's 2 s, the last backoff's jitter and a refused connect, plus Optuna's own round.
+            assert 2.0 <= elapsed < 4.0 + optunas_own, elapsed
+    finally:
+        pg.resume()
+
+
 # ---------------------------------------------------------------------------------------------- issue 18
 
 

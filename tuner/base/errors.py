@@ -1,6 +1,12 @@
-"""The tuner's one error base, and the one-line form every CLI message and warning takes."""
+"""The tuner's one error base and its exit codes; `one_line` (decoder.errors) is the one-line form every CLI message
+and warning takes."""
 
 from __future__ import annotations
+
+from decoder.errors import one_line
+
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_REFUSED", "RefusedError", "TunerError", "db_error",
+           "one_line"]
 
 # Exit codes scripts can rely on: success; bad input or an unreachable service (one line on stderr); an export
 # refused by its held-out confirmation; interrupted (finished trials are kept).
@@ -13,27 +19,6 @@ class TunerError(Exception):
 
 class RefusedError(TunerError):
     """A verdict refused what was asked (an export whose pick failed its confirmation); the CLI exits 3."""
-
-
-def one_line(exc: BaseException, *, with_type: bool = False, cause: bool = False, first: bool = False,
-             limit: int | None = None) -> str:
-    """The first meaningful line of an error, for a CLI message or a log warning.
-
-    Errors from SQLAlchemy span dozens of lines and begin with a "(raised as a result of ...autoflush...)"
-    preamble, which is skipped; whitespace is collapsed. `cause` reads the error's cause when it has one (Optuna
-    wraps the database's error in its own); `with_type` prefixes the type (in warnings the type says what failed);
-    `first` keeps only the first line (a database error's later lines are SQL), else all lines are joined.
-    """
-    if cause:
-        exc = exc.__cause__ or exc
-    lines = [ln.strip() for ln in str(exc).splitlines()
-             if ln.strip() and not ln.strip().startswith("(raised as a result")]
-    text = " ".join(" ".join(lines[:1] if first else lines).split())
-    if with_type or not text:
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text
 
 
 def db_error(exc: BaseException) -> str:

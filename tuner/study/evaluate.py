@@ -1,7 +1,8 @@
 """Evaluate one decode configuration on a list of task items: accuracy (with CI), honest throughput, cost counters.
 
-Items are decoded in chunks so a caller can stop a hopeless trial early (`should_stop`); within a chunk they are
-batched by prompt length (a batch equals its rows run alone, so this changes speed, never results).
+Items are decoded in chunks (progress is reported and an interrupt lands between chunks; racing decides between
+calls how many items a trial gets); within a chunk they are batched by prompt length (a batch equals its rows run
+alone, so this changes speed, never results).
 
 What tokens/s counts: for each completion, the answer tokens before the first stop id (EOS / `<|eot_id|>`), then
 cut at the task's first stop sequence and re-tokenised — the reference code's convention, so EOS padding is never
