@@ -15,3 +15,7 @@ class ModelLoadError(DecoderError):
 
 class ProfileError(DecoderError):
     """A profile file is missing, corrupt, or written by an incompatible format version."""
+
+
+class ServeError(DecoderError):
+    """The server can't start as asked: its address can't be bound, or an option is out of range."""
