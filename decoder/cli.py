@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from .config import KNOBS, MODES, DecodeConfig
-from .errors import DecoderError
+from .errors import DecoderError, ServeError
 
 EXIT_ERROR = 2
 
@@ -160,8 +160,11 @@ def _add_serve_parser(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serving.engine import BatchOptions
-    from .serving.server import ServeOptions, serve
+    try:
+        from .serving.engine import BatchOptions
+        from .serving.server import ServeOptions, serve
+    except ImportError as exc:
+        raise ServeError(f"serving needs the {exc.name} package: pip install 'dtune[serve]'") from None
 
     return serve(ServeOptions(
         model=args.model, profile=args.profile, host=args.host, port=args.port, name=args.served_model_name,

@@ -251,10 +251,10 @@ class Engine:
         row.closed = True
         reason = row.text.finish_reason or "length"
         tokens = len(row.text.ids)
-        row.ticket.push(Finished(reason, len(row.ticket.request.prompt_ids), tokens))
-        self.metrics.finished.labels(reason).inc()
+        self.metrics.finished.labels(reason).inc()  # counted before the client can see the answer
         self.metrics.generated_tokens.inc(tokens)
         self.metrics.latency.observe(time.monotonic() - row.ticket.arrived)
+        row.ticket.push(Finished(reason, len(row.ticket.request.prompt_ids), tokens))
 
     def _fail(self, ticket: Ticket, status: int, code: str, message: str) -> None:
         ticket.push(Failed(status, code, message))
