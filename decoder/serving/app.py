@@ -37,7 +37,7 @@ def create_app(service: Service) -> FastAPI:
             yield
         finally:
             undo()
-            await asyncio.to_thread(service.stop)
+        await asyncio.to_thread(service.stop)  # a clean shutdown only: a forced one cancels the lifespan instead
 
     app = FastAPI(title="dtune", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)

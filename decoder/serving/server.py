@@ -9,6 +9,7 @@ re-reads the profile (`--reload-interval` does it on a schedule too).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -75,8 +76,10 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(options: ServeOptions) -> int:
-    """Serve until SIGINT / SIGTERM; 0 after a clean drain, 1 when a second Ctrl-C forced the exit."""
+    """Serve until SIGINT / SIGTERM; 0 after a clean drain. A second Ctrl-C ends the process at once (exit 1)."""
     sock = bind(options.host, options.port)
+    # A models:/ profile is downloaded at start and at every re-read: no MLflow progress bar on the server's log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         resolve_device(options.device)
         metrics = Metrics()
@@ -92,13 +95,17 @@ def serve(options: ServeOptions) -> int:
         _log_to_stderr(options.log_level)
         host, port = sock.getsockname()[:2]
         batch = options.batch
+        every = f" and every {options.reload_interval_s:g} s" if options.reload_interval_s else ""
         print(f"serving {service.name} with profile {options.profile} on http://{host}:{port} (max batch "
-              f"{batch.max_batch_size}, max wait {batch.max_wait_s * 1000:g} ms; SIGHUP re-reads the profile)",
-              file=sys.stderr, flush=True)
+              f"{batch.max_batch_size}, max wait {batch.max_wait_s * 1000:g} ms; SIGHUP{every} re-reads the "
+              "profile)", file=sys.stderr, flush=True)
         server.run(sockets=[sock])
     finally:
         sock.close()
-    return 1 if server.force_exit else 0
+    if server.force_exit:  # a second Ctrl-C: don't wait for the block the decode thread is in to end
+        print("forced exit: requests in flight were dropped", file=sys.stderr, flush=True)
+        os._exit(1)
+    return 0
 
 
 def _log_to_stderr(level: str) -> None:
