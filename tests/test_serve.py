@@ -56,6 +56,9 @@ def prompt(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
+SAMPLED = replace(PROFILE, temperature=0.7, seed=3)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """The tiny model with a chat template, and a profile for it."""
@@ -65,6 +68,7 @@ def checkpoint(tmp_path_factory) -> Path:
     save_checkpoint(model, root / "tiny-chat", tokenizer=tokenizer)
     save_profile(root / "profile.json", PROFILE)
     save_profile(root / "slow.json", SLOW)
+    save_profile(root / "sampled.json", SAMPLED)
     return root
 
 
@@ -192,6 +196,19 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(client, re
     batches = after["dtune_batch_size_count"] - before["dtune_batch_size_count"]
     rows = after["dtune_batch_size_sum"] - before["dtune_batch_size_sum"]
     assert rows == len(jobs) and batches < len(jobs)  # some requests shared a batch
+
+
+def test_a_sampling_profile_decodes_one_request_at_a_time_as_generate_does_alone(checkpoint, reference):
+    """A batch shares its sampling noise, so only a batch of one reproduces `generate` alone with the seed."""
+    with start(checkpoint, "sampled.json", BatchOptions(max_batch_size=8, max_wait_s=0.05)) as address:
+        client = openai.OpenAI(base_url=f"{address}/v1", api_key="unused", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda q: client.completions.create(model=NAME, prompt=prompt(q), seed=3)
+                                    .choices[0].text, QUESTIONS[:4]))
+        metrics = scrape(address)
+    assert metrics["dtune_batch_size_sum"] == metrics["dtune_batch_size_count"] == 4
+    for question, answer in zip(QUESTIONS[:4], answers, strict=True):
+        assert answer == alone(reference, prompt_ids(reference, prompt(question)), SAMPLED)[0]
 
 
 def test_fields_at_their_tuned_value_and_no_op_fields_are_accepted(client, reference):

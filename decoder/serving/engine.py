@@ -160,11 +160,12 @@ class Engine:
 
     def _run(self) -> None:
         while (batch := self._collect()) is not None:
-            self._decode(batch)
+            self._decode(*batch)
 
-    def _collect(self) -> list[Ticket] | None:
-        """The next batch (None once stopping with nothing left): the first request waiting, and as many more as
-        arrive within max_wait_s, up to the batch size; requests whose client left meanwhile are dropped."""
+    def _collect(self) -> tuple[list[Ticket], DecodeConfig] | None:
+        """The next batch and the profile it decodes with (None once stopping with nothing left): the first request
+        waiting, and as many more as arrive within max_wait_s, up to the batch size; requests whose client left
+        meanwhile are dropped. The profile is read once here: a re-read applies from the next batch."""
         while True:
             try:
                 first = self._queue.get(timeout=0.05)
@@ -172,7 +173,8 @@ class Engine:
                 if self._stopping.is_set():
                     return None
                 continue
-            limit = 1 if self.profile.current.config.temperature > 0 else self.options.max_batch_size
+            config = self.profile.current.config
+            limit = 1 if config.temperature > 0 else self.options.max_batch_size
             batch, deadline = [first], time.monotonic() + self.options.max_wait_s
             while len(batch) < limit:
                 try:
@@ -185,10 +187,9 @@ class Engine:
                     self.metrics.finished.labels("cancelled").inc()
             batch = [t for t in batch if not t.cancelled]
             if batch:
-                return batch
+                return batch, config
 
-    def _decode(self, batch: list[Ticket]) -> None:
-        config = self.profile.current.config  # read once: a re-read profile applies from the next batch
+    def _decode(self, batch: list[Ticket], config: DecodeConfig) -> None:
         limit = max_prompt_tokens(self.model.args.max_seq_len, config)
         end_ids = self.model.args.answer_end_ids
         rows: list[_Row] = []

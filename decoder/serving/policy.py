@@ -50,6 +50,7 @@ PINNED: dict[str, Pinned] = {
 
 
 def check_pinned(body: CompletionRequest | ChatRequest, config: DecodeConfig) -> None:
+    """Refuse (400) the first field of `PINNED` set to a value that would change decoding under `config`."""
     for name, pinned in PINNED.items():
         value = getattr(body, name, None)
         if value is None:
