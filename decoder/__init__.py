@@ -23,22 +23,22 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DecodeConfig": "config", "KNOBS": "config", "Counters": "counters",
     "ConfigError": "errors", "DecoderError": "errors", "ModelLoadError": "errors", "ProfileError": "errors",
-    "GenerationResult": "decoding", "generate": "decoding",
+    "BlockEvent": "decoding", "GenerationResult": "decoding", "generate": "decoding",
     "build_random_model": "loading", "load_model": "loading", "save_checkpoint": "loading",
     "DiffusionLM": "model", "ModelArgs": "model",
     "load_profile": "profile", "read_profile": "profile", "save_profile": "profile",
     "encode_prompt": "prompts",
 }
 __all__ = [
-    "KNOBS", "ConfigError", "Counters", "DecodeConfig", "DecoderError", "DiffusionLM", "GenerationResult", "ModelArgs",
-    "ModelLoadError", "ProfileError", "build_random_model", "encode_prompt", "generate", "load_model", "load_profile",
-    "read_profile", "save_checkpoint", "save_profile",
+    "KNOBS", "BlockEvent", "ConfigError", "Counters", "DecodeConfig", "DecoderError", "DiffusionLM", "GenerationResult",
+    "ModelArgs", "ModelLoadError", "ProfileError", "build_random_model", "encode_prompt", "generate", "load_model",
+    "load_profile", "read_profile", "save_checkpoint", "save_profile",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .config import KNOBS, DecodeConfig
     from .counters import Counters
-    from .decoding import GenerationResult, generate
+    from .decoding import BlockEvent, GenerationResult, generate
     from .errors import ConfigError, DecoderError, ModelLoadError, ProfileError
     from .loading import build_random_model, load_model, save_checkpoint
     from .model import DiffusionLM, ModelArgs

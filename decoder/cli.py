@@ -1,4 +1,5 @@
-"""`python -m decoder generate`: decode one prompt with a profile or explicit knobs and print the counters."""
+"""`python -m decoder generate`: decode one prompt with a profile or explicit knobs and print the counters;
+`python -m decoder serve`: serve a profile over HTTP (decoder.serving)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from typing import Any
 
 from .config import KNOBS, MODES, DecodeConfig
-from .errors import DecoderError
+from .errors import DecoderError, ServeError
 
 EXIT_ERROR = 2
 
@@ -107,12 +108,69 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     add_knob_arguments(gen)
+    _add_serve_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return _generate(args)
+        return _serve(args) if args.command == "serve" else _generate(args)
     except DecoderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: any free port)."""
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0 (seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _add_serve_parser(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="serve a profile over HTTP: OpenAI-compatible completions and chat, "
+                                         "dynamic batching, block streaming (docs/serving.md)")
+    serve.add_argument("--model", required=True, help="checkpoint dir, bundled name (dtune/tiny-arith) or hub id")
+    serve.add_argument("--profile", required=True, help="a profile file, or models:/NAME@ALIAS (re-read on SIGHUP)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve.add_argument("--port", type=port_number, default=8000, help="0 picks a free port (default 8000)")
+    serve.add_argument("--served-model-name", help="the `model` requests name (default: --model)")
+    serve.add_argument("--max-batch-size", type=positive_int, default=16, help="rows per batch (default 16)")
+    serve.add_argument("--max-wait-ms", type=non_negative_int, default=5,
+                       help="how long a batch waits for more requests once one arrived (default 5)")
+    serve.add_argument("--reload-interval", type=positive_float, metavar="SECONDS",
+                       help="re-read the profile this often (default: only on SIGHUP)")
+    serve.add_argument("--drain-timeout", type=positive_float, metavar="SECONDS",
+                       help="on SIGTERM, cancel requests still running after this long (default: wait for all)")
+    serve.add_argument("--allow-model-mismatch", action="store_true",
+                       help="serve --profile even though it was tuned for another model")
+    serve.add_argument("--device")
+    serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .serving.engine import BatchOptions
+        from .serving.server import ServeOptions, serve
+    except ImportError as exc:
+        raise ServeError(f"serving needs the {exc.name} package: pip install 'dtune[serve]'") from None
+
+    return serve(ServeOptions(
+        model=args.model, profile=args.profile, host=args.host, port=args.port, name=args.served_model_name,
+        batch=BatchOptions(args.max_batch_size, args.max_wait_ms / 1000), device=args.device, dtype=args.dtype,
+        allow_model_mismatch=args.allow_model_mismatch, reload_interval_s=args.reload_interval,
+        drain_timeout_s=args.drain_timeout, access_log=args.access_log, log_level=args.log_level))
 
 
 def _generate(args: argparse.Namespace) -> int:

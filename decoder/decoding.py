@@ -17,7 +17,7 @@ waits for the block's other rows without being fed) and for good once it early-e
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,25 @@ class GenerationResult:
     trace: list[dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class BlockEvent:
+    """One committed block of every row, handed to `generate(on_block=...)` on the host after the block's early exit.
+
+    index: block number (0-based); start: its offset in the answer region (index * block_size); tokens: (B,
+    block_size) CPU ids of this block for every row; active: per row, still decoding after this block (False once a
+    row early-exited or was cancelled).
+    """
+
+    index: int
+    start: int
+    tokens: torch.Tensor
+    active: tuple[bool, ...]
+
+
+# May return row indices to cancel: they stop from the next block on, as after an early exit (EOS-filled).
+OnBlock = Callable[[BlockEvent], Iterable[int] | None]
+
+
 class _Tracer:
     """Records what each forward fed and committed; only for tests and debugging (it syncs the device).
 
@@ -79,8 +98,11 @@ def generate(
     *,
     tokenizer: Any = None,
     trace: bool = False,
+    on_block: OnBlock | None = None,
 ) -> GenerationResult:
     """Decode an answer for each prompt (token id lists, or strings with `tokenizer`).
+
+    `on_block`, if given, sees each block once it is committed (`BlockEvent`) and may return rows to cancel.
 
     Wall time covers the whole call (tokenisation included when strings are given), with the device synchronised
     at both ends.
@@ -102,6 +124,8 @@ def generate(
             _cached_block(state, rows, block, start, end, arch.first_step_rule)
         if config.early_exit:
             _early_exit(state, rows, end)
+        if on_block is not None:
+            _notify(state, on_block, block, start, end)
     tokens = state.x[:, state.prompt_len :]
     _count_generated(state, tokens)
     _sync(model.device)
@@ -277,9 +301,23 @@ def _early_exit(state: _State, rows: torch.Tensor, end: int) -> None:
         state.active[finished] = False
 
 
+def _notify(state: _State, on_block: OnBlock, block: int, start: int, end: int) -> None:
+    """Hand the committed block to `on_block`; rows it returns stop as after an early exit."""
+    event = BlockEvent(index=block, start=start - state.prompt_len, tokens=state.x[:, start:end].cpu(),
+                       active=tuple(state.active.tolist()))
+    cancel = sorted({int(r) for r in on_block(event) or ()})
+    if not cancel:
+        return
+    if cancel[0] < 0 or cancel[-1] >= state.x.shape[0]:
+        raise ConfigError(f"on_block cancelled rows {cancel}; the batch has rows 0-{state.x.shape[0] - 1}")
+    rows = torch.tensor(cancel, device=state.x.device)
+    state.x[rows, end:] = state.model.args.eos_id
+    state.active[rows] = False
+
+
 def _count_generated(state: _State, tokens: torch.Tensor) -> None:
     args = state.model.args
-    stop_ids = torch.tensor(sorted(set(args.stop_ids) | {args.eos_id}), device=tokens.device)
+    stop_ids = torch.tensor(sorted(args.answer_end_ids), device=tokens.device)
     is_stop = torch.isin(tokens, stop_ids)
     # Index of the first stop id per row (gen_length when none): tokens "up to EOS".
     first_stop = torch.where(is_stop.any(1), is_stop.int().argmax(1), tokens.shape[1])

@@ -19,6 +19,10 @@ class ProfileError(DecoderError):
     """A profile file is missing, corrupt, or written by an incompatible format version."""
 
 
+class ServeError(DecoderError):
+    """The server can't start as asked: its address can't be bound, or an option is out of range."""
+
+
 def one_line(exc: BaseException, *, with_type: bool = False, cause: bool = False, first: bool = False,
              limit: int | None = None) -> str:
     """The first meaningful line of an error, for a CLI message or a log warning.

@@ -51,6 +51,11 @@ class ModelArgs:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
+    @property
+    def answer_end_ids(self) -> frozenset[int]:
+        """The ids that end an answer (EOS and `stop_ids`): where its generated tokens and its text stop."""
+        return frozenset(self.stop_ids) | {self.eos_id}
+
 
 class PrefixCache:
     """Per-layer post-RoPE keys/values of a prefix `[0, length)`, plus which prefix positions are real tokens."""

@@ -7,6 +7,7 @@ call it). Two call sites doing this differently would decode different ids than 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import ConfigError
@@ -16,9 +17,19 @@ def encode_prompt(tokenizer: Any, text: str, *, chat_template: bool = False) -> 
     """Token ids of `text`, wrapped in the tokenizer's chat template (one user turn) when `chat_template`."""
     if not chat_template:
         return list(tokenizer(text)["input_ids"])
-    if not getattr(tokenizer, "chat_template", None):
+    return encode_messages(tokenizer, [{"role": "user", "content": text}])
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def encode_messages(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    """Token ids of a conversation (`role`/`content` dicts) in the tokenizer's chat template, ending where the
+    assistant's answer starts."""
+    if not has_chat_template(tokenizer):
         raise ConfigError("the model's tokenizer has no chat template: decode without it (tuner: --set "
                           "chat_template=false; decoder: drop --chat-template)")
-    templated = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+    templated = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
                                               add_generation_prompt=True)
     return list(tokenizer(templated, add_special_tokens=False)["input_ids"])
