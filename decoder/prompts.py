@@ -7,18 +7,24 @@ call it). Two call sites doing this differently would decode different ids than 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import ConfigError
 
 
-def encode_prompt(tokenizer: Any, text: str, *, chat_template: bool = False) -> list[int]:
-    """Token ids of `text`, wrapped in the tokenizer's chat template (one user turn) when `chat_template`."""
-    if not chat_template:
-        return list(tokenizer(text)["input_ids"])
+def encode_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]], *, chat_template: bool = False
+                  ) -> list[int]:
+    """Token ids of a prompt: raw text as is, or wrapped in the tokenizer's chat template (one user turn) when
+    `chat_template`; a chat (a list of `{"role", "content"}` messages) always through the chat template, as it has
+    no raw-text form."""
+    if isinstance(prompt, str) and not chat_template:
+        return list(tokenizer(prompt)["input_ids"])
     if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("the model's tokenizer has no chat template: decode without it (tuner: --set "
-                          "chat_template=false; decoder: drop --chat-template)")
-    templated = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                              add_generation_prompt=True)
+        fix = ("a prompts file of chats needs a model with one" if not isinstance(prompt, str) else
+               "decode without it (tuner: --set chat_template=false; decoder: drop --chat-template)")
+        raise ConfigError(f"the model's tokenizer has no chat template: {fix}")
+    messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+                else [{"role": m["role"], "content": m["content"]} for m in prompt])
+    templated = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return list(tokenizer(templated, add_special_tokens=False)["input_ids"])
