@@ -156,3 +156,11 @@ def test_unreadable_prompts_files(tmp_path):
         get_task(str(EXAMPLE), validation_size=3)
     with pytest.raises(TaskError, match="validation_fraction"):
         get_task(str(EXAMPLE), validation_fraction=1.0)
+
+
+def test_the_example_files_are_what_their_generator_writes():
+    """examples/arith.jsonl (the built-in arith problems) and examples/prompts.jsonl come from tools/example_data.py."""
+    from tools.example_data import arith_records, jsonl, prompt_records
+
+    assert (REPO / "examples" / "arith.jsonl").read_text() == jsonl(arith_records())
+    assert EXAMPLE.read_text() == jsonl(prompt_records())

@@ -98,7 +98,7 @@ def check_is_task(cfg: dict[str, Any], src: Source) -> None:
     if "group" in cfg:
         raise TaskError(f"{src.label}: an lm-eval group ({src.key('group')}: {cfg['group']}), not one task; give the "
                         "YAML of one of its tasks")
-    if "task" not in cfg:
+    if "task" not in cfg and "include" not in cfg:  # an included file may name it; checked again once merged
         keys = ", ".join(sorted(map(str, cfg))) or "none"
         raise TaskError(f"{src.label}: not an lm-eval task: it has no `task:` key (its keys: {keys})")
     output_type = cfg.get("output_type", "generate_until")
@@ -241,6 +241,14 @@ def template_fields(template: Any) -> set[str]:
         return set()
 
 
+def _parses(env: Any, template: str) -> bool:
+    try:
+        env.parse(template)
+    except Exception:  # noqa: BLE001 - any syntax error
+        return False
+    return True
+
+
 def _build(manager: Any, spec: Any, cfg: dict[str, Any], src: Source) -> Any:
     """lm-eval's task object for ``spec`` (a config dict or a registered name), errors made one line."""
     import jinja2
@@ -251,10 +259,17 @@ def _build(manager: Any, spec: Any, cfg: dict[str, Any], src: Source) -> Any:
     except jinja2.exceptions.UndefinedError as exc:
         raise _undefined_field(exc, cfg, src) from None
     except jinja2.exceptions.TemplateError as exc:
-        raise TaskError(f"{src.label}: a template is not valid Jinja: {one_line(exc)}") from None
+        from lm_eval.utils import env
+
+        bad = [k for k in TEMPLATE_KEYS if isinstance(cfg.get(k), str) and not _parses(env, cfg[k])]
+        where = src.key(bad[0]) if bad else "a template"
+        raise TaskError(f"{src.label}: {where} is not valid Jinja: {one_line(exc)}") from None
     except DataUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 - lm-eval and datasets raise anything; the user gets one line
+        unknown = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        if isinstance(exc, TypeError) and unknown:
+            raise TaskError(f"{src.label}: {src.key(unknown.group(1))}: not a key of an lm-eval task") from None
         raise TaskError(f"{src.label}: lm-eval could not build the task: {one_line(exc, with_type=True)}") from None
     if len(built) != 1:
         raise TaskError(f"{src.label}: lm-eval built {len(built)} tasks from it ({', '.join(built)}); give one task")
@@ -318,6 +333,8 @@ def load_registered_task(name: str) -> tuple[Any, Source]:
     src = Source(f"{label} ({entry.yaml_path})" if entry.yaml_path else label, registered=True)
     cfg: dict[str, Any] = {}
     if entry.yaml_path is not None:
+        with contextlib.suppress(TaskError):  # its lines, for messages; lm-eval's own files parse
+            src.key_lines = read_yaml_mapping(Path(entry.yaml_path), "lm-eval task file")[1]
         with quiet_lm_eval():
             cfg = load_yaml(entry.yaml_path, resolve_func=False, recursive=True)
         check_keys(cfg, src)
