@@ -141,6 +141,7 @@ def test_a_few_shot_task_with_two_filters_matches_lm_eval(gsm8k_dir, split, monk
     items = task.load(split)
     assert len(items) == (20 if split == "test" else 12)
     assert "lm-eval's" in task.source_description(split) and "hash" not in task.source_description(split)
+    assert task.notices() == []
     generations = _gsm8k_completions([it.data for it in items])
     monkeypatch.chdir(gsm8k_dir)
     if split == "validation":  # lm-eval evaluates its test split: the same task with the validation split as it
@@ -182,6 +183,9 @@ def test_the_hash_split_is_stable_disjoint_and_complete(example, tmp_path):
     assert 400 < len(val) < 600
     note = example.source_description("test")
     assert "no validation split" in note and "stable hash" in note and "not comparable" in note
+    assert example.notices() == [f"{EXAMPLE} has no validation split: dtune divided its test split by a stable hash "
+                                 f"(validation {len(val)}, test {len(test)}); test numbers are not lm-eval's "
+                                 "full-split numbers"]
     again = get_task(str(EXAMPLE))
     assert again.split_info("validation") == example.split_info("validation")
     # More documents (appended, then the file reversed) leave every earlier document on its side.

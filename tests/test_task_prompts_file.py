@@ -53,6 +53,9 @@ def test_the_example_file_is_an_unlabelled_task_split_in_two():
     again = get_task(str(EXAMPLE))
     assert again.split_info("test") == task.split_info("test")
     assert "unlabelled" in task.source_description("test") and "hash split" in task.source_description("test")
+    assert task.notices() == [f"{EXAMPLE}: unlabelled prompts; dtune split them by a stable hash (validation "
+                              f"{len(val)}, test {len(test)}) and can only promise agreement with the baseline's "
+                              "answers"]
 
 
 def test_the_split_is_stable_when_prompts_are_added_or_reordered(tmp_path):

@@ -130,6 +130,11 @@ class Task(ABC):
         """Human-readable origin of a split (overridden by tasks to name files, hub ids and sampling)."""
         return f"local data dir {self.data_dir}" if self.data_dir else "Hugging Face Hub"
 
+    def notices(self) -> list[str]:
+        """One-line facts a user should read before a study on this task, e.g. that dtune made its validation split
+        (default: none); a CLI prints them at the start of a run."""
+        return []
+
     def locate(self, item: Item) -> str:
         """Where ``item`` comes from, for a message about it (a file and line where the task knows one)."""
         return f"item {item.id}"

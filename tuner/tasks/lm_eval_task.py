@@ -88,6 +88,7 @@ class LmEvalTask(Task):
         self._where: dict[str, str] = {}
         self._splits: dict[str, list[Item]] = {}
         self._description: dict[str, str] = {}
+        self._notices: list[str] = []
         with quiet_lm_eval():
             self._make_splits()
 
@@ -188,6 +189,12 @@ class LmEvalTask(Task):
         self._splits = {"validation": validation, "test": test}
         suffix = f"; {dropped} repeated prompt(s) dropped" if dropped else ""
         self._description = {split: f"{self.source.label}: {note[split]}{suffix}" for split in note}
+        if val_split is None:
+            self._notices.append(f"{self.source.label} has no validation split: dtune divided its {test_split} "
+                                 f"split by a stable hash (validation {len(validation)}, test {len(test)}); test "
+                                 "numbers are not lm-eval's full-split numbers")
+        if dropped:
+            self._notices.append(f"{self.source.label}: {dropped} repeated prompt(s) dropped (each prompt once)")
 
     def _without_repeats(self, validation: list[Item], test: list[Item]) -> tuple[list[Item], list[Item], int]:
         """Both splits with each prompt once: a repeat is refused in a task file, dropped from a registered task."""
@@ -218,6 +225,9 @@ class LmEvalTask(Task):
 
     def locate(self, item: Item) -> str:
         return f"{self.source.label}: {self._where[item.id]}"
+
+    def notices(self) -> list[str]:
+        return list(self._notices)
 
     # ---------------------------------------------------------------------------- prompting, scoring
     def prompt(self, item: Item) -> str:

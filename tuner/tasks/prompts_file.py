@@ -150,6 +150,11 @@ class PromptsFile(Task):
         return (f"prompts file {self.path} (unlabelled): {len(self._splits[split])} of its {total} prompts, a stable "
                 f"hash split (seed {self.seed}, {self.validation_fraction:.0%} to validation)")
 
+    def notices(self) -> list[str]:
+        return [f"{self.path}: unlabelled prompts; dtune split them by a stable hash (validation "
+                f"{len(self._splits['validation'])}, test {len(self._splits['test'])}) and can only promise agreement "
+                "with the baseline's answers"]
+
     def prompt(self, item: Item) -> Prompt:
         prompt = self._prompts[item.id]
         return prompt if isinstance(prompt, str) else [dict(m) for m in prompt]
