@@ -380,3 +380,22 @@ def test_a_registered_task_without_the_hub_fails_at_once(registry, monkeypatch):
     message = refused("lm-eval:gsm8k", "cannot load lm-eval task gsm8k", "(dataset openai/gsm8k)",
                       "cannot be reached", "dataset_path: json")
     assert "--data-dir" not in message
+
+
+def test_a_registered_task_loads_and_its_repeated_prompts_are_dropped(workdir, monkeypatch):
+    """The `lm-eval:NAME` path on a task lm-eval indexes from a folder (its own data need the hub): built by name from
+    lm-eval's index, and a repeat in data the user cannot fix is dropped and said, not refused."""
+    from lm_eval.tasks import TaskManager
+
+    from tuner.tasks import lm_eval_config
+
+    data_variant(workdir, lambda lines: lines.__setitem__(9, lines[2]))
+    variant(workdir, "task: arith_example", "task: arith_registered")
+    monkeypatch.chdir(workdir)  # lm-eval reads the relative data file from the working directory
+    monkeypatch.setattr(lm_eval_config, "_manager", TaskManager(include_path=str(workdir), include_defaults=False))
+    task = get_task("lm-eval:arith_registered")
+    assert task.name == "arith_registered" and task.source.registered
+    assert len(task.load("validation")) + len(task.load("test")) == 999
+    assert task.notices()[-1] == f"lm-eval task arith_registered ({workdir / 'task.yaml'}): 1 repeated prompt(s) " \
+                                 "dropped (each prompt once)"
+    assert "1 repeated prompt(s) dropped" in task.source_description("test")
