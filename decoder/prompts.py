@@ -13,11 +13,16 @@ from typing import Any
 from .errors import ConfigError
 
 
-def encode_prompt(tokenizer: Any, text: str, *, chat_template: bool = False) -> list[int]:
-    """Token ids of `text`, wrapped in the tokenizer's chat template (one user turn) when `chat_template`."""
-    if not chat_template:
-        return list(tokenizer(text)["input_ids"])
-    return encode_messages(tokenizer, [{"role": "user", "content": text}])
+def encode_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]], *, chat_template: bool = False
+                  ) -> list[int]:
+    """Token ids of a prompt: raw text as is, or wrapped in the tokenizer's chat template (one user turn) when
+    `chat_template`; a chat (a list of `{"role", "content"}` messages) always through the chat template, as it has
+    no raw-text form."""
+    if isinstance(prompt, str):
+        if not chat_template:
+            return list(tokenizer(prompt)["input_ids"])
+        return encode_messages(tokenizer, [{"role": "user", "content": prompt}])
+    return encode_messages(tokenizer, prompt)
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -29,7 +34,7 @@ def encode_messages(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> li
     assistant's answer starts."""
     if not has_chat_template(tokenizer):
         raise ConfigError("the model's tokenizer has no chat template: decode without it (tuner: --set "
-                          "chat_template=false; decoder: drop --chat-template)")
-    templated = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
-                                              add_generation_prompt=True)
+                          "chat_template=false; decoder: drop --chat-template), or use a model with one for chats")
+    templated = tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
+                                              tokenize=False, add_generation_prompt=True)
     return list(tokenizer(templated, add_special_tokens=False)["input_ids"])

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import Item, ScoreResult, Task
+from .base import NO_ANSWER, Item, ScoreResult, Task
 from .errors import TaskError
 from .gsm8k import STRICT_RE, normalize, regex_filter
 from .registry import register_task
@@ -237,6 +237,10 @@ class ArithTask(Task):
 
     def prompt(self, item: Item) -> str:
         return format_prompt(item.data["question"])
+
+    def answer(self, item: Item, completion: str) -> str:
+        """The ``#### <number>`` the scorer reads (GSM8K strict match), :data:`NO_ANSWER` where there is none."""
+        return regex_filter(STRICT_RE, self.cut(completion), 0) or NO_ANSWER
 
     def score(self, item: Item, completion: str) -> ScoreResult:
         return score_completion(completion, item.data["target"])

@@ -1,9 +1,11 @@
 """The task interface every benchmark implements, and the small value types it hands out.
 
-A task knows four things: where its records come from (:meth:`Task.load`), how to turn one record into the
-exact raw prompt text a model sees (:meth:`Task.prompt`), where a completion ends (:attr:`Task.stop_sequences`,
-:meth:`Task.cut`), and whether a completion is right (:meth:`Task.score`). Everything else (decoding, chat
-templates, aggregation) belongs to the caller, so that the same task object serves tuning and confirmation runs.
+A task knows five things: where its records come from (:meth:`Task.load`), how to turn one record into the
+exact prompt a model sees (:meth:`Task.prompt`: raw text, or a chat as a list of messages), where a completion ends
+(:attr:`Task.stop_sequences`, :meth:`Task.cut`), what a completion answers (:meth:`Task.answer`, the key two
+decodings are compared by), and whether a completion is right (:meth:`Task.score`; only where
+:attr:`Task.labelled`). Everything else (decoding, chat templates, aggregation) belongs to the caller, so that the
+same task object serves tuning and confirmation runs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from typing import Any, ClassVar
 from .errors import DataUnavailableError, TaskError
 from .loading import resolve_data_dir
 
-__all__ = ["DataUnavailableError", "Item", "ScoreResult", "SplitInfo", "Task", "TaskError", "cut_at"]
+__all__ = ["NO_ANSWER", "DataUnavailableError", "Item", "Message", "Prompt", "ScoreResult", "SplitInfo", "Task",
+           "TaskError", "cut_at", "normalize_whitespace"]
+
+#: One chat turn, ``{"role": "user" | "system" | "assistant", "content": str}``.
+Message = dict[str, str]
+#: What :meth:`Task.prompt` returns: raw text, or a chat (rendered with the model's chat template by the caller).
+Prompt = str | list[Message]
+#: The answer key of a completion the task's extraction finds nothing in (lm-eval's regex filter fallback).
+NO_ANSWER = "[invalid]"
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,11 @@ def cut_at(text: str, stops: Iterable[str]) -> str:
     return text[:end]
 
 
+def normalize_whitespace(text: str) -> str:
+    """``text`` with every run of whitespace made one space, and none at either end."""
+    return " ".join(text.split())
+
+
 class Task(ABC):
     """Base class of a benchmark task. Subclasses set :attr:`name` and ``_stop_sequences`` (a tuple) and
     implement :meth:`_load_split`, :meth:`prompt`, :meth:`score`, and (for a hash that ignores incidental record
@@ -84,6 +99,9 @@ class Task(ABC):
     _stop_sequences: ClassVar[tuple[str, ...]] = ()
     #: True for tasks that execute model-written code (a CLI then calls ``tuner.sandbox.require_isolation()``).
     needs_sandbox: ClassVar[bool] = False
+    #: False for tasks without reference answers (a prompts file): :meth:`score` raises, and a study can only
+    #: promise agreement with its baseline (:meth:`answer`), not an accuracy drop.
+    labelled: ClassVar[bool] = True
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir: Path | None = resolve_data_dir(data_dir)
@@ -112,6 +130,15 @@ class Task(ABC):
         """Human-readable origin of a split (overridden by tasks to name files, hub ids and sampling)."""
         return f"local data dir {self.data_dir}" if self.data_dir else "Hugging Face Hub"
 
+    def notices(self) -> list[str]:
+        """One-line facts a user should read before a study on this task, e.g. that dtune made its validation split
+        (default: none); a CLI prints them at the start of a run."""
+        return []
+
+    def locate(self, item: Item) -> str:
+        """Where ``item`` comes from, for a message about it (a file and line where the task knows one)."""
+        return f"item {item.id}"
+
     def split_info(self, split: str) -> SplitInfo:
         """Size and stable content hash of ``split`` (loads it if needed)."""
         items = self.load(split)
@@ -125,8 +152,9 @@ class Task(ABC):
 
     # ------------------------------------------------------------------------------------ prompting
     @abstractmethod
-    def prompt(self, item: Item) -> str:
-        """The full prompt as raw text (few-shot exemplars included, no chat template)."""
+    def prompt(self, item: Item) -> Prompt:
+        """The full prompt: raw text (few-shot exemplars included, no chat template), or a list of chat messages,
+        which the caller always renders with the model's chat template (``decoder.encode_prompt``)."""
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -141,10 +169,21 @@ class Task(ABC):
         """
         return cut_at(completion, self._stop_sequences)
 
+    # ------------------------------------------------------------------------------------ answering
+    def answer(self, item: Item, completion: str) -> str:
+        """The answer key of a raw completion, what an agreement constraint compares two decodings by.
+
+        Tasks with an extraction step return what their scorer reads (the extracted answer or program,
+        :data:`NO_ANSWER` where nothing is found), so that equal keys get equal verdicts under any labels; this
+        default, for tasks without one, is the completion cut at the stop sequences, whitespace-normalised.
+        """
+        return normalize_whitespace(self.cut(completion))
+
     # -------------------------------------------------------------------------------------- scoring
     @abstractmethod
     def score(self, item: Item, completion: str) -> ScoreResult:
-        """Judge one raw completion (the task applies :meth:`cut` itself)."""
+        """Judge one raw completion (the task applies :meth:`cut` itself); a task that is not :attr:`labelled`
+        raises :class:`TaskError`."""
 
     def score_batch(self, items: Sequence[Item], completions: Sequence[str]) -> list[ScoreResult]:
         """Score many completions; code tasks override this to run programs in parallel."""

@@ -48,6 +48,12 @@ class CodeTask(Task):
     def build_program(self, item: Item, completion: str) -> tuple[str, str, str]:
         """(full test program, the code taken from the completion, how it was obtained)."""
 
+    def answer(self, item: Item, completion: str) -> str:
+        """The program text taken from the completion (what :meth:`build_program` runs), each line's trailing
+        whitespace and the blank lines at either end dropped (neither changes what Python runs)."""
+        code = self.build_program(item, completion)[1]
+        return "\n".join(line.rstrip() for line in code.splitlines()).strip("\n")
+
     def _result(self, code: str, how: str, run: ProgramResult) -> ScoreResult:
         details: dict[str, Any] = {
             "status": run.status,

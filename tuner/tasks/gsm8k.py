@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Item, ScoreResult, Task
+from .base import NO_ANSWER, Item, ScoreResult, Task
 from .errors import TaskError
 from .loading import HubPart, load_records
 from .registry import register_task
@@ -34,6 +34,7 @@ STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 _IGNORE_RES = tuple(re.compile(p) for p in (",", r"\$", r"(?s).*#### ", r"\.$"))
 METRICS = ("strict", "flexible")
+FILTERS = {"strict": (STRICT_RE, 0), "flexible": (FLEXIBLE_RE, -1)}  # metric -> (regex, group_select)
 
 
 def regex_filter(regex: re.Pattern[str], text: str, group_select: int) -> str | None:
@@ -150,11 +151,17 @@ class GSM8K(Task):
         return f"{shots}Question: {item.data['question']}\nAnswer:"
 
     # -------------------------------------------------------------------------------------- scoring
+    def answer(self, item: Item, completion: str) -> str:
+        """What the filter of ``metric`` extracts (strict: the first ``#### <number>``; flexible: the last number),
+        :data:`NO_ANSWER` where it finds nothing."""
+        regex, select = FILTERS[self.metric]
+        return regex_filter(regex, self.cut(completion), select) or NO_ANSWER
+
     def score(self, item: Item, completion: str) -> ScoreResult:
         text = self.cut(completion)
         target = target_of(item.data["answer"])
         verdicts: dict[str, dict[str, Any]] = {}
-        for metric, regex, select in (("strict", STRICT_RE, 0), ("flexible", FLEXIBLE_RE, -1)):
+        for metric, (regex, select) in FILTERS.items():
             raw = regex_filter(regex, text, select)
             norm = normalize(raw) if raw is not None else None
             verdicts[metric] = {

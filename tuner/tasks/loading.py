@@ -118,14 +118,22 @@ def _load_local(path: Path) -> list[dict[str, Any]]:
         return [dict(row) for row in _table_cache[key]]
 
 
-def _load_hub(parts: Sequence[HubPart], what: str) -> list[dict[str, Any]]:
+def require_hub(what: str, fix: str | None = None) -> None:
+    """Fail at once with a :class:`DataUnavailableError` when the hub cannot be reached (unless
+    ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` ask for cached copies): ``datasets`` would retry for ~25 s.
+    ``fix`` says what to do instead (default: point the built-in tasks at a local data directory)."""
     if not _offline_env():
         ok, detail = hub_reachable()
         if not ok:
+            reason = "" if fix else " and no local data directory was given"
             raise DataUnavailableError(
                 f"cannot load {what}: the Hugging Face Hub ({_endpoint()}) cannot be reached from this machine "
-                f"({detail}) and no local data directory was given. {_FIX_HINT}"
+                f"({detail}){reason}. {fix or _FIX_HINT}"
             )
+
+
+def _load_hub(parts: Sequence[HubPart], what: str) -> list[dict[str, Any]]:
+    require_hub(what)
     datasets = _quiet_datasets()
     rows: list[dict[str, Any]] = []
     for part in parts:

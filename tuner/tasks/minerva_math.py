@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Item, ScoreResult, Task
+from .base import NO_ANSWER, Item, ScoreResult, Task
 from .errors import TaskError
 from .loading import HubPart, load_records
 from .math_answers import extract_answer, reference_answer
@@ -180,6 +180,11 @@ class MinervaMath(Task):
     def target(self, item: Item) -> str | None:
         """Normalised reference answer (harness rule: last ``\\boxed{}`` of the solution)."""
         return reference_answer(item.data["solution"])
+
+    def answer(self, item: Item, completion: str) -> str:
+        """The normalised final answer the scorer compares (with the task's ``fallbacks``), :data:`NO_ANSWER`
+        where none is found."""
+        return extract_answer(self.cut(completion), fallbacks=self.fallbacks)[0] or NO_ANSWER
 
     def score(self, item: Item, completion: str) -> ScoreResult:
         text = self.cut(completion)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from .base import Task
 from .errors import TaskError
+from .lm_eval_config import REGISTRY_PREFIX
 
 BUILTIN_MODULES: tuple[str, ...] = (
     "tuner.tasks.arith",
@@ -95,13 +96,50 @@ def _accepts_data_dir(factory: TaskFactory) -> bool:
     return "data_dir" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def task_source(name: str) -> str:
+    """What a task name names: ``"lm-eval"`` (``lm-eval:NAME``, a task lm-eval registers), ``"lm-eval-file"`` (an
+    lm-eval task YAML, ``*.yaml``/``*.yml``), ``"prompts"`` (an unlabelled prompts file, ``*.jsonl``), or
+    ``"builtin"`` (a registered name). Decided from the name alone, without reading anything."""
+    text = name.strip()
+    if text.startswith(REGISTRY_PREFIX):
+        return "lm-eval"
+    suffix = Path(text).suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return "lm-eval-file"
+    if suffix == ".jsonl":
+        return "prompts"
+    return "builtin"
+
+
+def _file_task(source: str, name: str, data_dir: str | Path | None, options: dict[str, Any]) -> Task:
+    """A task from a file or from lm-eval, every check of its input done (before any model loads)."""
+    if source == "prompts":
+        from .prompts_file import PromptsFile as factory
+    elif source == "lm-eval-file":
+        from .lm_eval_task import from_yaml as factory
+    else:
+        from .lm_eval_task import from_registry as factory
+    try:
+        return factory(name.strip(), data_dir=data_dir, **options)
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise TaskError(f"task {name!r} does not accept these options: {exc}") from exc
+        raise
+
+
 def get_task(name: str, data_dir: str | Path | None = None, **options: Any) -> Task:
-    """A new task object for ``name``.
+    """A new task object for ``name``: a registered task, or (:func:`task_source`) an lm-eval task YAML file, a
+    task lm-eval registers (``lm-eval:NAME``) or a JSONL file of unlabelled prompts.
 
     ``data_dir`` (or ``$DTUNE_DATA_DIR``) selects local files laid out like ``shared/data``; without either
     the task loads from the Hugging Face Hub. ``options`` are task-specific (e.g. ``metric="flexible"`` for
-    gsm8k, ``seed``, ``validation_size``). Unknown names raise :class:`TaskError` listing the known ones.
+    gsm8k, ``seed``, ``validation_size``). Unknown names raise :class:`TaskError` listing the known ones. A task
+    from a file or from lm-eval is read and checked in full here, so that bad input fails as one line naming the
+    file and line (or key) before any model loads.
     """
+    source = task_source(name)
+    if source != "builtin":
+        return _file_task(source, name, data_dir, options)
     _load_builtins()
     key = name.strip().lower()
     with _lock:

@@ -20,3 +20,14 @@ def rank_key(item_id: str, seed: int, salt: str = "") -> str:
 def seeded_order(item_ids: Iterable[str], seed: int, salt: str = "") -> list[str]:
     """``item_ids`` in seeded pseudo-random order (deterministic, independent of input order)."""
     return sorted(set(item_ids), key=lambda i: rank_key(i, seed, salt))
+
+
+def in_validation(content: str, seed: int, fraction: float) -> bool:
+    """Whether an item whose defining text is ``content`` belongs to the validation side of a stable hash split.
+
+    The item's own hash decides (``sha256(f"{seed}:split:{content}")`` read as a number in [0, 1) below
+    ``fraction``), not its rank among the others: adding or removing items never moves another one between the
+    splits, and equal contents always land on the same side.
+    """
+    digest = hashlib.sha256(f"{seed}:split:{content}".encode()).hexdigest()
+    return int(digest[:15], 16) / 16**15 < fraction
