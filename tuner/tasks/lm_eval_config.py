@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import one_line
+from ..base.errors import one_line
 from .errors import DataUnavailableError, TaskError
 from .files import check_data_file, read_jsonl, read_yaml_mapping
 from .loading import _quiet_datasets, require_hub
