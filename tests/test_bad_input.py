@@ -128,10 +128,67 @@ def gsm8k_spec_file(tmp: Path) -> Path:
     return path
 
 
+def _task_yaml(tmp: Path, body: str) -> Path:
+    """An lm-eval task YAML over a three-line local JSONL file."""
+    (tmp / "q.jsonl").write_text("".join(json.dumps({"question": f"{i} + 1 = ?", "answer": str(i + 1)}) + "\n"
+                                         for i in range(3)))
+    path = tmp / "task.yaml"
+    path.write_text(body)
+    return path
+
+
+TASK_HEAD = "task: mine\ndataset_path: json\ndataset_kwargs: {data_files: {test: q.jsonl}}\ntest_split: test\n"
+GENERATE = ("output_type: generate_until\ndoc_to_target: '{{answer}}'\ngeneration_kwargs: {until: [\"\\n\"]}\n"
+            "metric_list: [{metric: exact_match}]\n")
+
+
+def yaml_not_a_task(tmp: Path) -> Path:
+    return _task_yaml(tmp, "just: a mapping\n")
+
+
+def yaml_missing_doc_to_text(tmp: Path) -> Path:
+    return _task_yaml(tmp, TASK_HEAD + GENERATE)
+
+
+def yaml_field_the_data_lacks(tmp: Path) -> Path:
+    return _task_yaml(tmp, TASK_HEAD + GENERATE + "doc_to_text: '{{prompt}}'\n")
+
+
+def yaml_multiple_choice(tmp: Path) -> Path:
+    return _task_yaml(tmp, TASK_HEAD + "output_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+                           "doc_to_choice: ['a', 'b']\ndoc_to_target: 0\n")
+
+
+def prompts_file(tmp: Path, text: bytes) -> Path:
+    path = tmp / "prompts.jsonl"
+    path.write_bytes(text)
+    return path
+
+
+def prompts_duplicated(tmp: Path) -> Path:
+    return prompts_file(tmp, b'{"prompt": "1 + 1 = ?"}\n{"prompt": "2 + 2 = ?"}\n{"prompt": "1 + 1 = ?"}\n')
+
+
+def prompts_ok(tmp: Path) -> Path:
+    return prompts_file(tmp, "".join(json.dumps({"prompt": f"{i} + 1 = ?"}) + "\n" for i in range(40)).encode())
+
+
+def prompts_too_long(tmp: Path) -> Path:
+    """Forty short prompts and, on line 7, one longer than the tiny model's positions leave for the answer."""
+    lines = [json.dumps({"prompt": f"{i} + 1 = ?"}) for i in range(40)]
+    lines[6] = json.dumps({"prompt": " ".join(["Question: how many coins?"] * 200)})
+    return prompts_file(tmp, ("\n".join(lines) + "\n").encode())
+
+
 SETUP: dict[str, Callable[[Path], Path]] = {
     "@FOREIGN_DB@": foreign_db, "@NOTES@": notes, "@BINARY_SPEC@": binary_spec, "@CORRUPT_MODEL@": corrupt_weights,
     "@BAD_CONFIG_MODEL@": non_numeric_config, "@OTHER_PROFILE@": other_model_profile, "@PROFILE@": a_profile,
     "@BAD_ROWS@": rows_without_fields, "@GSM8K_SPEC@": gsm8k_spec_file,
+    "@YAML_NOT_A_TASK@": yaml_not_a_task, "@YAML_NO_DOC_TO_TEXT@": yaml_missing_doc_to_text,
+    "@YAML_FIELD_LACKING@": yaml_field_the_data_lacks, "@YAML_MULTIPLE_CHOICE@": yaml_multiple_choice,
+    "@PROMPTS_EMPTY@": lambda tmp: prompts_file(tmp, b""),
+    "@PROMPTS_NOT_UTF8@": lambda tmp: prompts_file(tmp, b'{"prompt": "caf\xe9"}\n'),
+    "@PROMPTS_DUPLICATED@": prompts_duplicated, "@PROMPTS_TOO_LONG@": prompts_too_long, "@PROMPTS_OK@": prompts_ok,
 }
 STORE = ["--storage", "sqlite:///study.db", "--tracking-uri", "sqlite:///mlflow.db"]
 
@@ -216,6 +273,21 @@ CASES = [
      "lacks the field(s) question, answer"),
     ("run-rows-missing-fields", "tuner", ["run", "--task", "gsm8k", "--data-dir", "@BAD_ROWS@", "--model", MODEL,
                                           "--set", "chat_template=false", *STORE], "lacks the field(s) question"),
+    # your own tasks: lm-eval task files and prompts files, named by file and line or key, before any model loads
+    ("run-yaml-not-a-task", "tuner", ["run", "--task", "@YAML_NOT_A_TASK@", "--model", MODEL, *STORE], "task.yaml"),
+    ("run-yaml-generate-key-missing", "tuner", ["run", "--task", "@YAML_NO_DOC_TO_TEXT@", "--model", MODEL, *STORE],
+     "doc_to_text"),
+    ("run-yaml-template-field-missing", "tuner", ["run", "--task", "@YAML_FIELD_LACKING@", "--model", MODEL, *STORE],
+     "prompt"),
+    ("run-yaml-multiple-choice", "tuner", ["run", "--task", "@YAML_MULTIPLE_CHOICE@", "--model", MODEL, *STORE],
+     "multiple_choice"),
+    ("run-prompts-empty", "tuner", ["run", "--task", "@PROMPTS_EMPTY@", "--model", MODEL, *STORE], "empty"),
+    ("run-prompts-not-utf8", "tuner", ["run", "--task", "@PROMPTS_NOT_UTF8@", "--model", MODEL, *STORE], "UTF-8"),
+    ("run-prompts-duplicated", "tuner", ["run", "--task", "@PROMPTS_DUPLICATED@", "--model", MODEL, *STORE],
+     "line 3"),
+    ("run-prompts-too-long", "tuner", ["run", "--task", "@PROMPTS_TOO_LONG@", "--model", MODEL, "--accept-low-power",
+                                       *STORE], "line 7: the prompt is"),
+    ("run-own-task-without-model", "tuner", ["run", "--task", "@PROMPTS_OK@", *STORE], "--model is required"),
 ]
 
 

@@ -9,7 +9,7 @@ import pytest
 from tuner.storage.record import LedgerState, StudyRecord, TrialMetrics, TrialWriter
 from tuner.study.points import trial_points
 from tuner.verdict import racing
-from tuner.verdict.constraint import TOLERANCE, Constraint, Interval, Verdict
+from tuner.verdict.constraint import TOLERANCE, Constraint, Evidence, Interval, Verdict
 from tuner.verdict.selection import confirm, pick
 from tuner.verdict.stats import paired_drop_counts
 
@@ -37,7 +37,7 @@ def a_study(cand: list[bool], base: list[bool], constraint: Constraint) -> optun
             writer.reference(name)
         writer.configuration({"mode": "streaming"}, name or "candidate")
         accuracy = sum(outcomes) / len(outcomes)
-        writer.result(TrialMetrics(accuracy=accuracy, tokens_per_s=speed), bits(outcomes))
+        writer.result(TrialMetrics(accuracy=accuracy, tokens_per_s=speed), Evidence(tuple(outcomes)))
         paired = constraint.compare(outcomes, base)
         trial.set_constraint("accuracy", constraint.violation(paired))
         study.tell(trial, [accuracy, speed])

@@ -42,7 +42,7 @@ class Options:
 
 def experiment_name(spec: StudySpec) -> str:
     """The MLflow experiment of a task's studies."""
-    return f"dtune-{spec.task}"
+    return f"dtune-{spec.task_label}"
 
 
 def load_task(spec: StudySpec, data_dir: str | None) -> Task:

@@ -75,6 +75,26 @@ def _registry(ctx: Context, inputs: Inputs) -> None:
         ctx.open_tracker()
 
 
+def _prompt_lengths(ctx: Context, inputs: Inputs) -> None:
+    """A task from the user's own files (not a built-in one): every prompt fits the model with the answer, as the
+    model's tokenizer and chat template encode it (the tokenizer and config.json only: no weights)."""
+    from ..tasks.registry import task_source
+
+    if task_source(ctx.spec.task) == "builtin":
+        return
+    from decoder import encode_prompt
+    from decoder.architectures import args_from_config
+    from decoder.loading import load_tokenizer, read_config
+
+    from ..tasks.checks import check_prompt_lengths
+
+    ckpt = Path(ctx.model_source["path"])
+    tokenizer, positions = load_tokenizer(ckpt), args_from_config(read_config(ckpt)).max_seq_len
+    gen = int(ctx.spec.decode.get("gen_length", 0))
+    check_prompt_lengths(ctx.task, lambda p: encode_prompt(tokenizer, p, chat_template=ctx.spec.chat_template),
+                         positions - gen, why=f"the model's {positions} positions minus gen_length {gen}")
+
+
 def _eval_config(ctx: Context, inputs: Inputs) -> None:
     """The profile file and the knobs (they need no model)."""
     from decoder.cli import build_config
@@ -99,12 +119,14 @@ PROFILE_TARGET = Check("profile target", "the profile's path can be written with
                        _profile_target)
 REGISTRY = Check("registry", "--register names a valid registered model, and MLflow answers", _registry)
 EVAL_CONFIG = Check("decode settings", "the profile file and the knobs make a valid configuration", _eval_config)
+PROMPT_LENGTHS = Check("prompt lengths", "every prompt of a task from your files fits the model with its answer",
+                        _prompt_lengths)
 STUDY = Check("study", "the study this spec ran exists in the storage", lambda ctx, _: ctx.load_study(write=True) and None)
 
 # Each command's checks, in the order they run.
-RUN = (SERVICES, SANDBOX, DEVICE, POWER, MODEL)
-EVAL = (EVAL_CONFIG, SANDBOX, DEVICE, SPLIT, MODEL)
-EXPORT = (MARGIN, PROFILE_TARGET, SANDBOX, STUDY_SERVICES, REGISTRY, STUDY, DEVICE, TEST_SPLIT, MODEL)
+RUN = (SERVICES, SANDBOX, DEVICE, POWER, MODEL, PROMPT_LENGTHS)
+EVAL = (EVAL_CONFIG, SANDBOX, DEVICE, SPLIT, MODEL, PROMPT_LENGTHS)
+EXPORT = (MARGIN, PROFILE_TARGET, SANDBOX, STUDY_SERVICES, REGISTRY, STUDY, DEVICE, TEST_SPLIT, MODEL, PROMPT_LENGTHS)
 WORKER = (SANDBOX,)  # a worker about to decode (the command that started it ran RUN)
 
 

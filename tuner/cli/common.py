@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -16,6 +16,8 @@ from rich.table import Table
 from ..app.context import Context, Options
 from ..storage.record import BaselineSummary
 from ..study.spec import SpecError, StudySpec, load_spec
+from ..tasks.registry import task_source
+from ..verdict.constraint import Constraint
 from ..verdict.pareto import TrialPoint
 
 
@@ -27,9 +29,18 @@ def spec_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> 
     field two different values are refused too, since either choice would drop one without a word."""
     shortcuts = ([f"model={json.dumps(args.model)}"] if args.model else []) + list(extra or [])
     overrides = list(args.overrides)
+    if not args.spec and task_source(args.task) != "builtin":
+        # A task without a study spec (an lm-eval task file, lm-eval:NAME, a prompts file): read and checked in
+        # full here, before any model loads, then studied with the defaults.
+        from ..study.defaults import spec_for_task
+        from ..tasks import get_task
+
+        spec = spec_for_task(args.task, get_task(args.task, data_dir=args.data_dir), args.model, shortcuts + overrides)
+        _check_conflicts(shortcuts, overrides)
+        return spec
     spec = load_spec(args.spec or args.task, shortcuts + overrides)
     _check_conflicts(shortcuts, overrides)
-    if args.spec and args.task != spec.task and Path(args.task).suffix not in {".yaml", ".yml"}:
+    if args.spec and args.task != spec.task:
         raise SpecError(f"--task {args.task} but the spec {args.spec} is for task {spec.task!r}; give the same task "
                         "(or leave --spec out to use the built-in spec)")
     return spec
@@ -74,10 +85,25 @@ def usage_error(message: str) -> SpecError:
     return SpecError(message)
 
 
-def print_front(out: Console, name: str, front: list[TrialPoint], baseline: BaselineSummary | None) -> None:
-    table = Table(title=f"Pareto front of {name} (accuracy vs tokens/s; feasible = the drop's upper bound within "
-                        "the margin)")
-    for col in ("trial", "ref", "items", "accuracy", "interval", "drop [upper]", "tokens/s", "NFE", "params"):
+@dataclass(frozen=True)
+class Columns:
+    """What a study's tables call its quality and its constrained quantity: accuracy and the paired drop, or, on a
+    task without labels, agreement with the baseline and the disagreement rate."""
+
+    quality: str = "accuracy"
+    bound: str = "drop"
+
+    @classmethod
+    def of(cls, constraint: Constraint, labelled: bool) -> Columns:
+        return cls("accuracy" if labelled else "agreement", constraint.quantity)
+
+
+def print_front(out: Console, name: str, front: list[TrialPoint], baseline: BaselineSummary | None,
+                columns: Columns = Columns()) -> None:
+    table = Table(title=f"Pareto front of {name} ({columns.quality} vs tokens/s; feasible = the {columns.bound}'s "
+                        "upper bound within the margin)")
+    for col in ("trial", "ref", "items", columns.quality, "interval", f"{columns.bound} [upper]", "tokens/s", "NFE",
+                "params"):
         table.add_column(col)
     for p in front:
         ci = "" if p.ci_low is None else f"{p.ci_low:.1%}–{p.ci_high:.1%}"

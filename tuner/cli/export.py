@@ -26,11 +26,14 @@ def main(args: argparse.Namespace) -> int:
     t = report.test.figures
     rule = t.non_inferiority
     speedup = t.speedup_tokens_per_s
+    accuracy = (f"{t.pick['accuracy']:.1%} vs baseline {t.baseline['accuracy']:.1%} · "
+                if "accuracy" in t.pick and "accuracy" in t.baseline else "")
+    quantity = "disagreement with the baseline" if rule["metric"] == "agreement" else "paired drop"
     Console().print(
         f"exported trial {report.pick.number} ({args.pick}) → [bold]{report.path}[/]\n"
-        f"test (n={rule['n']}): {t.pick['accuracy']:.1%} vs baseline {t.baseline['accuracy']:.1%} · paired "
-        f"drop {rule['drop_points']:.1f} points, {rule['confidence']:.0%} upper bound {rule['upper_bound_points']:.1f}"
-        f" vs margin {rule['margin_points']:g} → {'confirmed' if report.confirmed else 'NOT CONFIRMED (forced)'}"
+        f"test (n={rule['n']}): {accuracy}{quantity} {rule['estimate_points']:.1f} points, {rule['confidence']:.0%} "
+        f"upper bound {rule['upper_bound_points']:.1f} vs margin {rule['margin_points']:g} → "
+        f"{'confirmed' if report.confirmed else 'NOT CONFIRMED (forced)'}"
         + (f" · {speedup:.1f}x the baseline's tokens/s" if speedup else "")
         + (" · baseline's test figures reused" if t.reused_baseline else ""), soft_wrap=True)
     if report.registered is not None:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..app.preflight import RUN, preflight
 from ..base.errors import EXIT_OK
-from .common import context_from_args, print_front, spec_from_args, stdout_console, usage_error
+from .common import Columns, context_from_args, print_front, spec_from_args, stdout_console, usage_error
 
 SHORTCUTS = ("trials", "validation_size", "batch_size", "sampler", "seed")  # flags that set a spec field
 
@@ -23,6 +23,10 @@ def main(args: argparse.Namespace) -> int:
         raise usage_error(f"--refresh-every must be at least 1, not {args.refresh_every}")
     ctx = context_from_args(args, spec)
     preflight(ctx, RUN, accept_low_power=args.accept_low_power)  # before torch, MLflow or a model loads
+    console = Console(stderr=True)
+    if not args.worker_child:
+        for notice in ctx.task.notices():  # e.g. a validation split dtune made, an unlabelled file
+            console.print(f"note: {notice}", highlight=False, markup=False, soft_wrap=True)
     from ..storage.record import StudyRecord
     from ..study.points import front
     from ..workers.launcher import parse_n_workers, run_workers, stop_with_parent
@@ -31,7 +35,6 @@ def main(args: argparse.Namespace) -> int:
     n_workers = parse_n_workers(args.n_workers)
     if n_workers is None:
         raise usage_error(f"--n-workers must be a positive integer or 'auto', not {args.n_workers!r}")
-    console = Console(stderr=True)
     # On a log file (nohup, CI, a scheduler) a progress bar renders only when it ends: print a line per trial.
     logged = args.worker_child or not console.is_terminal
     options = WorkerOptions(heartbeat_interval=args.heartbeat_interval, refresh_every=args.refresh_every,
@@ -45,5 +48,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             code, study = EXIT_OK, Worker(ctx, options, console).run()
     if study is not None and not args.worker_child:
-        print_front(stdout_console(), study.study_name, front(study, spec.constraint), StudyRecord(study).baseline)
+        record = StudyRecord(study)
+        print_front(stdout_console(), study.study_name, front(study, spec.constraint), record.baseline,
+                    Columns.of(spec.constraint, record.ledger.labelled))
     return code

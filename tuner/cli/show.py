@@ -13,6 +13,7 @@ from ..storage.record import StudyRecord
 from ..study.points import trial_points
 from ..verdict.pareto import pareto_front
 from .common import (
+    Columns,
     context_from_args,
     format_drop,
     format_params,
@@ -28,7 +29,8 @@ def main(args: argparse.Namespace) -> int:
     study = context_from_args(args, spec).load_study()
     points = trial_points(study, spec.constraint)
     best = pareto_front(points)
-    baseline = StudyRecord(study).baseline
+    record = StudyRecord(study)
+    baseline, columns = record.baseline, Columns.of(spec.constraint, record.ledger.labelled)
     if args.json:
         shown = dict(study=study.study_name, baseline=baseline.to_dict() if baseline else None,
                      trials=[p.to_dict() for p in points], front=front_table(best))
@@ -36,12 +38,13 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     out = stdout_console()
     table = Table(title=f"{study.study_name}: {len(points)} finished trials")
-    for col in ("trial", "state", "ref", "items", "accuracy", "drop [upper]", "tokens/s", "NFE", "feasible", "params"):
+    for col in ("trial", "state", "ref", "items", columns.quality, f"{columns.bound} [upper]", "tokens/s", "NFE",
+                "feasible", "params"):
         table.add_column(col)
     for p in sorted(points, key=lambda p: p.number):
         table.add_row(str(p.number), p.state, p.label or "", "" if p.n is None else str(p.n), f"{p.accuracy:.1%}",
                       format_drop(p), format_speed(p), "" if p.nfe is None else f"{p.nfe:.1f}",
                       "yes" if p.feasible else "no", format_params(p.params))
     out.print(table)
-    print_front(out, study.study_name, best, baseline)
+    print_front(out, study.study_name, best, baseline, columns)
     return EXIT_OK

@@ -43,19 +43,21 @@ def confirm_on_test(ctx: Context, study: optuna.Study, chosen: TrialPoint, confi
     key = test_key(config_key(baseline_cfg), ctx.model.source.get("fingerprint"),
                    task.split_info("test").content_hash, len(items))
     stored = cached_test(study, key)
-    if stored is None:
+    if stored is None or (not constraint.needs_labels and len(stored.evidence.answers) != len(items)):
         stage(f"export: decoding the baseline ({constraint.baseline}) on the same {len(items)} test items")
         base = evaluator.evaluate(items, baseline_cfg, chunk_size=spec.chunk_size, on_progress=on_progress)
-        base_outcomes, base_metrics, reused = base.outcomes, base.metrics(), None
-        store_test(study, key, base_outcomes, base_metrics, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        base_evidence, base_metrics, reused = base.evidence, base.metrics(), None
+        store_test(study, key, base_evidence, base_metrics, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     else:
-        base_outcomes, base_metrics, reused = stored.outcome_bools, stored.metrics, stored.created
+        base_evidence, base_metrics, reused = stored.evidence, stored.metrics, stored.created
         stage(f"export: baseline's test evaluation reused (decoded {reused}, same config, model, split and size)")
-    verdict = confirm(picked.outcomes, base_outcomes, constraint)
+    verdict = confirm(picked.evidence, base_evidence, constraint)
     base_tps = base_metrics.get("tokens_per_s")
+    labelled = picked.labelled and len(base_evidence.outcomes) == len(items)
     figures = TestFigures(
         pick=picked.metrics(), baseline={**base_metrics, "reused_from": reused}, non_inferiority=verdict.rule(),
-        paired_test={"test": "exact McNemar", **mcnemar_exact(picked.outcomes, base_outcomes)},
+        paired_test={"test": "exact McNemar", **mcnemar_exact(picked.outcomes, base_evidence.outcomes)}
+        if labelled else {},
         speedup_tokens_per_s=chosen.tokens_per_s / baseline_speed if baseline_speed else None,
         speedup_test_decode=picked.tokens_per_s / base_tps if base_tps else None)
     return TestResult(figures, verdict)

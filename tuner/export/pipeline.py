@@ -91,8 +91,8 @@ def refuse_unless_confirmed(test: TestResult, chosen: TrialPoint, constraint: Co
         return
     p = test.confirmation.paired
     raise ExportRefused(
-        f"trial {chosen.number} is not confirmed on the held-out test split: its paired drop against "
-        f"{constraint.baseline} is {100 * p.drop:.1f} points with a {p.confidence:.0%} upper bound of "
+        f"trial {chosen.number} is not confirmed on the held-out test split: its paired {constraint.quantity} against "
+        f"{constraint.baseline} is {100 * p.estimate:.1f} points with a {p.confidence:.0%} upper bound of "
         f"{100 * p.upper:.1f} > the {constraint.max_drop:g}-point margin (n={p.n}); not exported "
         "(--force writes it anyway)")
 
@@ -106,7 +106,7 @@ def profile_meta(ctx: Context, study: optuna.Study, chosen: TrialPoint, rule: st
     baseline_cfg = spec.reference_config(spec.reference(constraint.baseline))
     return ProfileMeta(
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), tuner_version=__version__,
-        confirmed=test.confirmation.confirmed, forced=forced,
+        confirmed=test.confirmation.confirmed, forced=forced, promise=constraint.rule(),
         model={"id": spec.model, **{k: v for k, v in model.source.items() if k != "path"}},
         task={"name": spec.task, "options": spec.task_options, "few_shot": spec.few_shot,
               "chat_template": spec.chat_template,
@@ -120,7 +120,7 @@ def profile_meta(ctx: Context, study: optuna.Study, chosen: TrialPoint, rule: st
         study=StudyProvenance(
             name=study.study_name, storage=redact_url(ctx.options.storage), trial=chosen.number, pick=rule,
             pick_rule=f"{rule} among trials whose {constraint.confidence:.0%} upper bound of the paired validation "
-                      f"drop is within {constraint.max_drop:g} points",
+                      f"{constraint.quantity} is within {constraint.max_drop:g} points",
             reference=chosen.label, spec_fingerprint=spec.fingerprint(),
             baseline=BaselineProvenance(constraint.baseline, baseline_cfg.to_dict())),
         validation={**trial.metrics.to_dict(), "paired_estimate_accuracy": chosen.accuracy},

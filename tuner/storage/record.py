@@ -10,10 +10,13 @@ a profile outlive an upgrade.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from ..verdict.constraint import Evidence
 
 if TYPE_CHECKING:  # pragma: no cover - `show` reads records without importing Optuna eagerly elsewhere
     import optuna
@@ -27,13 +30,39 @@ _BASELINE, _LEDGER, _BASELINE_TEST = "baseline", "baseline_ledger", "baseline_te
 _SPEED_ANCHOR = "speed_anchor"
 # Trial user attributes.
 _REFERENCE, _CONFIG, _CONFIG_KEY, _WORKER = "reference", "config", "config_key", "worker"
-_METRICS, _OUTCOMES, _RACE, _TIMING = "metrics", "outcomes", "race", "timing"
+_METRICS, _OUTCOMES, _ANSWERS, _RACE, _TIMING = "metrics", "outcomes", "answers", "race", "timing"
 _PRUNED_AFTER, _DUPLICATE_OF = "pruned_after", "duplicate_of"
 # Trial system attributes Optuna's retry callback writes (and `storage.retry.queue_retry` copies).
 _FAILED_TRIAL, _RETRY_HISTORY = "failed_trial", "retry_history"
 
 # What one attempt of a trial wrote about its own outcome; a retry starts without them.
-ATTEMPT_KEYS = (_METRICS, _OUTCOMES, _RACE, _PRUNED_AFTER, _DUPLICATE_OF, _WORKER)
+ATTEMPT_KEYS = (_METRICS, _OUTCOMES, _ANSWERS, _RACE, _PRUNED_AFTER, _DUPLICATE_OF, _WORKER)
+ANSWER_DIGEST_CHARS = 8  # hex characters kept per answer key: two different answers collide with p = 2^-32
+
+
+def answer_digest(answer: str) -> str:
+    """The stored form of an item's answer key (`Task.answer`): a short hash, so a trial's answers on 1,600 items
+    cost 13 KB however long its programs or proofs, and agreement compares them just as well."""
+    return hashlib.sha256(answer.encode("utf-8")).hexdigest()[:ANSWER_DIGEST_CHARS]
+
+
+def join_answers(digests: Sequence[str]) -> str:
+    return "".join(digests)
+
+
+def split_answers(joined: str | None) -> tuple[str, ...]:
+    joined = joined or ""
+    w = ANSWER_DIGEST_CHARS
+    return tuple(joined[i : i + w] for i in range(0, len(joined), w))
+
+
+def bits(outcomes: Sequence[bool]) -> str:
+    """Per-item outcomes as stored: "1"/"0" per item."""
+    return "".join("1" if o else "0" for o in outcomes)
+
+
+def unbits(stored: str | None) -> tuple[bool, ...]:
+    return tuple(o == "1" for o in stored or "")
 
 
 # --------------------------------------------------------------------------------------------- values
@@ -84,6 +113,7 @@ class TrialMetrics:
     confidence: float | None = None
     race_verdict: str | None = None
     baseline_accuracy_same_items: float | None = None
+    agreement: float | None = None  # share of its items whose answer equals the baseline's
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> TrialMetrics:
@@ -140,7 +170,8 @@ class TrialRecord:
     config: dict[str, Any] | None = None  # the DecodeConfig it decoded, as a dict
     config_key: str | None = None  # what makes two trials the same configuration (tuner.study.space.config_key)
     metrics: TrialMetrics = field(default_factory=TrialMetrics)
-    outcomes: str = ""  # "1"/"0" per validation item used, in pool order
+    outcomes: str = ""  # "1"/"0" per validation item used, in pool order (empty for an unlabelled task)
+    answers: tuple[str, ...] = ()  # the answer digest per item used (`answer_digest`), for the agreement constraint
     race: tuple[RaceStep, ...] = ()
     pruned_after: int | None = None
     duplicate_of: int | None = None  # the earlier trial of the same configuration whose result it copies
@@ -157,6 +188,7 @@ class TrialRecord:
             constraints=dict(trial.constraints) if trial.constraints else None,
             reference=a.get(_REFERENCE), config=a.get(_CONFIG), config_key=a.get(_CONFIG_KEY),
             metrics=TrialMetrics.read(a.get(_METRICS)), outcomes=a.get(_OUTCOMES) or "",
+            answers=split_answers(a.get(_ANSWERS)),
             race=tuple(RaceStep(**step) for step in a.get(_RACE) or ()),
             pruned_after=a.get(_PRUNED_AFTER), duplicate_of=a.get(_DUPLICATE_OF), worker=a.get(_WORKER),
             timing=a.get(_TIMING), retry_of=s.get(_FAILED_TRIAL))
@@ -164,6 +196,10 @@ class TrialRecord:
     @property
     def outcome_bools(self) -> list[bool]:
         return [o == "1" for o in self.outcomes]
+
+    @property
+    def evidence(self) -> Evidence:
+        return Evidence(unbits(self.outcomes), self.answers)
 
 
 def read_trials(study: optuna.Study, states: Container[TrialState] | None = None) -> list[TrialRecord]:
@@ -225,11 +261,13 @@ class TrialWriter:
     def timing(self, detail: dict[str, Any]) -> None:
         self.trial.set_user_attr(_TIMING, detail)
 
-    def result(self, metrics: TrialMetrics, outcomes: str, race: list[RaceStep] | None = None) -> None:
+    def result(self, metrics: TrialMetrics, evidence: Evidence, race: list[RaceStep] | None = None) -> None:
         self.trial.set_user_attr(_METRICS, metrics.to_dict())
         if race is not None:
             self.trial.set_user_attr(_RACE, [step.to_dict() for step in race])
-        self.trial.set_user_attr(_OUTCOMES, outcomes)
+        self.trial.set_user_attr(_OUTCOMES, bits(evidence.outcomes))
+        if evidence.answers:
+            self.trial.set_user_attr(_ANSWERS, join_answers(evidence.answers))
 
     def stopped_after(self, n: int) -> None:
         self.trial.set_user_attr(_PRUNED_AFTER, n)
@@ -247,15 +285,35 @@ class TrialWriter:
 class LedgerState:
     """The baseline's outcomes on items [0, n) of the validation pool, and the decode cost of producing them."""
 
-    outcomes: str = ""  # "1"/"0" per item, in pool order
+    outcomes: str = ""  # "1"/"0" per item, in pool order (empty for an unlabelled task)
     counted_tokens: int = 0
     decode_time_s: float = 0.0
     row_forwards: int = 0
     attended_pairs: int = 0  # query x key pairs (a ledger stored before this field reads 0)
+    answers: str = ""  # the answer digests per item (`join_answers`; a ledger stored before this field reads "")
 
     @property
     def n(self) -> int:
-        return len(self.outcomes)
+        return max(len(self.outcomes), len(self.answers) // ANSWER_DIGEST_CHARS)
+
+    @property
+    def labelled(self) -> bool:
+        """Its items had labels: it holds outcomes (or holds nothing yet)."""
+        return bool(self.outcomes) or not self.answers
+
+    def evidence(self, n: int | None = None) -> Evidence:
+        return Evidence(unbits(self.outcomes), split_answers(self.answers)).head(self.n if n is None else n)
+
+    def extended(self, more: Evidence, *, counted_tokens: int, decode_time_s: float, row_forwards: int,
+                 attended_pairs: int) -> LedgerState:
+        """The ledger with the next items' evidence and cost appended. Answers are kept only while they cover
+        every item (a ledger stored before answers were stores none, and an accuracy study needs none)."""
+        whole = len(self.answers) == self.n * ANSWER_DIGEST_CHARS
+        return LedgerState(
+            outcomes=self.outcomes + bits(more.outcomes), counted_tokens=self.counted_tokens + counted_tokens,
+            decode_time_s=self.decode_time_s + decode_time_s, row_forwards=self.row_forwards + row_forwards,
+            attended_pairs=self.attended_pairs + attended_pairs,
+            answers=self.answers + join_answers(more.answers) if whole else self.answers)
 
     @property
     def accuracy(self) -> float:
@@ -289,10 +347,11 @@ class StoredTest:
     outcomes: str
     metrics: dict[str, Any]
     created: str
+    answers: str = ""  # answer digests (a test stored before agreement reads "")
 
     @property
-    def outcome_bools(self) -> list[bool]:
-        return [o == "1" for o in self.outcomes]
+    def evidence(self) -> Evidence:
+        return Evidence(unbits(self.outcomes), split_answers(self.answers))
 
 
 def test_key(config_key: str, model_fingerprint: str | None, split_hash: str, size: int) -> str:
@@ -383,7 +442,7 @@ class StudyRecord:
         """Store a grown ledger and the baseline summary `show` prints with it."""
         self.study.set_user_attr(_LEDGER, dataclasses.asdict(state))
         summary = self.baseline or BaselineSummary(reference=reference)
-        self.set_baseline(dataclasses.replace(summary, accuracy=state.accuracy, n=state.n))
+        self.set_baseline(dataclasses.replace(summary, accuracy=state.accuracy if state.labelled else None, n=state.n))
 
     @property
     def has_stored_tests(self) -> bool:
@@ -453,6 +512,7 @@ class ProfileMeta:
     tuner_version: str | None = None
     confirmed: bool = False
     forced: bool = False
+    promise: str | None = None  # what the profile keeps, in words (`Constraint.rule`)
     model: dict[str, Any] = field(default_factory=dict)  # id and `decoder.loading.inspect_checkpoint` provenance
     task: dict[str, Any] = field(default_factory=dict)  # name, options, and both splits' sizes, hashes, sources
     study: StudyProvenance = field(default_factory=StudyProvenance)

@@ -13,7 +13,8 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..storage.record import LedgerState, StoredTest, StudyRecord
+from ..storage.record import LedgerState, StoredTest, StudyRecord, bits, join_answers
+from ..verdict.constraint import Evidence
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; reading a ledger (show, export) must not import torch
     import optuna
@@ -49,12 +50,10 @@ class BaselineLedger:
                 return state
             result = self.evaluator.evaluate(self.items[state.n : n], self.config, chunk_size=self.chunk_size,
                                              warmup=True, on_progress=self._progress(state.n, n))
-            state = LedgerState(
-                outcomes=state.outcomes + "".join("1" if o else "0" for o in result.outcomes),
-                counted_tokens=state.counted_tokens + result.counted_tokens,
-                decode_time_s=state.decode_time_s + result.counters.wall_time_s,
-                row_forwards=state.row_forwards + result.counters.row_forwards,
-                attended_pairs=state.attended_pairs + result.counters.attended_pairs)
+            state = state.extended(result.evidence, counted_tokens=result.counted_tokens,
+                                   decode_time_s=result.counters.wall_time_s,
+                                   row_forwards=result.counters.row_forwards,
+                                   attended_pairs=result.counters.attended_pairs)
             StudyRecord(self.study).set_ledger(state, self.reference)
             return state
 
@@ -72,5 +71,6 @@ def cached_test(study: optuna.Study, key: str) -> StoredTest | None:
     return StudyRecord(study).stored_test(key)
 
 
-def store_test(study: optuna.Study, key: str, outcomes: list[bool], metrics: dict[str, Any], when: str) -> None:
-    StudyRecord(study).store_test(key, StoredTest("".join("1" if o else "0" for o in outcomes), metrics, when))
+def store_test(study: optuna.Study, key: str, evidence: Evidence, metrics: dict[str, Any], when: str) -> None:
+    StudyRecord(study).store_test(key, StoredTest(bits(evidence.outcomes), metrics, when,
+                                                  join_answers(evidence.answers)))

@@ -19,7 +19,9 @@ from typing import Any
 
 from decoder import Counters, DecodeConfig, encode_prompt, generate
 
+from ..storage.record import answer_digest
 from ..tasks import Item, Task
+from ..verdict.constraint import Evidence
 from ..verdict.stats import wilson_interval
 
 
@@ -31,8 +33,13 @@ class EvalResult:
     counted_tokens: int
     counters: Counters
     scoring_time_s: float
-    outcomes: list[bool] = field(default_factory=list)
+    outcomes: list[bool] = field(default_factory=list)  # empty for an unlabelled task
     item_ids: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)  # each item's answer digest (`Task.answer`, record.answer_digest)
+
+    @property
+    def evidence(self) -> Evidence:
+        return Evidence(tuple(self.outcomes), tuple(self.answers))
 
     @property
     def accuracy(self) -> float:
@@ -47,17 +54,20 @@ class EvalResult:
         t = self.counters.wall_time_s
         return self.counted_tokens / t if t > 0 else 0.0
 
+    @property
+    def labelled(self) -> bool:
+        """Every item was scored against a label (an unlabelled task's items only have answers)."""
+        return len(self.outcomes) == self.n
+
     def metrics(self) -> dict[str, float]:
-        """Flat numbers for Optuna user attrs, MLflow metrics and `--json` output."""
+        """Flat numbers for Optuna user attrs, MLflow metrics and `--json` output (accuracy only with labels)."""
         n = max(self.n, 1)
         c = self.counters
         lo, hi = self.ci
+        scored = {"accuracy": self.accuracy, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "correct": self.correct}
         return {
-            "accuracy": self.accuracy,
-            "accuracy_ci_low": lo,
-            "accuracy_ci_high": hi,
+            **(scored if self.labelled else {}),
             "n": self.n,
-            "correct": self.correct,
             "tokens_per_s": self.tokens_per_s,
             "nfe": c.row_forwards / n,
             "nfe_total": c.row_forwards,
@@ -80,7 +90,8 @@ class EvalResult:
         return cls(n=sum(p.n for p in parts), correct=sum(p.correct for p in parts),
                    total_items=sum(p.total_items for p in parts), counted_tokens=sum(p.counted_tokens for p in parts),
                    counters=counters, scoring_time_s=sum(p.scoring_time_s for p in parts),
-                   outcomes=[o for p in parts for o in p.outcomes], item_ids=[i for p in parts for i in p.item_ids])
+                   outcomes=[o for p in parts for o in p.outcomes], item_ids=[i for p in parts for i in p.item_ids],
+                   answers=[a for p in parts for a in p.answers])
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.metrics(), "total_items": self.total_items,
@@ -125,6 +136,7 @@ class Evaluator:
         counters, counted, scoring = Counters(), 0, 0.0
         outcomes: list[bool] = []
         ids: list[str] = []
+        answers: list[str] = []
         chunk = chunk_size or total or 1
         for start in range(0, total, chunk):
             part = items[start : start + chunk]
@@ -138,12 +150,14 @@ class Evaluator:
                 for i, text in zip(idx, result.texts or [], strict=True):
                     completions[i] = text
                     counted += self.count_tokens(text)
+            texts = [completions[i] for i in range(len(part))]
             t0 = time.perf_counter()
-            scores = self.task.score_batch(part, [completions[i] for i in range(len(part))])
+            if self.task.labelled:
+                outcomes.extend(bool(s.correct) for s in self.task.score_batch(part, texts))
+            answers.extend(answer_digest(self.task.answer(item, text)) for item, text in zip(part, texts, strict=True))
             scoring += time.perf_counter() - t0
-            outcomes.extend(bool(s.correct) for s in scores)
             ids.extend(item.id for item in part)
             if on_progress is not None:
-                on_progress(len(outcomes), total, sum(outcomes))
-        return EvalResult(n=len(outcomes), correct=sum(outcomes), total_items=total, counted_tokens=counted,
-                          counters=counters, scoring_time_s=scoring, outcomes=outcomes, item_ids=ids)
+                on_progress(len(ids), total, sum(outcomes))
+        return EvalResult(n=len(ids), correct=sum(outcomes), total_items=total, counted_tokens=counted,
+                          counters=counters, scoring_time_s=scoring, outcomes=outcomes, item_ids=ids, answers=answers)

@@ -36,7 +36,7 @@ class SpecChangedError(TunerError):
 
 def default_study_name(spec: StudySpec) -> str:
     model = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.model.rstrip("/").split("/")[-1])
-    return f"{spec.task}-{model}-{spec.fingerprint()}"
+    return f"{spec.task_label}-{model}-{spec.fingerprint()}"
 
 
 def create_study(spec: StudySpec, storage: optuna.storages.RDBStorage, name: str, seed: int | None, *,

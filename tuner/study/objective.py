@@ -30,8 +30,8 @@ from ..storage.record import (
     retry_of,
 )
 from ..verdict import racing
-from ..verdict.constraint import Constraint, Interval
-from ..verdict.stats import PairedDrop, wilson_interval
+from ..verdict.constraint import Constraint, Evidence, Interval
+from ..verdict.stats import Disagreement, PairedDrop, wilson_interval
 from .baseline import BaselineLedger
 from .evaluate import EvalResult, Evaluator
 from .lifecycle import FINISHED, fail_stale_trials
@@ -98,16 +98,16 @@ class Objective:
     # ------------------------------------------------------------------------------------------ baseline
     def _baseline(self, trial: optuna.Trial, ledger: BaselineLedger, reference: str) -> tuple[float, float]:
         state = ledger.ensure(self.rungs[0])
-        StudyRecord(trial.study).set_baseline(BaselineSummary(reference=reference, accuracy=state.accuracy,
-                                                              n=state.n, trial=trial.number))
+        StudyRecord(trial.study).set_baseline(BaselineSummary(
+            reference=reference, accuracy=state.accuracy if state.labelled else None, n=state.n, trial=trial.number))
         config = self.spec.reference_config(self.spec.reference(reference))
         speed = self._speed(trial, config, state.tokens_per_s, state.decode_time_s)
         metrics = TrialMetrics.from_dict({**baseline_metrics(state, self.constraint.confidence),
                                           **speed.metrics(state.tokens_per_s)})
-        TrialWriter(trial).result(metrics, state.outcomes)
+        TrialWriter(trial).result(metrics, state.evidence())
         # The baseline is feasible by definition: its paired bound against itself is 0.
         trial.set_constraint("accuracy", self.constraint.violation(Interval(0.0, 0.0)))
-        return state.accuracy, speed.tokens_per_s
+        return (state.accuracy if state.labelled else 1.0), speed.tokens_per_s
 
     def _speed(self, trial: optuna.Trial, config: DecodeConfig, wall_tokens_per_s: float,
                eval_time_s: float) -> SpeedEstimate:
@@ -129,27 +129,29 @@ class Objective:
             if speed is None:  # timed once, while the configuration is warm from its first rung
                 speed = self._speed(trial, config, result.tokens_per_s, result.counters.wall_time_s)
             base = ledger.ensure(n)
-            paired = constraint.compare(result.outcomes, base.bools(n))
+            paired = constraint.compare(result.evidence, base.evidence(n))
             rivals = self._rivals(trial.study, trial.number)
             rival = racing.dominated_by(speed.tokens_per_s, paired, rivals, self.spec.race.speed_tolerance)
             verdict = racing.judge(constraint.verdict(paired), last=n == self.rungs[-1], dominated=rival is not None,
                                    front=racing.on_front(speed.tokens_per_s, paired, rivals))
-            history.append(RaceStep(n=n, drop=paired.drop, lower=paired.lower, upper=paired.upper, verdict=verdict,
-                                    dominated_by=rival.number if rival else None))
+            history.append(RaceStep(n=n, drop=paired.estimate, lower=paired.lower, upper=paired.upper,
+                                    verdict=verdict, dominated_by=rival.number if rival else None))
             if verdict != racing.CONTINUE:
                 break
         assert paired is not None and speed is not None
         result = EvalResult.concat(parts)
+        agreement = agreement_rate(result.evidence, base.evidence(result.n))
         metrics = TrialMetrics.from_dict({**result.metrics(), **speed.metrics(result.tokens_per_s),
-                                          **race_metrics(paired, verdict, base)})
+                                          **race_metrics(paired, verdict, base), "agreement": agreement})
         writer = TrialWriter(trial)
-        writer.result(metrics, "".join("1" if o else "0" for o in result.outcomes), history)
+        writer.result(metrics, result.evidence, history)
         trial.set_constraint("accuracy", constraint.violation(paired))
         if verdict in racing.STOPPED:
             writer.stopped_after(result.n)
-            raise optuna.TrialPruned(f"{verdict} after {result.n} items: drop {paired.drop:.3f} "
+            raise optuna.TrialPruned(f"{verdict} after {result.n} items: {constraint.quantity} {paired.estimate:.3f} "
                                      f"[{paired.lower:.3f}, {paired.upper:.3f}] vs margin {constraint.margin:.3f}")
-        return result.accuracy, speed.tokens_per_s
+        # The quality objective: accuracy, or without labels the agreement with the baseline.
+        return (result.accuracy if result.labelled else agreement or 0.0), speed.tokens_per_s
 
     def _progress(self, done: int) -> Callable[[int, int, int], None] | None:
         if self.on_progress is None:
@@ -221,19 +223,32 @@ class Objective:
         return earlier.values[0], earlier.values[1]
 
 
-def race_metrics(paired: PairedDrop, verdict: str, base: LedgerState) -> dict[str, float | int | str]:
-    """The paired comparison behind a trial's verdict, as flat numbers (`TrialMetrics` fields)."""
-    return {"drop": paired.drop, "drop_lower": paired.lower, "drop_upper": paired.upper,
-            "discordance": paired.discordance, "baseline_only": paired.baseline_only,
-            "candidate_only": paired.candidate_only, "confidence": paired.confidence, "race_verdict": verdict,
-            "baseline_accuracy_same_items": base.bools(paired.n).count(True) / paired.n if paired.n else 0.0}
+def race_metrics(paired: PairedDrop | Disagreement, verdict: str, base: LedgerState) -> dict[str, float | int | str]:
+    """The paired comparison behind a trial's verdict, as flat numbers (`TrialMetrics` fields): `drop*` hold the
+    constrained quantity (the accuracy drop, or the disagreement rate, which bounds it)."""
+    out: dict[str, float | int | str] = {
+        "drop": paired.estimate, "drop_lower": paired.lower, "drop_upper": paired.upper,
+        "discordance": paired.discordance, "confidence": paired.confidence, "race_verdict": verdict}
+    if isinstance(paired, PairedDrop):
+        out.update(baseline_only=paired.baseline_only, candidate_only=paired.candidate_only,
+                   baseline_accuracy_same_items=base.bools(paired.n).count(True) / paired.n if paired.n else 0.0)
+    return out
+
+
+def agreement_rate(candidate: Evidence, baseline: Evidence) -> float | None:
+    """The share of items whose answer equals the baseline's (None without answers on both sides)."""
+    n = candidate.n
+    if not n or len(candidate.answers) != n or len(baseline.answers) < n:
+        return None
+    return sum(a == b for a, b in zip(candidate.answers, baseline.answers, strict=False)) / n
 
 
 def baseline_metrics(state: LedgerState, confidence: float) -> dict[str, float | int | str]:
-    """The baseline trial's metrics: its accuracy on the ledger's items (its drop against itself is 0)."""
+    """The baseline trial's metrics: its accuracy on the ledger's items (with labels), its drop against itself 0."""
     lo, hi = wilson_interval(state.outcomes.count("1"), state.n)
-    return {"accuracy": state.accuracy, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "n": state.n,
-            "correct": state.outcomes.count("1"), "tokens_per_s": state.tokens_per_s,
+    scored = {"accuracy": state.accuracy, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
+              "correct": state.outcomes.count("1")}
+    return {**(scored if state.labelled else {}), "n": state.n, "agreement": 1.0, "tokens_per_s": state.tokens_per_s,
             "nfe": state.row_forwards / state.n if state.n else 0.0, "decode_time_s": state.decode_time_s,
             "attended_pairs": state.attended_pairs / state.n if state.n else 0.0,
             "drop": 0.0, "drop_lower": 0.0, "drop_upper": 0.0, "discordance": 0.0, "confidence": confidence,

@@ -3,6 +3,7 @@ baseline ledger on the items it used."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import optuna
@@ -11,7 +12,7 @@ from optuna.trial import TrialState
 from decoder.config import KNOBS
 
 from ..storage.record import StudyRecord, TrialRecord, read_trials
-from ..verdict.constraint import Constraint, Verdict
+from ..verdict.constraint import Constraint, ConstraintError, Verdict
 from ..verdict.pareto import TrialPoint, pareto_front
 from ..verdict.stats import wilson_interval
 
@@ -19,35 +20,42 @@ from ..verdict.stats import wilson_interval
 def trial_points(study: optuna.Study, constraint: Constraint) -> list[TrialPoint]:
     """Every finished trial as a TrialPoint.
 
-    Accuracy is the paired estimate (the baseline's accuracy on all its ledger items minus the trial's paired drop
-    on the items it used), so trials that raced 200 and 1,600 items sit on one scale; its interval is a
-    proportion's (Wilson) at that accuracy over the trial's items. Feasible is `constraint.verdict` on the paired
-    bound, re-judged from the stored outcomes, so a trial that finished before the ledger covered its items is
-    judged like every other."""
+    Its quality is the paired estimate of its accuracy (the baseline's accuracy on all its ledger items minus the
+    trial's drop on the items it used, so trials that raced 200 and 1,600 items sit on one scale), or without
+    labels its agreement with the baseline; the interval is a proportion's (Wilson) at that value over the trial's
+    items. `drop*` carry the constrained quantity's bound and feasible is `constraint.verdict` on it, re-judged
+    from the stored evidence, so a trial that finished before the ledger covered its items is judged like every
+    other."""
     ledger = StudyRecord(study).ledger
-    base_items = ledger.bools()
+    base = ledger.evidence()
     points = []
     for t in read_trials(study, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         m = t.metrics
-        acc = t.values[0] if t.values else (m.accuracy or 0.0)
+        quality = t.values[0] if t.values else (m.accuracy or 0.0)
         tps = t.values[1] if t.values else (m.tokens_per_s or 0.0)
-        n = ci_n = len(t.outcomes) or m.n
-        is_baseline = t.reference == constraint.baseline
+        n = ci_n = t.evidence.n or m.n
         drop, lower, upper, discordance = m.drop, m.drop_lower, m.drop_upper, m.discordance
-        if is_baseline and ledger.n:
-            acc, feasible, ci_n = ledger.accuracy, True, ledger.n
+        paired = None
+        if t.reference == constraint.baseline and ledger.n:
+            quality, feasible, ci_n = (ledger.accuracy if ledger.labelled else 1.0), True, ledger.n
             drop = lower = upper = discordance = 0.0
-        elif t.outcomes and ledger.n >= len(t.outcomes):
-            paired = constraint.compare(t.outcome_bools, base_items[: len(t.outcomes)])
-            acc = ledger.accuracy - paired.drop
-            drop, lower, upper, discordance = paired.drop, paired.lower, paired.upper, paired.discordance
+        elif t.evidence.n and ledger.n >= t.evidence.n:
+            with contextlib.suppress(ConstraintError):  # evidence the metric needs was not stored (an old trial)
+                paired = constraint.compare(t.evidence, base)
+        if paired is not None:
+            drop, lower, upper, discordance = paired.estimate, paired.lower, paired.upper, paired.discordance
             feasible = constraint.verdict(paired) is Verdict.FEASIBLE
-        else:  # no per-item outcomes (an old study): the sampler's constraint is all there is
+            k = t.evidence.n
+            quality = (ledger.accuracy - (sum(base.outcomes[:k]) - sum(t.evidence.outcomes)) / k
+                       if ledger.labelled and t.outcomes else 1.0 - sum(
+                           a != b for a, b in zip(t.answers, base.answers, strict=False)) / k)
+        elif not (t.reference == constraint.baseline and ledger.n):
+            # no per-item evidence (an old study): the sampler's constraint is all there is
             feasible = bool(t.constraints) and all(v <= 0 for v in t.constraints.values())
-        acc = min(1.0, max(0.0, float(acc)))
-        lo, hi = wilson_interval(round(acc * ci_n), ci_n) if ci_n else (m.accuracy_ci_low, m.accuracy_ci_high)
+        quality = min(1.0, max(0.0, float(quality)))
+        lo, hi = wilson_interval(round(quality * ci_n), ci_n) if ci_n else (m.accuracy_ci_low, m.accuracy_ci_high)
         points.append(TrialPoint(
-            number=t.number, accuracy=acc, tokens_per_s=float(tps), feasible=feasible, state=t.state.name,
+            number=t.number, accuracy=quality, tokens_per_s=float(tps), feasible=feasible, state=t.state.name,
             params=shown_params(t), label=t.reference, nfe=m.nfe, ci_low=lo, ci_high=hi, n=n, drop=drop,
             drop_lower=lower, drop_upper=upper, discordance=discordance, speed_spread=m.speed_spread,
             speed_noisy=m.speed_noisy, tokens_per_s_low=m.tokens_per_s_low, tokens_per_s_high=m.tokens_per_s_high))

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -28,7 +29,7 @@ import yaml
 from decoder.config import KNOBS, MODES, ConfigError, DecodeConfig
 
 from ..base.errors import TunerError
-from ..verdict.constraint import Constraint, ConstraintError, check_max_drop
+from ..verdict.constraint import Constraint, ConstraintError, check_max_drop, check_metric
 from ..verdict.racing import Race
 
 SPEC_VERSION = 1
@@ -111,6 +112,14 @@ class StudySpec:
     chunk_size: int = 50
 
     # --------------------------------------------------------------------------------------- derived
+    @property
+    def task_label(self) -> str:
+        """The task in names (study, MLflow experiment): a built-in name as is, a file by its name, `lm-eval:X` with
+        its colon replaced."""
+        task = self.task.rstrip("/")
+        name = Path(task).name if ("/" in task or Path(task).suffix) and not task.startswith("lm-eval:") else task
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
     def fixed_knobs(self) -> dict[str, Any]:
         return dict(self.decode)
 
@@ -142,6 +151,8 @@ class StudySpec:
         d["search_space"] = {k.name: _knob_to_dict(k) for k in self.search_space}
         d["references"] = [{"name": r.name, **r.knobs} for r in self.references]
         d["objectives"] = list(self.objectives)
+        if self.constraint.metric == Constraint.metric:
+            del d["constraint"]["metric"]  # the default, left out so that a study made before the field keeps its name
         return d
 
     def fingerprint(self) -> str:
@@ -351,13 +362,14 @@ def _parse_constraint(c: dict[str, Any]) -> Constraint:
     default = Constraint()
     try:
         max_drop = check_max_drop(c.get("max_drop", default.max_drop), "constraint.max_drop")
+        metric = check_metric(c.get("metric", default.metric))
     except ConstraintError as exc:
         raise SpecError(str(exc)) from None
     confidence = _number(c, "confidence", default.confidence, "constraint.confidence", 0.5, 0.9999, open_low=True)
     discordance = _number(c, "discordance", default.discordance, "constraint.discordance", 0.0, 1.0, open_low=True)
     # The baseline is checked against the references once the spec is whole (_check_consistency).
     return dataclasses.replace(default, **{**c, "max_drop": max_drop, "confidence": confidence,
-                                           "discordance": discordance})
+                                           "discordance": discordance, "metric": metric})
 
 
 def _parse_race(r: dict[str, Any]) -> Race:

@@ -40,7 +40,9 @@ from ..base.errors import TunerError
 from .constraint import Constraint, Verdict
 
 if TYPE_CHECKING:  # pragma: no cover - stats imports scipy; the spec reads Race without it
-    from .stats import PairedDrop
+    from .stats import Disagreement, PairedDrop
+
+    Bound = PairedDrop | Disagreement
 
 CONTINUE, FEASIBLE, INFEASIBLE, DOMINATED, UNRESOLVED = "continue", "feasible", "infeasible", "dominated", "unresolved"
 STOPPED = (INFEASIBLE, DOMINATED)  # verdicts that end a trial as pruned
@@ -73,16 +75,17 @@ def rungs(pool: int, race: Race) -> list[int]:
 
 @dataclass(frozen=True)
 class Rival:
-    """A finished trial a running one is compared with for dominance: its speed and estimated drop."""
+    """A finished trial a running one is compared with for dominance: its speed and the estimate of the constrained
+    quantity (drop or disagreement)."""
 
     number: int
     tokens_per_s: float
     drop: float
 
 
-def dominated_by(tokens_per_s: float, paired: PairedDrop, rivals: Iterable[Rival], tolerance: float) -> Rival | None:
+def dominated_by(tokens_per_s: float, paired: Bound, rivals: Iterable[Rival], tolerance: float) -> Rival | None:
     """A resolved-feasible rival that makes this trial pointless: faster by more than `tolerance` and with an
-    estimated drop no worse than this trial's lower bound."""
+    estimate of the constrained quantity (drop or disagreement) no worse than this trial's lower bound."""
     best = None
     for r in rivals:
         if r.tokens_per_s >= tokens_per_s * (1 + tolerance) and r.drop <= paired.lower:
@@ -91,9 +94,9 @@ def dominated_by(tokens_per_s: float, paired: PairedDrop, rivals: Iterable[Rival
     return best
 
 
-def on_front(tokens_per_s: float, paired: PairedDrop, rivals: Iterable[Rival]) -> bool:
+def on_front(tokens_per_s: float, paired: Bound, rivals: Iterable[Rival]) -> bool:
     """Could this trial be picked: no resolved-feasible rival is at least as fast with an estimated drop no worse."""
-    return not any(r.tokens_per_s >= tokens_per_s and r.drop <= paired.drop for r in rivals)
+    return not any(r.tokens_per_s >= tokens_per_s and r.drop <= paired.estimate for r in rivals)
 
 
 def judge(verdict: Verdict, *, last: bool, dominated: bool, front: bool) -> str:
@@ -109,27 +112,41 @@ def judge(verdict: Verdict, *, last: bool, dominated: bool, front: bool) -> str:
 
 
 def power_check(constraint: Constraint, validation_pool: int, test_items: int) -> None:
-    """Refuse, at once, a margin the study can't resolve: a configuration that truly loses half the margin must be
-    shown feasible with 80% probability on the validation pool, and confirmed as often on the test split.
-
-    The standard error of a paired drop is about sqrt(q / n) for a discordant share q (the spec's
-    `constraint.discordance`), so n ≈ q · ((z_conf + z_0.8) / (margin / 2))² items are needed.
-    """
-    from .stats import items_to_resolve, z_one_sided
-
-    need = items_to_resolve(constraint.margin, constraint.discordance, true_drop=constraint.margin / 2,
-                            confidence=constraint.confidence, power=0.8)
+    """Refuse, at once, a margin the study can't resolve: a configuration truly at half the margin must be shown
+    feasible with 80% probability on the validation pool, and confirmed as often on the test split
+    (`Constraint.items_needed`, in the constraint's own terms)."""
+    need = constraint.items_needed(power=0.8)
     short = [(name, have) for name, have in (("validation pool", validation_pool), ("test split", test_items))
              if have < need]
     if not short:
         return
     what = " and ".join(f"the {name} has {have}" for name, have in short)
-    # The margin these items would resolve: solve n = q·(z/(m/2))² for m.
     have = min(h for _, h in short)
-    z = z_one_sided(constraint.confidence) + z_one_sided(0.8)
-    resolvable = 2 * z * math.sqrt(constraint.discordance / max(have, 1)) * 100
+    resolvable = _resolvable_points(constraint, have)
+    if constraint.metric == "agreement":
+        assumed = f"disagreement at half the margin, {constraint.confidence:.0%} one-sided bound, 80% power"
+    else:
+        assumed = (f"discordance {constraint.discordance:.0%}, {constraint.confidence:.0%} one-sided bound, 80% power "
+                   "for a configuration that loses half the margin")
     raise PowerError(
-        f"a {constraint.max_drop:g}-point margin needs about {need} paired items (discordance "
-        f"{constraint.discordance:.0%}, {constraint.confidence:.0%} one-sided bound, 80% power for a configuration "
-        f"that loses half the margin), but {what}; grow them to {need} (validation_size / test_size or the "
-        f"task's pool), or allow about {resolvable:.1f} points (constraint.max_drop)")
+        f"a {constraint.max_drop:g}-point margin needs about {need} paired items ({assumed}), but {what}; grow them "
+        f"to {need} (validation_size / test_size or the task's pool), or allow about {resolvable:.1f} points "
+        "(constraint.max_drop)")
+
+
+def _resolvable_points(constraint: Constraint, items: int) -> float:
+    """The smallest margin (points) `items` paired items resolve: n = q·(z/(m/2))² solved for m for the drop; by
+    bisection on `Constraint.items_needed` for the disagreement rate."""
+    if constraint.metric == "accuracy":
+        from .stats import z_one_sided
+
+        z = z_one_sided(constraint.confidence) + z_one_sided(0.8)
+        return 2 * z * math.sqrt(constraint.discordance / max(items, 1)) * 100
+    lo, hi = 0.0, 100.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if constraint.with_margin(mid).items_needed(power=0.8) <= max(items, 1):
+            hi = mid
+        else:
+            lo = mid
+    return hi

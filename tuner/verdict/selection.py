@@ -23,9 +23,9 @@ from typing import Any
 from scipy.stats import norm
 
 from ..base.errors import TunerError
-from .constraint import Constraint, Verdict
+from .constraint import Constraint, Evidence, Verdict
 from .pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
-from .stats import METHOD, PairedDrop, z_one_sided
+from .stats import Disagreement, PairedDrop, z_one_sided
 
 PICKS = ("knee", "fastest")
 
@@ -89,7 +89,7 @@ class Confirmation:
     """The verdict of the declared rule on the test split, with the numbers behind it."""
 
     confirmed: bool
-    paired: PairedDrop
+    paired: PairedDrop | Disagreement
     constraint: Constraint
 
     @property
@@ -97,18 +97,24 @@ class Confirmation:
         return self.constraint.margin
 
     def rule(self) -> dict[str, Any]:
-        p = self.paired
-        return {
-            "rule": "non-inferiority: confirmed when the one-sided upper confidence bound of the paired drop "
-                    "(baseline minus pick, same test items) is at most the margin",
-            "method": METHOD, "confidence": p.confidence, "margin_points": 100 * self.margin,
-            "drop_points": 100 * p.drop, "upper_bound_points": 100 * p.upper, "lower_bound_points": 100 * p.lower,
-            "n": p.n, "baseline_only_correct": p.baseline_only, "pick_only_correct": p.candidate_only,
-            "confirmed": self.confirmed,
-        }
+        """The rule with its numbers, as the profile records it (points, not fractions)."""
+        p, c = self.paired, self.constraint
+        out: dict[str, Any] = {
+            "rule": f"confirmed when {c.rule().removeprefix('feasible when ')} on the held-out test items",
+            "metric": c.metric, "method": p.to_dict()["method"], "confidence": p.confidence,
+            "margin_points": 100 * self.margin, "estimate_points": 100 * p.estimate,
+            "upper_bound_points": 100 * p.upper, "lower_bound_points": 100 * p.lower, "n": p.n,
+            "confirmed": self.confirmed}
+        if isinstance(p, PairedDrop):
+            out.update(drop_points=100 * p.drop, baseline_only_correct=p.baseline_only,
+                       pick_only_correct=p.candidate_only)
+        else:
+            out.update(disagreement_points=100 * p.rate, disagreements=p.disagreements)
+        return out
 
 
-def confirm(pick_outcomes: Sequence[bool], baseline_outcomes: Sequence[bool], constraint: Constraint) -> Confirmation:
+def confirm(pick: Evidence | Sequence[bool], baseline: Evidence | Sequence[bool],
+            constraint: Constraint) -> Confirmation:
     """The declared test: `constraint.verdict` on the paired bound over the test items."""
-    paired = constraint.compare(pick_outcomes, baseline_outcomes)
+    paired = constraint.compare(pick, baseline)
     return Confirmation(constraint.verdict(paired) is Verdict.FEASIBLE, paired, constraint)

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from scipy.optimize import brentq
-from scipy.stats import binomtest, norm
+from scipy.stats import beta, binomtest, norm
 
 Z95 = 1.959963984540054  # two-sided 95%
 METHOD = "Tango score (paired)"
@@ -96,6 +96,11 @@ class PairedDrop:
     def discordance(self) -> float:
         return (self.baseline_only + self.candidate_only) / self.n if self.n else 0.0
 
+    @property
+    def estimate(self) -> float:
+        """The constrained quantity's point estimate (tuner.verdict.constraint): the drop."""
+        return self.drop
+
     def to_dict(self) -> dict[str, float | int | str]:
         return {**asdict(self), "method": METHOD}
 
@@ -114,6 +119,57 @@ def paired_drop_counts(b: int, c: int, n: int, confidence: float = 0.95) -> Pair
     return PairedDrop(n=n, baseline_only=b, candidate_only=c, confidence=confidence, drop=drop,
                       lower=tango_bound(b, c, n, confidence, upper=False),
                       upper=tango_bound(b, c, n, confidence, upper=True))
+
+
+AGREEMENT_METHOD = "Clopper-Pearson (exact binomial)"
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """The share of n items on which a candidate's answer differs from the baseline's, with exact one-sided
+    (Clopper-Pearson) bounds at `confidence`. Whatever the right answers are, accuracy(baseline) −
+    accuracy(candidate) ≤ P(baseline right, candidate differs) ≤ this rate: a promise that needs no labels."""
+
+    n: int
+    disagreements: int
+    confidence: float
+    rate: float
+    lower: float
+    upper: float
+
+    @property
+    def estimate(self) -> float:
+        return self.rate
+
+    @property
+    def discordance(self) -> float:
+        return self.rate
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {**asdict(self), "method": AGREEMENT_METHOD}
+
+
+def disagreement(candidate: Sequence[str], baseline: Sequence[str], confidence: float = 0.95) -> Disagreement:
+    """How often `candidate`'s answer keys differ from `baseline`'s on the same items (same order)."""
+    if len(candidate) != len(baseline):
+        raise ValueError(f"paired answers must have the same length ({len(candidate)} vs {len(baseline)})")
+    n, d = len(candidate), sum(1 for x, y in zip(candidate, baseline, strict=True) if x != y)
+    if n == 0:
+        return Disagreement(0, 0, confidence, 0.0, 0.0, 1.0)
+    upper = 1.0 if d == n else float(beta.ppf(confidence, d + 1, n - d))
+    lower = 0.0 if d == 0 else float(beta.ppf(1 - confidence, d, n - d + 1))
+    return Disagreement(n, d, confidence, d / n, lower, upper)
+
+
+def items_to_resolve_agreement(margin: float, *, true_rate: float, confidence: float = 0.95,
+                               power: float = 0.8) -> int:
+    """Items a disagreement rate needs so that a configuration that truly disagrees on `true_rate` (below `margin`)
+    is shown within `margin` with probability `power` (normal approximation of the one-sided binomial bound)."""
+    gap = margin - true_rate
+    if gap <= 0:
+        return math.inf  # type: ignore[return-value]
+    za, zb = z_one_sided(confidence), z_one_sided(power)
+    return math.ceil(((za * math.sqrt(margin * (1 - margin)) + zb * math.sqrt(true_rate * (1 - true_rate))) / gap) ** 2)
 
 
 def items_to_resolve(margin: float, discordance: float, *, true_drop: float, confidence: float = 0.95,
