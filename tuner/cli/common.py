@@ -56,6 +56,7 @@ def _check_conflicts(shortcuts: list[str], overrides: list[str]) -> None:
 
 
 def context_from_args(args: argparse.Namespace, spec: StudySpec) -> Context:
+    """The command's context: the spec with the storage, tracking, study name, device and data options given."""
     return Context(spec, Options(storage=getattr(args, "storage", Options.storage),
                                  tracking_uri=getattr(args, "tracking_uri", None),
                                  study_name=getattr(args, "study_name", None), device=args.device,
@@ -75,6 +76,7 @@ def usage_error(message: str) -> SpecError:
 
 
 def print_front(out: Console, name: str, front: list[TrialPoint], baseline: BaselineSummary | None) -> None:
+    """The front as a table (accuracy, CI, paired drop, tokens/s, NFE, knobs), then the baseline it is judged against."""
     table = Table(title=f"Pareto front of {name} (accuracy vs tokens/s; feasible = the drop's upper bound within "
                         "the margin)")
     for col in ("trial", "ref", "items", "accuracy", "interval", "drop [upper]", "tokens/s", "NFE", "params"):
@@ -107,6 +109,7 @@ def format_speed(p: TrialPoint) -> str:
 
 
 def format_params(params: dict[str, Any]) -> str:
+    """Knobs as ``k=v`` words, floats to 3 significant digits."""
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
