@@ -74,6 +74,7 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def knobs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The knobs given on the command line (those of `add_knob_arguments`), by name; unset ones left out."""
     given = vars(args)
     # An optional knob's None is a real value ("no pruning"), so its option is suppressed when unset: present
     # means given. Other knobs default to None = not given.
@@ -82,8 +83,9 @@ def knobs_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_config(profile: str | None, knobs: dict[str, Any], model: Any = None, *,
                  allow_mismatch: bool = False) -> DecodeConfig:
-    """A profile's config with knobs laid over it, or the knobs alone (mode defaults fill the rest). With `model`
-    (a model or its source dict) a profile tuned for another model is refused unless `allow_mismatch`."""
+    """A profile's config with knobs laid over it, or the knobs alone (mode defaults fill the rest). Given another
+    `mode` than the profile's, only the profile's `gen_length`, `block_size`, `temperature` and `seed` are kept.
+    With `model` (a model or its source dict) a profile tuned for another model is refused unless `allow_mismatch`."""
     from .profile import load_profile
 
     if profile:
@@ -95,6 +97,8 @@ def build_config(profile: str | None, knobs: dict[str, Any], model: Any = None, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m decoder generate | serve` on `argv` (default: `sys.argv[1:]`); returns the exit code, a
+    `DecoderError` being one line on stderr and exit 2."""
     parser = OneLineParser(prog="python -m decoder", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="decode one prompt and print the completion and the cost counters")

@@ -1,18 +1,9 @@
-"""Profiles: a tuned `DecodeConfig` plus its provenance, in one small versioned JSON file.
+"""Profiles: a tuned `DecodeConfig` plus its provenance, in one small versioned JSON file (docs/profiles.md).
 
-The file is a valid Hugging Face `generation_config.json` (diffusion checkpoints such as Dream keep their decoding
-knobs there, and transformers / vLLM read that file) with everything of ours under a namespaced `"dtune"` key:
-
-    {"max_new_tokens": 256, "do_sample": false,
-     "dtune": {"format": "dtune-profile", "format_version": 1,
-               "decode": {...DecodeConfig...}, "meta": {...model, task, metrics, provenance...}}}
-
-Production code calls `load_profile(path, model=model)` and gets a `DecodeConfig`; the tuner's export fills `meta`.
-A profile names the model it was tuned for (`meta.model`: id, revision, fingerprint): given the model it will be used
-with, `load_profile` refuses a profile tuned for another one (the knobs that keep one model's accuracy need not keep
-another's) unless the caller says `allow_mismatch=True`. `load_profile("models:/NAME@production")` reads the version
-of a registered model that an alias names (what `tuner export --register` / `tuner promote` maintain) through
-MLflow; MLflow is imported on that path only, so the decoder itself never needs it.
+The file is a valid Hugging Face `generation_config.json` with everything of ours under a namespaced `"dtune"` key,
+so what reads that file still can. Production code calls `load_profile(source, model=model)`: a profile tuned for
+another model is refused, and MLflow is imported only to read a `models:/` or `runs:/` URI, so the decoder itself
+never needs it.
 """
 
 from __future__ import annotations
@@ -33,12 +24,14 @@ FORMAT_VERSION = 1
 
 @dataclass
 class Profile:
+    """A profile as read: its decode config, its metadata (`meta`: model, task, metrics, provenance) and format version."""
     decode: DecodeConfig
     meta: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
 
 def profile_document(config: DecodeConfig, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON document of a profile: `generation_config.json` keys for other readers, ours under `"dtune"`."""
     return {
         "max_new_tokens": config.gen_length,
         "do_sample": config.temperature > 0,
@@ -112,6 +105,7 @@ REGISTRY_SCHEMES = ("models:/", "runs:/")  # MLflow URIs: a registered version (
 
 
 def is_registry_uri(source: str | os.PathLike) -> bool:
+    """Whether `source` is an MLflow URI (`models:/...`, `runs:/...`) rather than a file path."""
     return isinstance(source, str) and source.startswith(REGISTRY_SCHEMES)
 
 

@@ -1,7 +1,7 @@
 """Fixtures shared by the test modules: real services on loopback, started once per module and stopped after it.
 
 * `pg`            — a throw-away PostgreSQL cluster (tools/pg_server.py; skipped without the server binaries);
-* `mlflow_server` — `mlflow server` with a SQL backend and an artifact root, as README "Scale out" sets it up.
+* `mlflow_server` — `mlflow server` with a SQL backend and an artifact root, as docs/scale-out.md sets it up.
 
 Plain helpers (the small study's options, the child-process environment) are in helpers.py.
 """
@@ -49,7 +49,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """`mlflow server` with a SQL backend and an artifact root, as README "Scale out" sets it up."""
+    """`mlflow server` with a SQL backend and an artifact root, as docs/scale-out.md sets it up."""
     import urllib.request
 
     root = tmp_path_factory.mktemp("mlflow-server")

@@ -10,6 +10,8 @@ import torch
 
 
 def describe(device: torch.device | str | None = None) -> dict[str, str]:
+    """The device (`device`, else CUDA when available, else the CPU), torch and Python versions, the CPU and its thread
+    counts, and for a GPU its name, memory and CUDA version; every value a string."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = {
         "device": str(dev),

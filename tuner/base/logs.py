@@ -1,16 +1,9 @@
 """Keep libraries' chatter off a command's stderr, where a bad input must read as one line.
 
-What each line was, and why it goes:
-
-* MLflow's "Creating initial MLflow database tables..." / "Updating database tables" (and alembic's migration
-  lines) on the first use of a SQLite tracking store: routine, and printed before any error that follows.
-* Optuna's "Trial N failed with parameters ... because of the following error: KeyboardInterrupt()" with its
-  traceback, and the "Trial N failed with value None." after it, on Ctrl-C or SIGTERM: the interrupt is not the
-  trial's failure (the worker re-queues the trial) and the CLI says what happened in one line. Any other failed
-  trial is still logged in full.
-
-`datasets`' progress bars ("Generating train split") are switched off where datasets is imported
-(tuner.tasks.loading), so importing this module stays cheap.
+Two sources: MLflow's (and alembic's) table set-up lines on a SQLite tracking store's first use, printed before
+any error that follows, and Optuna's traceback for a trial "failed" by Ctrl-C or SIGTERM (the worker re-queues
+it and the CLI says what happened in one line; any other failed trial is still logged in full). `datasets`'
+progress bars are switched off where it is imported (tuner.tasks.loading), so importing this module stays cheap.
 """
 
 from __future__ import annotations

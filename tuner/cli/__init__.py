@@ -1,10 +1,7 @@
 """`python -m tuner run | eval | show | export | promote | tasks`: one module per subcommand, dispatched from here.
 
-Exit codes scripts can rely on (`tuner.base.errors`): 0 success; 2 bad input or unreachable service (one-line
-message on stderr); 3 export refused by its held-out confirmation; 130 interrupted (finished trials are kept).
-
-Importing this package, parsing arguments and printing help import neither torch, MLflow nor Optuna: a command's
-module is imported only once it runs, so `--help` and argument errors answer at once.
+A command's module is imported only once it runs, so `--help` and argument errors import neither torch, MLflow nor
+Optuna and answer at once. Exit codes (`tuner.base.errors`): 0, 2 (one line on stderr), 3 (export refused), 130.
 """
 
 from __future__ import annotations
@@ -21,6 +18,8 @@ COMMANDS = {"run": "run", "eval": "evaluate", "show": "show", "export": "export"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand `argv` names (default: `sys.argv[1:]`) and return its exit code; a deliberate error
+    (`TunerError`, `DecoderError`) is one line on stderr, never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # `run --n-workers` hands the same command to its workers

@@ -67,6 +67,7 @@ def _check_conflicts(shortcuts: list[str], overrides: list[str]) -> None:
 
 
 def context_from_args(args: argparse.Namespace, spec: StudySpec) -> Context:
+    """The command's context: the spec with the storage, tracking, study name, device and data options given."""
     return Context(spec, Options(storage=getattr(args, "storage", Options.storage),
                                  tracking_uri=getattr(args, "tracking_uri", None),
                                  study_name=getattr(args, "study_name", None), device=args.device,
@@ -100,6 +101,8 @@ class Columns:
 
 def print_front(out: Console, name: str, front: list[TrialPoint], baseline: BaselineSummary | None,
                 columns: Columns = Columns()) -> None:
+    """The front as a table (quality, CI, the constrained quantity's bound, tokens/s, NFE, knobs), then the baseline
+    it is judged against."""
     table = Table(title=f"Pareto front of {name} ({columns.quality} vs tokens/s; feasible = the {columns.bound}'s "
                         "upper bound within the margin)")
     for col in ("trial", "ref", "items", columns.quality, "interval", f"{columns.bound} [upper]", "tokens/s", "NFE",
@@ -133,6 +136,7 @@ def format_speed(p: TrialPoint) -> str:
 
 
 def format_params(params: dict[str, Any]) -> str:
+    """Knobs as ``k=v`` words, floats to 3 significant digits."""
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 

@@ -16,6 +16,8 @@ from .common import context_from_args, spec_from_args
 
 
 def main(args: argparse.Namespace) -> int:
+    """Evaluate one configuration on a split and print accuracy and speed (`--json`: one JSON object); returns the
+    exit code."""
     spec = spec_from_args(args, [f"batch_size={args.batch_size}"] if args.batch_size else None)
     knobs = {**spec.fixed_knobs(), **knobs_from_args(args)} if not args.profile else knobs_from_args(args)
     ctx = context_from_args(args, spec)

@@ -13,6 +13,8 @@ from .common import context_from_args, item_progress, spec_from_args
 
 
 def main(args: argparse.Namespace) -> int:
+    """Pick, confirm on the test split, write (and optionally register) the profile, then print the verdict; returns
+    the exit code (a pick its confirmation refuses raises ExportRefused: exit 3)."""
     spec = spec_from_args(args)
     ctx = context_from_args(args, spec)
     inputs = dict(max_drop=args.max_drop, out=args.out, overwrite=args.overwrite, register=args.register)

@@ -41,6 +41,7 @@ def accuracy_points(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     # The knob table and the argument types only: no torch. Every parse error is one line and exit 2.
+    """The parser of every subcommand; imports nothing heavy, so `--help` answers at once."""
     from decoder.cli import OneLineParser, add_knob_arguments, non_negative_int, positive_int
 
     parser = OneLineParser(prog="python -m tuner", description="Tune diffusion-LM decoding per task.")

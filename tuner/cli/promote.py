@@ -10,6 +10,7 @@ from ..base.errors import EXIT_OK
 
 
 def main(args: argparse.Namespace) -> int:
+    """Point an alias of a registered profile at a version and print what was promoted; returns the exit code."""
     from ..tracking.registry import check_alias, check_name, model_uri, promote
     from ..tracking.store import check_reachable
 

@@ -15,6 +15,8 @@ SHORTCUTS = ("trials", "validation_size", "batch_size", "sampler", "seed")  # fl
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run or resume the study the options name (one worker, or `--n-workers` local ones), then print its front;
+    returns the exit code."""
     extra = [f"{field}={getattr(args, field)}" for field in SHORTCUTS if getattr(args, field) is not None]
     spec = spec_from_args(args, extra)
     if args.heartbeat_interval < 1:

@@ -25,6 +25,7 @@ from .common import (
 
 
 def main(args: argparse.Namespace) -> int:
+    """Print the study's finished trials and Pareto front (`--json`: as JSON); returns the exit code."""
     spec = spec_from_args(args)
     study = context_from_args(args, spec).load_study()
     points = trial_points(study, spec.constraint)

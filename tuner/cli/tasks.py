@@ -13,6 +13,7 @@ from ..tasks import list_tasks
 
 
 def main(args: argparse.Namespace) -> int:
+    """Print the registered tasks and each one's built-in study spec; returns the exit code."""
     specs = builtin_specs()
     table = Table(title="tasks")
     table.add_column("task")

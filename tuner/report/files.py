@@ -57,6 +57,7 @@ def jsonable(value: Any) -> Any:
 
 
 def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: None empty, containers as sorted JSON, anything else as is."""
     if value is None:
         return ""
     if isinstance(value, (dict, list, tuple)):

@@ -1,9 +1,9 @@
 """Pictures of a study: the interactive Pareto plot (plotly, self-contained HTML) and the same picture as a PNG
-(matplotlib; plotly's PNG export needs kaleido and a browser). Plotly and matplotlib are imported on use.
+(matplotlib: plotly's PNG export needs kaleido and a browser). Both libraries are imported on use.
 
-The speed axis is logarithmic: what matters is the ratio to the baseline (tuned settings run 20-60x vanilla), and on
-a linear axis vanilla and every cautious setting crowd into its left edge. The baseline is a dotted vertical line,
-each reference a labelled star with its speed-up."""
+The speed axis is logarithmic: what matters is the ratio to the baseline (tuned settings run 20-60x vanilla), and
+on a linear axis vanilla and every cautious setting crowd into its left edge.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ _COLOURS = {
 
 
 def fmt_params(params: dict) -> str:
+    """Knobs as one sorted ``k=v`` line, floats to 4 significant digits: for hover text and tables."""
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -58,6 +59,7 @@ def fmt_params(params: dict) -> str:
 
 
 def ci_text(p: TrialPoint) -> str:
+    """The accuracy CI in percent as ``low–high`` (one decimal); empty without one."""
     if finite(p.ci_low) and finite(p.ci_high):
         return f"{100 * p.ci_low:.1f}–{100 * p.ci_high:.1f}"  # type: ignore[operator]
     return ""
@@ -133,9 +135,8 @@ def pareto_figure(points: Sequence[TrialPoint], front: Sequence[TrialPoint], tit
                   baseline: str = "vanilla") -> go.Figure:
     """Interactive plotly figure: x = tokens/s (log scale), y = accuracy (%), one trace per trial category.
 
-    The front is drawn as the staircase of the dominated region (vertical-then-horizontal between front
-    points), reference trials (those with a ``label``) are starred and named, hover shows params/NFE/CI.
-    Saved as self-contained HTML it works offline (PNG export through kaleido would need Chrome).
+    The front is drawn as the staircase of the dominated region, the baseline as a dotted vertical line, each
+    reference (a point with a ``label``) as a named star with its speed-up; hover shows knobs, NFE and CI.
     """
     import plotly.graph_objects as go
 

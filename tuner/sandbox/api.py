@@ -1,8 +1,7 @@
-"""The public entry points: run one program (:func:`run_program`) or many in parallel (:func:`run_programs`).
+"""The public entry points: :func:`run_program` and :func:`run_programs`.
 
-They sit above both :mod:`tuner.sandbox.levels` (which isolation) and :mod:`tuner.sandbox.runner` (running one
-program under it): the level is resolved once per call, before any thread starts, and every run of a batch uses
-the same resolved :class:`~tuner.sandbox.commands.Isolation`.
+The level is resolved once per call, before any thread starts, so every run of a batch uses the same
+:class:`~tuner.sandbox.commands.Isolation`.
 """
 
 from __future__ import annotations

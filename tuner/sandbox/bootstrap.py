@@ -1,22 +1,8 @@
-"""The small Python script that runs first inside the sandbox and then runs the untrusted program.
+"""The script that runs first inside the sandbox: rlimits, a start byte, the program as ``__main__``, the marker.
 
-Why a bootstrap instead of running the program file directly:
-  - rlimits are set here, in the sandboxed interpreter itself, identically for every isolation level
-    (no ``preexec_fn``, which is unsafe with threads, and no dependence on the ``prlimit`` binary);
-  - it writes a *start* byte to a private pipe once the limits are in place (no byte = the sandbox or the interpreter
-    failed to start, which is reported as ``crashed`` rather than blamed on the program), and a random
-    *success marker* after the program's last line. ``sys.exit(0)`` or ``os._exit(0)`` inside the program never
-    reach the marker, so they cannot pass as success;
-  - the program runs unmodified as a fresh ``__main__`` module (compiled from its own file, as ``runpy`` would,
-    but without importing it: a few ms per run), so ``if __name__ == "__main__"`` blocks run, line numbers are
-    preserved and ``from __future__`` imports stay legal.
-
-The marker is not a secret from a program that goes looking for it (it can read this script through
-``sys._getframe(1)`` or ``/proc/self/cmdline``, write the marker itself and ``os._exit(0)``); it defends
-against accidental or careless early exits, not against code written to fake a pass. No in-process harness can
-do better: whatever this script does after the program, the program can do first, in the same process with the
-same rights; and the tests themselves run in that process (an ``__eq__`` that always says True passes them
-without touching the marker). See docs/sandbox.md, "Score integrity".
+Limits set here, in the sandboxed interpreter, are the same at every level (no ``preexec_fn``, unsafe with threads;
+no ``prlimit`` binary). The success marker, written after the program's last line, catches accidental early exits
+(``sys.exit(0)``), not a program written to forge a pass (docs/sandbox.md, "Score integrity").
 """
 
 from __future__ import annotations

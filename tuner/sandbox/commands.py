@@ -1,19 +1,8 @@
-"""The command line and environment of one sandboxed run, for an isolation that has already been chosen.
+"""The argv and environment of one sandboxed run, for an isolation already chosen (docs/sandbox.md, "Levels").
 
-Pure functions of a resolved :class:`Isolation`: nothing here probes, caches, reads ``DTUNE_SANDBOX_*`` or
-starts a process, so the runner (which executes these command lines) and :mod:`tuner.sandbox.levels` (which
-picks the level by running a probe through the runner) can both depend on it without depending on each other.
-
-What each level isolates (``docs/sandbox.md`` has the full table):
-  - ``bwrap``: Debian's bubblewrap. New user/pid/net/ipc/uts/cgroup namespaces (``--unshare-all``), no network,
-    all capabilities dropped, killed with its parent, its own session; the filesystem is only ``/usr`` (plus the
-    interpreter's prefix) read-only, a size-capped tmpfs as ``/tmp`` (the working directory), a read-only copy of
-    the program, a minimal ``/dev`` and a private ``/proc``. As root the runner first switches to a throw-away
-    uid (see :mod:`tuner.sandbox.uids`): inside a user namespace root would otherwise stay uid 0 on the host,
-    which defeats RLIMIT_NPROC and file permissions (tested recipe, ecosystem-notes section 5).
-  - ``subprocess``: a plain child process with the same rlimits, a new session, a scrubbed environment, an
-    empty private working directory (also its ``HOME`` and ``TMPDIR``) and, as root, the throw-away uid. No
-    filesystem or network isolation; an explicit opt-in only (``DTUNE_SANDBOX_ISOLATION=subprocess``).
+Pure functions of a resolved :class:`Isolation` (no probe, cache, environment variable or process), so the runner
+and :mod:`tuner.sandbox.levels`, which probes through the runner, can both use them without depending on each
+other.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
 """Choosing the isolation level: ``DTUNE_SANDBOX_ISOLATION``, a probe run per candidate, a per-process cache.
 
-Refuse by default (issue 17): model-written code runs inside bubblewrap, or not at all. Where ``bwrap`` is
-missing or does not work, :func:`resolve` (and so every ``run_program``) raises one :class:`SandboxError`
-whose one-line message says how to install bubblewrap and names the only way to run the code anyway, the
-explicit opt-in ``DTUNE_SANDBOX_ISOLATION=subprocess`` (plain subprocesses; what that leaves exposed is listed
-in ``docs/sandbox.md``). There is no silent fallback.
-
-``DTUNE_SANDBOX_ISOLATION`` = ``bwrap`` (default) | ``subprocess``;
-``DTUNE_SANDBOX_PYTHON`` picks the interpreter used inside (default: the first of this interpreter, then
-``/usr/bin/python3``, then ``python3`` on PATH, that starts inside the sandbox; the sandboxed interpreter runs with
-``-I`` so it sees only its standard library).
-
-A level is only chosen after ``pass`` has really run under it (bwrap can be installed and still not work, e.g.
-where user namespaces are disabled). The probe goes through :func:`tuner.sandbox.runner.run_isolated`, so this
-module sits above the runner; the runner never needs to know how its :class:`Isolation` was chosen. Outcomes,
-refusals included, are cached per process (:func:`reset_cache` forgets them), so :func:`require_isolation` at
-the start of a CLI costs one probe (~50 ms) and every later run none.
+Refuse by default: where bwrap is missing or doesn't work, :func:`resolve` raises one :class:`SandboxError` that
+says how to install it and names the only way around it, the opt-in ``DTUNE_SANDBOX_ISOLATION=subprocess``; there is
+no silent fallback. A level is chosen only after ``pass`` really ran under it (bwrap can be installed and still not
+work, e.g. without user namespaces). ``DTUNE_SANDBOX_PYTHON`` and the probe's cost: docs/sandbox.md.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """Resource limits applied to every sandboxed program.
 
-One place for the defaults so that the runner, the bootstrap and the docs agree. The values are generous for
-benchmark solutions (HumanEval/MBPP reference solutions need a few MB and milliseconds) and small enough that a
-hostile program cannot hurt the host: memory via RLIMIT_AS, CPU via RLIMIT_CPU, disk via RLIMIT_FSIZE plus a
-size-capped tmpfs, process count via RLIMIT_NPROC (per sandbox uid), open files via RLIMIT_NOFILE, no core
-dumps.
+One place for the defaults, so that the runner, the bootstrap and docs/sandbox.md agree: generous for benchmark
+solutions (a few MB, milliseconds), small enough that a hostile program can't hurt the host.
 """
 
 from __future__ import annotations

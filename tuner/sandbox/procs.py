@@ -1,16 +1,8 @@
 """Finding and killing a run's processes, via /proc.
 
-As root each sandbox run gets a uid of its own (see :mod:`tuner.sandbox.uids`), so "every process of that uid"
-(:func:`kill_uid`) is exactly "everything the program started", including children that escaped the process
-group with ``setsid``. Cheap: one ``stat`` per process.
-
-Unprivileged, the program shares the caller's uid, so that rule would kill the caller. :class:`Lineage` is the
-best effort for that case (the ``subprocess`` level only: under bwrap the pid namespace takes everything down
-with the program): a process belongs to the run if it is the run's first process, is in its session or process
-group, descends from a member (checked while the run goes on, so that ancestry seen once is kept after the
-parent exits), or carries the run's random tag in its environment. What escapes all four is a descendant
-that leaves the session and the group, replaces its environment (``exec`` with a new one) *and* loses its
-ancestry before the next scan; see ``docs/sandbox.md``.
+As root a run has a uid of its own, so :func:`kill_uid` ends exactly what it started. Unprivileged the program
+shares the caller's uid, so :class:`Lineage` finds its processes by session, process group, ancestry and an
+environment tag instead (best effort: docs/sandbox.md says what escapes).
 """
 
 from __future__ import annotations
@@ -64,10 +56,8 @@ def pids_of_uid(uid: int) -> list[int]:
 def tasks_of_uid(uid: int) -> dict[int, int]:
     """Tasks (threads) per process of ``uid``, zombies and ourselves included: what RLIMIT_NPROC charges.
 
-    The kernel counts every thread of every process of the uid, and zombies until they are reaped. Counting
-    live processes instead undercounts: the caller's own threads, and orphans killed earlier whose zombies wait
-    for an init that reaps slowly (or never, in some containers), leave the program too few forks (CI saw
-    ``BlockingIOError: [Errno 11]`` on its first ``fork``).
+    The kernel counts every thread and every unreaped zombie of the uid; counting live processes instead left
+    the program too few forks (``BlockingIOError: [Errno 11]`` on its first ``fork`` in CI).
     """
     found: dict[int, int] = {}
     for pid in _pids_owned_by(uid):
@@ -90,17 +80,14 @@ _UNREAPED: set[tuple[int, int]] = set()
 
 def wait_for_reaping(uid: int, tolerate: int = 0, wait_s: float = 3.0) -> int:
     """Wait (up to ``wait_s``) until at most ``tolerate`` of the zombies of ``uid`` that someone else must reap are
-    left; returns how many such zombies are left (the tolerated ones, and ones that outlived this or an earlier
-    wait).
+    left; returns how many such zombies are left.
 
     Why: unprivileged, RLIMIT_NPROC is sized as "what the uid is charged now + the program's allowance", and the
-    kernel charges zombies until they are reaped. The orphans of a run killed just before (a fork bomb's hundred
-    processes, reparented to init) are zombies for a while: this machine's init reaps in batches every 1-2 s. Counted
-    at the start and reaped mid-run, they hand the next program their slots on top of its allowance (the hostile
-    fork-count test then forked 40 where the limit said 16). Our own unreaped children are skipped (only we reap
-    them, so they stay charged throughout), and so are zombies a previous call already waited for in vain: a parent
-    that never reaps costs one wait, not one per run. ``tolerate``: a few zombies freed mid-run loosen the limit by
-    as many, not worth a wait each time (every bwrap run leaves one, its pid-namespace init, for init to reap).
+    kernel charges zombies until they are reaped. The orphans of a run killed just before (reparented to an init
+    that reaps every 1-2 s) would otherwise be counted at the start and freed mid-run, handing the next program
+    their slots on top of its allowance. Our own unreaped children and zombies an earlier call already waited for
+    in vain are skipped (a parent that never reaps costs one wait, not one per run). ``tolerate``: a few zombies
+    freed mid-run loosen the limit by as many, not worth a wait (every bwrap run leaves one for init to reap).
     """
     me = os.getpid()
     deadline = time.monotonic() + wait_s
@@ -206,8 +193,10 @@ def _signal_exact(pid: int, starttime: int, sig: int = signal.SIGKILL) -> bool:
 
 
 class Lineage:
-    """The processes of one unprivileged run (we share the program's uid), found by session, process group,
-    ancestry and an environment tag; see the module docstring for exactly what escapes."""
+    """The processes of one unprivileged run (we share the program's uid): its first process, its session and
+    process group, their descendants (ancestry seen once is kept) and any process carrying the run's environment
+    tag. A process that leaves the session and group, ``exec``s with a new environment and is orphaned before the
+    next scan escapes."""
 
     def __init__(self, root: int, tag: str) -> None:
         st = _read_stat(root)

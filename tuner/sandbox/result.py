@@ -1,8 +1,5 @@
-"""What one sandboxed run produced.
-
-Kept apart from the runner so that callers (task scorers, reports) can type against the result without
-importing any process-handling code.
-"""
+"""What one sandboxed run produced, apart from the runner so that scorers can type against it without importing
+process-handling code."""
 
 from __future__ import annotations
 

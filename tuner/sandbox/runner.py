@@ -1,13 +1,9 @@
-"""Running one untrusted Python program under an isolation that has already been chosen (:func:`run_isolated`).
+"""Running one untrusted Python program under an isolation already chosen (:func:`run_isolated`).
 
-The parent must survive anything the program does, so it never trusts the child for anything: output is read
-in bounded chunks with a hard cap (a print loop cannot exhaust our memory), the wall clock is enforced here
-(not by the child), on timeout the whole process group is SIGKILLed, afterwards everything the run started is
-ended and what it left removed (:class:`_Reaper`: by throw-away uid as root, by lineage unprivileged), and
-success is decided by a marker the bootstrap writes to a private pipe only after the program's last line.
-
-Which isolation to use is not decided here (see :mod:`tuner.sandbox.levels`); the command lines come from
-:mod:`tuner.sandbox.commands`.
+The parent trusts the child for nothing: output is read in bounded chunks with a hard cap, the wall clock is
+enforced here, on timeout the process group is SIGKILLed, afterwards everything the run started is ended and what
+it left removed (:class:`_Reaper`), and success is a marker the bootstrap writes to a private pipe only after the
+program's last line.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """Removing what a run left on the host outside its own folder (the ``subprocess`` level; bwrap needs none).
 
-As root, a run's throw-away uid owns nothing before the run (:mod:`tuner.sandbox.uids` skips uids that own
-processes, and uids are far above any real one), so after its processes are dead "every file and SysV IPC
-object owned by that uid" is exactly what the program left behind:
-
-  - files, directories, sockets, fifos and symlinks in the world-writable places (:data:`SWEPT_DIRS`, plus
-    this process's temporary directory), found by walking each place and descending only into directories the
-    uid could write to (world-writable ones; a directory it owns is removed whole). With its groups cleared
-    the uid cannot create entries anywhere else except in its own run folder, which the runner deletes;
-  - SysV shared memory segments, semaphore sets and message queues (``/proc/sysvipc``), which outlive their
-    creator.
-
-Removal is by directory file descriptor (``dir_fd``, ``shutil.rmtree``'s symlink-safe mode), never through
-paths the program could have replaced by symlinks. World-writable directories elsewhere on the host are not
-walked (their list is host-specific); docs/sandbox.md says so.
-
-Unprivileged, nothing can be attributed to the run (it owns what the caller owns), so nothing is swept beyond
-its folder; :func:`remove_run_dir` deletes that folder even where the program made parts of it unwritable.
+As root, a run's throw-away uid owns nothing before the run, so once its processes are dead every file it owns in
+the world-writable places (:data:`SWEPT_DIRS`, the temp dir) and every SysV IPC object it created is what the
+program left. Removal goes through directory file descriptors, never through paths the program could have replaced
+by symlinks. Unprivileged nothing can be told apart from the caller's own, so only the run folder goes
+(:func:`remove_run_dir`).
 """
 
 from __future__ import annotations

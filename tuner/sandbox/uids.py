@@ -1,12 +1,9 @@
 """A pool of throw-away uids, one per concurrent sandbox run (only when we are root).
 
-Why not the classic single ``nobody`` uid: RLIMIT_NPROC counts *all* processes of a uid system-wide, so with one
-shared uid a fork bomb in one sandbox would make every other concurrent sandbox fail to start, and the
-after-run "kill everything of this uid" sweep would hit neighbours. A uid per run makes both exact.
-
-Uids are claimed with ``flock`` on a lock file per uid, so several scoring processes on one machine never
-share one; a uid that has a passwd entry or live processes is skipped (it belongs to someone else). Locks are
-released by the kernel if the holder dies.
+One uid per run, not a shared ``nobody``: RLIMIT_NPROC counts every process of a uid system-wide, so a fork bomb
+in one sandbox would starve its neighbours, and "kill everything of this uid" after a run would hit them. A uid is
+claimed with a ``flock`` of its own (released by the kernel if the holder dies); one with a passwd entry or live
+processes is skipped.
 """
 
 from __future__ import annotations

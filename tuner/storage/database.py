@@ -171,7 +171,7 @@ def _check_sqlite_path(url: str) -> None:
     if fs in _NETWORK_FS:
         raise StorageError(f"the study storage {url} is a SQLite file on a network file system ({fs}), where "
                            "SQLite's locking is unreliable and a shared file corrupts; put it on a local disk or "
-                           "use PostgreSQL (README, \"Scale out\")")
+                           "use PostgreSQL (docs/scale-out.md)")
 
 
 def _fs_type(path: Path) -> str | None:

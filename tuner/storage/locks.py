@@ -65,9 +65,8 @@ def lock_key(name: str) -> int:
 class StudyLock:
     """Mutual exclusion among all workers of one study, wherever they run.
 
-    Study set-up (create or load, enqueue the references), MLflow parent-run creation and each trial claim
-    (count finished + running trials, then ask for one) run under it, so N workers that start together create one
-    study, enqueue each reference once, and never claim more trials than the budget.
+    Study set-up, MLflow parent-run creation and each trial claim run under it, so N workers that start together
+    create one study, enqueue each reference once and never claim more trials than the budget.
 
     * PostgreSQL: a session advisory lock keyed by the study name, on a connection of its own; a killed worker's
       connection closes and the server drops its lock at once.
@@ -100,6 +99,7 @@ class StudyLock:
 
     @property
     def held(self) -> bool:
+        """Whether this object holds the lock now."""
         return self._conn is not None or self._fh is not None
 
     def acquire(self) -> bool:
@@ -125,6 +125,7 @@ class StudyLock:
             file_lock.release(fh)
 
     def close(self) -> None:
+        """Release the lock and the connection pool behind it."""
         self.release()
         if self._engine is not None:
             self._engine.dispose()

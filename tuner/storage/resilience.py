@@ -70,6 +70,7 @@ class OutageWatch:
         return now < self.deadline
 
     def remaining(self) -> float:
+        """Seconds left before the current outage is given up on (0 when none is under way)."""
         return 0.0 if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     def answered(self) -> None:
@@ -126,17 +127,14 @@ def _retried_calls(cls: type[optuna.storages.RDBStorage]) -> type[optuna.storage
 class ResilientRDBStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage for long multi-worker studies.
 
-    * Every storage call retries connection-level errors for up to `outage_s` seconds, so a PostgreSQL restart or
-      a network blip mid-study costs a pause, not a worker (a trial whose final write failed would otherwise be
-      lost and re-run after its heartbeat went stale). After an outage no trial is judged stale for one grace
-      period: nobody could write heartbeats meanwhile.
-    * A heartbeat that still fails after that is logged, not raised: Optuna records heartbeats in a thread, and
-      an exception there would end the heartbeats of a trial that is still running, so other workers would
-      retry a live trial.
-    * Stale trials also include *orphans*: RUNNING trials without any heartbeat row that started more than
-      `orphan_after_s` ago. Optuna only judges trials that have a heartbeat, but a worker killed between
-      creating its trial and its first heartbeat, or a run before heartbeats were on, leaves such a trial, and
-      it would otherwise hold a slot of the budget forever.
+    * Every storage call retries connection-level errors for up to `outage_s` seconds, so a PostgreSQL restart
+      or a network blip costs a pause, not a worker (nor a trial whose final write failed); after an outage no
+      trial is judged stale for one grace period, since nobody could write heartbeats meanwhile.
+    * A heartbeat that still fails is logged, not raised: Optuna beats in a thread, and an exception there would
+      end a live trial's heartbeats, so other workers would retry it.
+    * Stale trials include *orphans*: RUNNING trials with no heartbeat row, started over `orphan_after_s` ago
+      (a worker killed before its first beat), which Optuna never judges and which would hold a budget slot
+      forever.
     """
 
     outage_s: float = DEFAULT_OUTAGE_S
@@ -148,6 +146,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         self.recovered_at = time.monotonic()
 
     def record_heartbeat(self, trial_id: int) -> None:
+        """Record the trial's heartbeat, retrying through an outage; a failure after that is a warning, never raised."""
         try:
             self._record_heartbeat_retrying(trial_id)
         except Exception as exc:  # noqa: BLE001 - see the class docstring

@@ -149,6 +149,7 @@ def make_problem(rng: random.Random, config: ArithConfig = ArithConfig()) -> dic
 
 
 def question_hash(question: str) -> str:
+    """sha256 of the question text (hex): what decides a problem's partition."""
     return hashlib.sha256(question.encode("utf-8")).hexdigest()
 
 

@@ -1,22 +1,10 @@
 """Finding, checking and building an lm-evaluation-harness task, by lm-eval itself, with one-line refusals.
 
-Two sources: a task YAML file (``path/to/task.yaml``), or a task lm-eval registers (``lm-eval:NAME``). lm-eval
-builds the task object either way (``TaskManager.load``); this module only checks what it is handed first, so that
-a bad file fails as one line naming the file and the key (with its line) or the data line, before any model loads:
-
-- the file: missing, empty, not UTF-8, not YAML, not a mapping, a group or something that is not a task;
-- the keys: ``output_type`` other than ``generate_until`` (a multiple-choice or loglikelihood task is scored
-  without generating), a key a generation task needs (``dataset_path``, ``doc_to_text``, ``doc_to_target``,
-  ``test_split`` or ``validation_split``), code tasks (``unsafe_code``; use dtune's sandboxed humaneval/mbpp),
-  ``repeats`` above 1;
-- local data (``dataset_path: json|csv|parquet|...`` with ``dataset_kwargs.data_files``): every file present,
-  non-empty, UTF-8, JSON lines parse, and each split the YAML names is one of the files' splits. Relative
-  ``data_files`` are looked up next to the YAML first, then (as lm-eval does) in the working directory;
-- hub data: the hub is reachable (or ``HF_HUB_OFFLINE`` set), checked at once instead of ``datasets`` retrying.
-
-lm-eval is an optional extra (``pip install "dtune[lm-eval]"``), imported only here and only when such a task is
-asked for. The index of every task lm-eval ships (needed for ``lm-eval:NAME`` only) takes seconds to build and
-is built once per process.
+A task file (``path/to/task.yaml``) or a registered task (``lm-eval:NAME``) is built by lm-eval
+(``TaskManager.load``); this module checks what it is handed first, so that a bad file, key or data line fails as
+one line naming it before any model loads (the list: docs/tasks.md, "Bad input"). lm-eval, an optional extra, is
+imported only here and only when such a task is asked for; its index of every task it ships is built once per
+process.
 """
 
 from __future__ import annotations

@@ -1,27 +1,9 @@
 """Any lm-evaluation-harness generation task as a dtune :class:`Task`, prompted and scored by lm-eval itself.
 
-``get_task("path/to/task.yaml")`` or ``get_task("lm-eval:NAME")`` builds the lm-eval task object
-(:mod:`tuner.tasks.lm_eval_config`: the checks, then ``TaskManager.load``) and wraps it:
-
-- **items**: lm-eval's documents (after its ``process_docs``), ids ``<task>/<lm-eval split>/<document index>``;
-- **prompt**: lm-eval's rendered context, few-shot exemplars included: for each lm-eval split used, the contexts
-  of all its documents built in document order from a sampler seeded with lm-eval's default few-shot seed (1234)
-  by lm-eval's ``fewshot_context``, as ``build_all_requests`` builds them (so the prompts of the test split are
-  the ones ``lm-eval run`` decodes);
-- **stop sequences**: ``generation_kwargs.until``; :attr:`LmEvalTask.default_gen_length` = ``max_gen_toks``;
-- **score**: the completion cut at the stop sequences (as lm-eval's models return it), then lm-eval's own
-  pipeline: ``construct_requests`` -> ``resps`` -> ``apply_filters`` -> ``process_results``, for every filter
-  of ``filter_list``; ``correct`` is the value of ``metric`` (default: the first of ``metric_list``, which must be
-  ``exact_match`` unless the task has its own ``process_results``) under ``filter`` (default: the first);
-- **answer**: what that filter hands the metric where it extracts something (regex, ...), else the cut
-  completion, whitespace-normalised.
-
-Splits: ``test`` = lm-eval's ``test_split`` (its ``validation_split`` where it has no test split);
-``validation`` = its ``validation_split`` where that is a different split; otherwise the test split's documents
-are divided by a stable hash of each document (:func:`tuner.tasks.sampling.in_validation`, seed 1234, half to
-validation), and :meth:`source_description` says so: numbers on that test split are then not lm-eval's
-full-split numbers. A prompt (a document's ``doc_to_text``) given twice is refused for a task file; for a task
-lm-eval registers (whose data the user cannot fix) later copies are dropped and counted in the description.
+Items are lm-eval's documents, prompts its ``fewshot_context`` as ``build_all_requests`` renders them, and a
+verdict its own ``construct_requests`` -> ``apply_filters`` -> ``process_results`` on the completion cut at the
+stop sequences: nothing that defines a verdict is re-implemented. Splits, the answer key and where dtune departs
+from lm-eval: docs/tasks.md, "Your own tasks".
 """
 
 from __future__ import annotations

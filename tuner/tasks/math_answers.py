@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-INVALID_ANSWER = "[invalidanswer]"
 _FINAL_RE = re.compile(r"Final Answer: The final answer is(.*?). I hope it is correct.")
 _END_PHRASE = "I hope it is correct."
 _LENIENT_FINAL_RE = re.compile(r"Final Answer: The final answer is(.*)")

@@ -1,22 +1,9 @@
 """An unlabelled task from a JSONL file of prompts: a deployment's own traffic, tuned with no answers at all.
 
-One JSON object a line, in one of two forms (one form per file)::
-
-    {"prompt": "Question: Tom has 3 apples. ...\\nAnswer:"}
-    {"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}]}
-
-A ``prompt`` is raw text (rendered with the model's chat template only where the study asks for it, as for every
-task); ``messages`` is a chat, always rendered with the model's chat template (:meth:`Task.prompt` returns the
-list; ``decoder.encode_prompt`` renders it) and must end with a user turn. Other keys on a line are kept in the
-item's record and ignored.
-
-Splits: a stable hash split (:func:`tuner.tasks.sampling.in_validation`, seed 1234, half to validation by
-default): an item's side depends only on its own text, so adding prompts never moves another between the splits.
-Items have no labels (:attr:`labelled` is False): :meth:`score` refuses, and a study compares each decoding with
-its baseline's by :meth:`Task.answer` (the completion cut at the stop sequences, whitespace-normalised).
-Refused at construction, each as one line naming the file and line: a missing, empty or non-UTF-8 file, a line
-that is not a JSON object or has neither (or both) keys, an empty prompt, a malformed chat, the two forms mixed,
-and a prompt given twice.
+One ``{"prompt": ...}`` or ``{"messages": [...]}`` object a line (one form per file); items are split by a stable
+hash of their own text, so adding prompts never moves another between the splits. Nothing can be scored
+(:attr:`labelled` is False): a study compares each decoding with its baseline's by :meth:`Task.answer`. The format
+and what is refused: docs/tasks.md, "Your own tasks".
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""MLflow tracking of studies: one parent run per study, one nested run per trial, the study's report as artifacts.
+"""MLflow tracking of studies: one parent run per study, one nested run per trial, the study's report as artifacts,
+and profiles in the model registry.
 
-* `client`  — the run lifecycle through an explicit MlflowClient (`Tracker`);
-* `store`   — start-up checks of the tracking URI and the fix to suggest (`TrackingError`);
-* `values`  — keys and values as MLflow accepts them;
-* `backlog` — tracking calls on a background thread, so trials don't wait for MLflow;
-* `registry` — profiles as registered-model versions, and the aliases production loads them by.
-
-What the artifacts hold is `tuner.report.files`'s business; the tracker only uploads them.
-
-Names are imported on first use (PEP 562): `tuner promote` checks its arguments through `registry` before MLflow
-(which `client` imports) costs its second or two.
+Names are imported on first use (PEP 562), so `tuner promote` checks its arguments through `registry` before
+MLflow, which `client` imports, costs its second or two. What the artifacts hold is `tuner.report.files`'s
+business; the tracker only uploads them.
 """
 
 from __future__ import annotations

@@ -14,14 +14,12 @@ _log = logging.getLogger("tuner.tracking")
 
 
 class Backlog:
-    """Runs tracking calls on one background thread, in order, so the next trial never waits for MLflow.
+    """Runs tracking calls on one background thread, in submission order, so the next trial never waits for MLflow.
 
-    A trial's nested run and the refreshed Pareto artifacts cost 0.1-0.4 s on a local store, more against a
-    remote server and much more while an outage is retried; on the trial loop's thread that is dead time between
-    trials. Calls run one at a time in submission order (MLflow clients are not shared across threads), errors are
-    logged as warnings like every tracking failure, and :meth:`close` drains the queue, so a run that returns has
-    logged everything. A process killed with SIGKILL loses at most the calls still queued; the trials themselves
-    are safe in the study.
+    A trial's run and the refreshed artifacts cost 0.1-0.4 s on a local store and far more while an outage is
+    retried. One thread, because MLflow clients are not shared across threads; errors are warnings, like every
+    tracking failure; :meth:`close` drains the queue, so a run that returns has logged everything (SIGKILL loses
+    at most what is queued; the trials themselves are safe in the study).
     """
 
     def __init__(self) -> None:
@@ -30,6 +28,7 @@ class Backlog:
         self._thread.start()
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue ``fn(*args, **kwargs)`` to run after everything submitted before it."""
         self._queue.put((fn, args, kwargs))
 
     def close(self, timeout_s: float | None = None) -> None:

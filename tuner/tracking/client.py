@@ -1,17 +1,10 @@
 """MLflow tracking for dtune studies: one parent run per study, one nested run per Optuna trial.
 
-Design choices, and why:
-
-* Everything goes through an explicit :class:`mlflow.MlflowClient` and explicit run ids. The fluent API keeps a
-  process-global "active run" stack, which breaks as soon as trials run in threads or the parent run was
-  created by another worker process; run ids survive both.
-* Nesting across processes is just the ``mlflow.parentRunId`` tag (what ``start_run(parent_run_id=...)`` sets
-  and what the UI groups by), so any worker can attach trials to the study's parent run.
-* Runs are found again by tags (``dtune.study``, ``dtune.trial_number``), which makes every write idempotent:
-  resuming a study, a second worker, or a retried call reuses the existing run instead of adding another.
-* Only :meth:`Tracker.open` raises. A tuning run can take hours; losing a tracking server halfway must cost a
-  warning per call, not the study. Every later method retries with backoff, then logs one warning line and
-  returns None.
+Everything goes through an explicit :class:`mlflow.MlflowClient` and run ids, never the fluent API's process-global
+active run, which breaks once trials run in threads or another worker created the parent; nesting is just the
+``mlflow.parentRunId`` tag. Runs are found again by tags (``dtune.study``, ``dtune.trial_number``), so every write
+is idempotent across resumes, workers and retries. Only :meth:`Tracker.open` raises: losing the server halfway
+through a study costs a warning per call, not the study.
 """
 
 from __future__ import annotations
@@ -349,16 +342,13 @@ class Tracker:
     def refresh_study_artifacts(self, parent_run_id: str, points: list[TrialPoint], *, title: str,
                                 accuracy_scale: float | None = None,
                                 extra_metrics: dict[str, float] | None = None) -> None:
-        """(Re)write the study's Pareto artifacts and summary metrics on the parent run.
+        """(Re)write the study's report on the parent run: the files of :func:`tuner.report.files.write_study_files`
+        (pareto.html, pareto.png, trials.csv/.json, front.json) and the metrics of
+        :func:`tuner.report.files.study_metrics`.
 
-        Artifacts: pareto.html (self-contained plotly, works offline), pareto.png (matplotlib, since plotly
-        PNG export needs kaleido + Chrome), trials.csv / trials.json (every point), front.json (front, knee,
-        hypervolume). Metrics: n_complete, n_pruned, n_failed, n_feasible, front_size, best_accuracy,
-        best_tokens_per_s (over the feasible front) and hypervolume (front vs the worst corner of all complete
-        points). A failing file is skipped with a warning; the others are still uploaded. ``accuracy_scale``
-        goes to :func:`pick_knee` (the knee in front.json is the one ``export --pick knee`` takes).
-        ``extra_metrics`` override the summary's: points hold finished trials only, so the caller passes
-        ``n_failed`` from the study.
+        A failing file is skipped with a warning; the others are still uploaded. ``accuracy_scale`` goes to
+        :func:`pick_knee` (the knee in front.json is the one ``export --pick knee`` takes). ``extra_metrics``
+        override the summary's: points hold finished trials only, so the caller passes ``n_failed`` from the study.
         """
         try:
             metrics = {**study_metrics(points), **(extra_metrics or {})}

@@ -1,17 +1,9 @@
 """Profiles in MLflow's model registry: a confirmed export becomes a version, aliases say which one production uses.
 
-The path from review to production is: `tuner export --register NAME` adds a version of registered model NAME whose
-artifact is the profile (alias `candidate`), a reviewer runs `tuner promote NAME` to move alias `production` to it,
-and production code calls `decoder.load_profile("models:/NAME@production")`.
-
-Why a version's source is a run-relative URI: an MLflow 3 server only accepts a version source it can tie to the
-run it names (`runs:/<run_id>/...` with that run_id, or a path inside that run's artifact root; see
-`mlflow/server/handlers.py` `_validate_source_run`). The profile is uploaded to the study's parent run under
-`registry/<profile name>/` (a folder of its own, so the version downloads exactly one file) and the version points
-there, with `run_id` = the parent run: the registry page links back to the study that chose it.
-
-Unlike the tracker's logging calls, these raise: registering or promoting is what the user asked for, so a
-failure is a one-line :class:`RegistryError` (exit 2), never a warning to scroll past.
+A version's source is the profile uploaded to the study's parent run (``registry/<profile name>/``, one file), with
+that run's id: an MLflow 3 server accepts only a source it can tie to the run it names (``_validate_source_run``),
+and the registry page then links back to the study. Unlike the tracker's calls these raise: registering or
+promoting is what the user asked for, so a failure is a one-line :class:`RegistryError` (exit 2).
 """
 
 from __future__ import annotations
@@ -50,6 +42,7 @@ def check_name(name: str) -> str:
 
 
 def check_alias(alias: str) -> str:
+    """Refuse a bad alias at once, before anything is done (MLflow reserves ``latest`` and ``v<number>``)."""
     if not _ALIAS.match(alias or "") or re.fullmatch(r"v\d+|latest", alias.lower()):
         raise RegistryError(f"alias {alias!r} is not valid: letters, digits, '_' and '-', starting with a letter "
                             "('latest' and 'v<number>' are reserved by MLflow)")
@@ -63,6 +56,7 @@ def model_uri(name: str, alias: str = PRODUCTION) -> str:
 
 @dataclass(frozen=True)
 class RegisteredProfile:
+    """A registered version of a profile, and the alias just pointed at it."""
     name: str
     version: str
     alias: str | None
@@ -70,6 +64,7 @@ class RegisteredProfile:
 
     @property
     def uri(self) -> str:
+        """The URI to load it by: ``models:/NAME@ALIAS``, else ``models:/NAME/VERSION``."""
         return model_uri(self.name, self.alias) if self.alias else f"models:/{self.name}/{self.version}"
 
 
@@ -157,6 +152,7 @@ def register_profile(client: Any, name: str, profile: str | Path, run_id: str,
 
 @dataclass(frozen=True)
 class Promotion:
+    """What `promote` did: the alias now at `version`, the version it named before, and the version's tags."""
     name: str
     version: str
     alias: str

@@ -1,8 +1,5 @@
-"""Checks that a tracking store can work before a study starts, and the one-line fix for each kind of store.
-
-A tuning run can take hours: a wrong URI, a server that is down or a folder that doesn't exist must fail in
-seconds, with a message that says what to do, not after MLflow's minutes of HTTP retries.
-"""
+"""Checks that a tracking store can work before a study starts, and the one-line fix for each kind of store: a wrong
+URI or a server that is down must fail in seconds, not after MLflow's minutes of HTTP retries."""
 
 from __future__ import annotations
 
@@ -37,6 +34,7 @@ def uri_scheme(uri: str) -> str:
 
 
 def fix_hint(uri: str) -> str:
+    """The one-line fix to suggest for a tracking store of this kind that can't be used."""
     scheme = uri_scheme(uri)
     if scheme in ("http", "https"):
         return "start the server (e.g. `mlflow server --host 127.0.0.1 --port 5000`) or pass another tracking URI"

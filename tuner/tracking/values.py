@@ -49,6 +49,7 @@ def metric_value(value: Any) -> float | None:
 
 
 def tag_value(value: Any) -> str:
+    """A tag as MLflow keeps it: a string within its length limit (None as ``"none"``)."""
     return ("none" if value is None else str(value))[:MAX_TAG_VAL]
 
 

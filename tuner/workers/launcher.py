@@ -1,16 +1,9 @@
 """`tuner run --n-workers N`: N worker processes of one study on this machine, one per GPU when there are GPUs.
 
-Each worker is an ordinary `python -m tuner run` process (the same command minus `--n-workers`), so what the
-workers do here is exactly what workers started by hand on other machines do against the same storage. The
-parent only prepares and supervises:
-
-* it creates the study (and the MLflow experiment) before any worker starts, so the workers just load them;
-* it gives worker i `--device cuda:i` (round-robin over the visible GPUs), or on a CPU machine an equal share of
-  the cores through OMP_NUM_THREADS (N processes each using every core thrash);
-* it forwards SIGINT/SIGTERM to the workers (they run in their own session, so a terminal's Ctrl-C reaches them
-  once, through here) and waits for all of them;
-* its exit code sums them up: 130 if interrupted, 0 if the study holds its budget (a worker that died did not
-  cost a trial: its trial was retried by the others), else 2.
+Each worker is an ordinary `python -m tuner run` (the same command minus `--n-workers`), so it does exactly what a
+worker started by hand on another machine does. The parent only prepares (creates the study and the MLflow
+experiment first; gives worker i `cuda:i`, or on a CPU an equal share of the cores, since N processes each using
+every core thrash) and supervises: it forwards SIGINT/SIGTERM and sums the exit codes up (docs/scale-out.md).
 """
 
 from __future__ import annotations
