@@ -47,7 +47,8 @@ import optuna
 
 from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
 from decoder import Counters, DecodeConfig, load_model
-from tuner.storage.record import StudyRecord, TrialRecord, TrialWriter, reference_of
+from tuner.storage.record import TrialRecord, TrialWriter, reference_of
+from tuner.storage.shared_ledger import study_ledger
 from tuner.study.evaluate import EvalResult, Evaluator
 from tuner.study.lifecycle import create_study
 from tuner.study.objective import Objective
@@ -289,12 +290,12 @@ def run_new(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdi
         chosen = pick(trial_points(study, spec.constraint), rule, spec.constraint, test_items=len(split.test),
                       min_confirmation=min_confirmation)
     except PickError:
-        return Outcome("new", seed, None, False, False, 0.0, None, StudyRecord(study).ledger.n, items)
+        return Outcome("new", seed, None, False, False, 0.0, None, study_ledger(study).n, items)
     key = TrialRecord.read(study.trials[chosen.number]).config_key
     test_ids = [int(it.id) for it in split.test]
     verdict = confirm([g.outcomes[key][i] == "1" for i in test_ids],
                       [g.outcomes[g.vanilla][i] == "1" for i in test_ids], spec.constraint)
-    return judge("new", seed, g, key, verdict.confirmed, split, spec.constraint.margin, StudyRecord(study).ledger.n, items,
+    return judge("new", seed, g, key, verdict.confirmed, split, spec.constraint.margin, study_ledger(study).n, items,
                  space)
 
 

@@ -626,3 +626,22 @@ def test_four_workers_two_sigkills_a_40_s_postgresql_stop_and_a_replacement(pg, 
         t.number for t in finished}
     assert parents[0].data.metrics["n_failed"] == len(killed)
 
+
+
+def test_each_gpu_worker_sees_its_own_gpu_and_a_share_of_the_cores():
+    """`--n-workers` on a GPU machine: worker i sees only GPU i (mapped through the parent's own visible set), runs
+    on `--device cuda`, and gets cores // n threads; workers that would share a GPU too small for the model twice are
+    refused in one line (the CPU-only machine checks the rule, not a GPU)."""
+    from tuner.base.errors import TunerError
+    from tuner.workers.launcher import check_fits, placements
+
+    places = placements(["cuda:0", "cuda:1", "cuda:0"], cores=16, visible="2,3")
+    assert [p.device for p in places] == ["cuda"] * 3
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in places] == ["2", "3", "2"]
+    assert {p.env["OMP_NUM_THREADS"] for p in places} == {"5"}
+    assert placements(["cpu", "cpu"], cores=2)[0].env == {"OMP_NUM_THREADS": "1"}
+    gib = 2**30
+    check_fits(["cuda:0", "cuda:1"], 16 * gib, {"cuda:0": 80 * gib, "cuda:1": 80 * gib})  # one each: fine
+    check_fits(["cuda:0", "cuda:0"], 2 * gib, {"cuda:0": 80 * gib})  # a small model twice: fine
+    with pytest.raises(TunerError, match="2 workers would share cuda:0"):
+        check_fits(["cuda:0", "cuda:0"], 40 * gib, {"cuda:0": 80 * gib})

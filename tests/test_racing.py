@@ -14,6 +14,7 @@ from scipy.stats import norm
 
 from decoder import Counters, DecodeConfig
 from tuner.storage.record import StudyRecord
+from tuner.storage.shared_ledger import study_ledger
 from tuner.study.evaluate import EvalResult
 from tuner.study.lifecycle import create_study
 from tuner.study.objective import Objective
@@ -123,7 +124,7 @@ def test_racing_gives_items_to_trials_that_need_them_and_stops_the_rest(race_stu
     assert verdicts["slow"] == racing.DOMINATED and used["slow"] < POOL
     assert verdicts["fast-good"] == racing.FEASIBLE
     # Every comparison was paired: the ledger covers every item any trial used, each decoded once.
-    ledger = StudyRecord(study).ledger
+    ledger = study_ledger(study)
     assert ledger.n == max(t.user_attrs["metrics"]["n"] for t in study.trials if "metrics" in t.user_attrs)
     vanilla_key = config_key(spec.reference_config(spec.reference("vanilla")))
     assert sum(n for key, n in evaluator.calls if key == vanilla_key) == ledger.n
@@ -145,7 +146,7 @@ def test_a_dominated_trial_stops_before_the_pool_runs_out(race_study):
     assert slow.state == optuna.trial.TrialState.PRUNED and stopped_at < POOL
     # Without the fast rival the same trial earns more items than that.
     study2 = optuna.create_study(directions=["maximize", "maximize"])
-    study2.set_user_attr("baseline_ledger", study.user_attrs["baseline_ledger"])
+    StudyRecord(study2).set_own_ledger(study_ledger(study))  # the same baseline evidence, in a study of its own
     alone = run_trial(study2, objective, spec, configs["slow"])
     assert alone.user_attrs["metrics"]["n"] > stopped_at
 

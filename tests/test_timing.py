@@ -238,14 +238,16 @@ def test_probe_timer_on_the_tiny_model_ranks_vanilla_below_streaming_and_keeps_i
     timer = timer_for(spec, evaluator, items)
     vanilla = timer.measure(spec.reference_config(spec.reference("vanilla")), study, 0.0, 0)
     anchor = StudyRecord(study).speed_anchor
-    assert anchor.reference == "paper" and anchor.probe == [it.id for it in items[:2]] and anchor.trial == 0
+    # The probe is one full batch of the study's batch size (4 here), so a trial is timed at the batch it runs at.
+    assert anchor.reference == "paper" and anchor.probe == [it.id for it in items[:4]] and anchor.trial == 0
     fast = timer.measure(spec.config_for({"window": 16, "threshold": 0.7, "alpha": 0.3, "early_exit": True}),
                          study, 0.0, 1)
     assert StudyRecord(study).speed_anchor == anchor  # set once, by the first trial timed
     assert vanilla.method == fast.method == "probe-ratio"
     assert fast.tokens_per_s > 2 * vanilla.tokens_per_s
     assert vanilla.ratio > 2  # vanilla's 32 forwards per block of 32 against the reference's few
-    assert "median over passes" in fast.detail["rule"] and fast.detail["probe_items"] == 2
+    assert "median over passes" in fast.detail["rule"] and fast.detail["probe_items"] == 4
+    assert fast.detail["batch_size"] == 4
     # One decoding thread when the timer was made: passes are timed by its CPU time, the wall times kept beside.
     assert fast.detail["clock"] == "cpu" and "CPU time" in fast.detail["rule"]
     assert len(fast.detail["trial_walls"]) == len(fast.detail["trial_times"])
@@ -302,3 +304,22 @@ def test_report_files_and_show_cells_carry_the_robust_figure_and_its_spread(tmp_
     assert format_speed(points[1]) == "900.0 ±20% noisy" and format_speed(points[0]) == "100.0 ±1%"
     assert format_speed(TrialPoint(2, 0.5, 12.0)) == "12.0"
     assert SpeedEstimate(1.0, "wall").metrics() == {"tokens_per_s": 1.0, "speed_method": "wall", "speed_noisy": False}
+
+
+def test_a_study_at_batch_16_is_timed_on_a_batch_of_16(tiny, tmp_path, monkeypatch, restore_torch_threads):
+    """The probe is one full batch of the study's batch size (not 2 prompts at any batch size): the figure a study at
+    --batch-size 16 optimises is measured at batch 16, and the trial records it."""
+    from tuner.app.context import load_task
+    from tuner.study.evaluate import Evaluator
+
+    monkeypatch.setenv("DTUNE_SPEED_CACHE", str(tmp_path / "anchors.json"))
+    spec, small, _ = tiny
+    items = load_task(spec, None).load("validation")[:20]
+    evaluator = Evaluator(small.model, small.tokenizer, small.task, batch_size=16)
+    torch.set_num_threads(1)
+    timer = timer_for(spec, evaluator, items)
+    assert len(timer.prompts) == 16
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/t.db", directions=["maximize", "maximize"])
+    speed = timer.measure(spec.reference_config(spec.reference("paper")), study, 0.0, 0)
+    assert speed.detail["batch_size"] == 16 and speed.detail["probe_items"] == 16
+    assert evaluator.chunk_for(50) == 64 and evaluator.chunk_for(16) == 16  # chunks of whole batches

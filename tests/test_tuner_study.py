@@ -150,18 +150,17 @@ def test_export_confirms_on_test_and_writes_a_profile_decoder_loads(finished_stu
 
 def test_a_second_export_decodes_only_the_pick_and_registers_it_for_production(finished_study, monkeypatch,
                                                                                 capsys):
-    """The baseline's test evaluation is stored with the study: a second export of the same study decodes only its
+    """The baseline's test evaluation is stored in the shared ledger: a second export of the same study decodes only its
     pick (generations counted), says which figures it reused, registers the profile (alias candidate), and after
     `promote` production code loads it by alias."""
     import tuner.study.evaluate
-    from tuner.storage.record import StudyRecord
 
     args = small_args(finished_study, 6)
     cwd = os.getcwd()
     os.chdir(finished_study)
     try:
-        if not StudyRecord(load(finished_study, 6)).has_stored_tests:  # run on its own: the first export fills the cache
-            assert main(["export", *args, "--out", str(finished_study / "first.json"), "--force"]) == 0
+        # The first export fills the shared baseline ledger of the test split (or finds it filled by another test).
+        assert main(["export", *args, "--out", str(finished_study / "first.json"), "--force"]) == 0
         rows, real = [], tuner.study.evaluate.generate
 
         def counting(model, prompts, config, **kw):
@@ -220,7 +219,7 @@ def test_racing_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
     just the items it used; its repeat is not evaluated again."""
     from decoder import load_model
     from tuner.app.context import load_task
-    from tuner.storage.record import StudyRecord
+    from tuner.storage.shared_ledger import study_ledger
     from tuner.study.evaluate import Evaluator
     from tuner.study.objective import Objective
 
@@ -240,7 +239,7 @@ def test_racing_stops_a_trial_that_cannot_meet_the_constraint(tmp_path):
     assert stopped < 96 and reckless.user_attrs["metrics"]["race_verdict"] == "infeasible"
     assert [h["n"] for h in reckless.user_attrs["race"]] == [16, 32, 64][: len(reckless.user_attrs["race"])]
     assert reckless.constraints["accuracy"] > 0
-    assert StudyRecord(study).ledger.n == stopped  # the baseline decoded exactly the items the trial used
+    assert study_ledger(study).n == stopped  # the baseline decoded exactly the items the trial used
     # The same configuration again (alpha as a GP proposes it) is not evaluated again: it stops as trial 0 did.
     study.enqueue_trial({"window": 16, "threshold": 0.5, "alpha": 0.6999999999999998, "early_exit": True})
     study.optimize(objective, n_trials=1)

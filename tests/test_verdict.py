@@ -33,8 +33,7 @@ def a_study(cand: Evidence, base: Evidence, constraint: Constraint) -> optuna.St
     """A study holding the baseline ledger, the baseline's trial and one candidate trial, as the objective writes
     them."""
     study = optuna.create_study(directions=["maximize", "maximize"])
-    StudyRecord(study).set_ledger(LedgerState(outcomes=bits(base.outcomes), answers=join_answers(base.answers)),
-                                  "vanilla")
+    StudyRecord(study).set_own_ledger(LedgerState(outcomes=bits(base.outcomes), answers=join_answers(base.answers)))
     for name, evidence, speed in (("vanilla", base, 10.0), (None, cand, 100.0)):
         trial = study.ask()
         writer = TrialWriter(trial)

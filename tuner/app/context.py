@@ -140,6 +140,15 @@ class Context:
         return Evaluator(model, tokenizer, self.task, chat_template=self.spec.chat_template,
                          batch_size=self.spec.batch_size)
 
+    def baseline_key(self, split: str) -> str:
+        """The key of the shared baseline ledger of `split` (tuner.study.baseline.baseline_key): the model's
+        fingerprint, the whole split's content, the prompt and baseline settings."""
+        from ..study.baseline import baseline_key
+
+        config = self.spec.reference_config(self.spec.reference(self.spec.constraint.baseline))
+        return baseline_key(self.spec, config, self.model_source.get("fingerprint"),
+                            self.task.split_info(split).content_hash)
+
     # ------------------------------------------------------------------------------------- services
     def check_services(self, *, create: bool = True, write: bool = True) -> None:
         """The study database and the tracking store checked without creating anything in either (a foreign or

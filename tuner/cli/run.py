@@ -29,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.worker_child:
         for notice in ctx.task.notices():  # e.g. a validation split dtune made, an unlabelled file
             console.print(f"note: {notice}", highlight=False, markup=False, soft_wrap=True)
-    from ..storage.record import StudyRecord
+    from ..storage.shared_ledger import baseline_summary, study_ledger
     from ..study.points import front
     from ..workers.launcher import parse_n_workers, run_workers, stop_with_parent
     from ..workers.worker import Worker, WorkerOptions, interrupts
@@ -50,7 +50,6 @@ def main(args: argparse.Namespace) -> int:
         else:
             code, study = EXIT_OK, Worker(ctx, options, console).run()
     if study is not None and not args.worker_child:
-        record = StudyRecord(study)
-        print_front(stdout_console(), study.study_name, front(study, spec.constraint), record.baseline,
-                    Columns.of(spec.constraint, record.ledger.labelled))
+        print_front(stdout_console(), study.study_name, front(study, spec.constraint), baseline_summary(study),
+                    Columns.of(spec.constraint, study_ledger(study).labelled))
     return code

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..base.errors import EXIT_OK
 from ..report.files import front_table
-from ..storage.record import StudyRecord
+from ..storage.shared_ledger import baseline_summary, study_ledger
 from ..study.points import trial_points
 from ..verdict.pareto import pareto_front
 from .common import (
@@ -30,8 +30,7 @@ def main(args: argparse.Namespace) -> int:
     study = context_from_args(args, spec).load_study()
     points = trial_points(study, spec.constraint)
     best = pareto_front(points)
-    record = StudyRecord(study)
-    baseline, columns = record.baseline, Columns.of(spec.constraint, record.ledger.labelled)
+    baseline, columns = baseline_summary(study), Columns.of(spec.constraint, study_ledger(study).labelled)
     if args.json:
         shown = dict(study=study.study_name, baseline=baseline.to_dict() if baseline else None,
                      trials=[p.to_dict() for p in points], front=front_table(best))

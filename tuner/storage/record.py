@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover - `show` reads records without importing O
 # Study user attributes.
 _SPEC, _SPEC_FINGERPRINT, _INITIALIZED, _WORKERS_STARTED = "spec", "spec_fingerprint", "initialized", "workers_started"
 _PARENT_RUN = "mlflow_parent_run_id"
-_BASELINE, _LEDGER, _BASELINE_TEST = "baseline", "baseline_ledger", "baseline_test"
+_BASELINE, _LEDGER, _LEDGER_KEY = "baseline", "baseline_ledger", "baseline_ledger_key"
 _SPEED_ANCHOR = "speed_anchor"
 # Trial user attributes.
 _REFERENCE, _CONFIG, _CONFIG_KEY, _WORKER = "reference", "config", "config_key", "worker"
@@ -304,6 +303,12 @@ class LedgerState:
     def evidence(self, n: int | None = None) -> Evidence:
         return Evidence(unbits(self.outcomes), split_answers(self.answers)).head(self.n if n is None else n)
 
+    def head(self, n: int) -> LedgerState:
+        """The evidence of the first `n` items (its cost figures stay the whole ledger's: a rate, not a sum)."""
+        if n >= self.n:
+            return self
+        return dataclasses.replace(self, outcomes=self.outcomes[:n], answers=self.answers[: n * ANSWER_DIGEST_CHARS])
+
     def extended(self, more: Evidence, *, counted_tokens: int, decode_time_s: float, row_forwards: int,
                  attended_pairs: int) -> LedgerState:
         """The ledger with the next items' evidence and cost appended. Answers are kept only while they cover
@@ -338,27 +343,6 @@ class BaselineSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-
-@dataclass(frozen=True)
-class StoredTest:
-    """The baseline's evaluation of the test split, kept so that a second export decodes only its pick."""
-
-    outcomes: str
-    metrics: dict[str, Any]
-    created: str
-    answers: str = ""  # answer digests (a test stored before agreement reads "")
-
-    @property
-    def evidence(self) -> Evidence:
-        return Evidence(unbits(self.outcomes), split_answers(self.answers))
-
-
-def test_key(config_key: str, model_fingerprint: str | None, split_hash: str, size: int) -> str:
-    """What makes two test evaluations of the baseline the same: its configuration, the model's weights, the
-    split's content and how many of its items were used (the key `StudyRecord.stored_test` files them under)."""
-    return json.dumps({_CONFIG: config_key, "model": model_fingerprint, "split": split_hash, "n": size},
-                      sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -434,28 +418,23 @@ class StudyRecord:
         self.study.set_user_attr(_BASELINE, summary.to_dict())
 
     @property
-    def ledger(self) -> LedgerState:
+    def own_ledger(self) -> LedgerState | None:
+        """The ledger a study kept in itself before ledgers were shared (`shared_ledger`), if any."""
         raw = self._get(_LEDGER)
-        return LedgerState(**raw) if raw else LedgerState()
+        return LedgerState(**raw) if raw else None
 
-    def set_ledger(self, state: LedgerState, reference: str) -> None:
-        """Store a grown ledger and the baseline summary `show` prints with it."""
+    def set_own_ledger(self, state: LedgerState) -> None:
+        """A ledger kept in the study itself (tests and replays that run without a shared store)."""
         self.study.set_user_attr(_LEDGER, dataclasses.asdict(state))
-        summary = self.baseline or BaselineSummary(reference=reference)
-        self.set_baseline(dataclasses.replace(summary, accuracy=state.accuracy if state.labelled else None, n=state.n))
 
     @property
-    def has_stored_tests(self) -> bool:
-        return bool(self._get(_BASELINE_TEST))
+    def ledger_key(self) -> str | None:
+        """The key of the shared ledger (tuner.storage.shared_ledger) that holds this study's baseline evidence."""
+        return self._get(_LEDGER_KEY)
 
-    def stored_test(self, key: str) -> StoredTest | None:
-        raw = (self._get(_BASELINE_TEST) or {}).get(key)
-        return StoredTest(**raw) if raw else None
-
-    def store_test(self, key: str, test: StoredTest) -> None:
-        stored = dict(self._get(_BASELINE_TEST) or {})
-        stored[key] = dataclasses.asdict(test)
-        self.study.set_user_attr(_BASELINE_TEST, stored)
+    def set_ledger_key(self, key: str) -> None:
+        if self.ledger_key != key:
+            self.study.set_user_attr(_LEDGER_KEY, key)
 
     # --- timing
     @property

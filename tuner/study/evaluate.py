@@ -114,6 +114,11 @@ class Evaluator:
                                                       chat_template=self.chat_template)
         return self._prompt_ids[item.id]
 
+    def chunk_for(self, chunk_size: int) -> int:
+        """A chunk of whole batches (`chunk_size` rounded up to a multiple of the batch size): a chunk of 50 at
+        batch 32 would decode batches of 32 and 18, the second at another cost."""
+        return -(-chunk_size // self.batch_size) * self.batch_size
+
     def count_tokens(self, completion: str) -> int:
         cut = self.task.cut(completion)
         return len(self.tokenizer(cut, add_special_tokens=False)["input_ids"]) if cut else 0
@@ -131,13 +136,13 @@ class Evaluator:
         between chunks; racing decides between calls how many items a trial gets, tuner.verdict.racing)."""
         items = list(items)
         total = len(items)
-        if warmup and items:
-            generate(self.model, [self.prompt_ids(items[0])], config)
+        if warmup and items:  # a whole batch: allocator growth and a batch's kernels are not timed
+            generate(self.model, [self.prompt_ids(item) for item in items[: self.batch_size]], config)
         counters, counted, scoring = Counters(), 0, 0.0
         outcomes: list[bool] = []
         ids: list[str] = []
         answers: list[str] = []
-        chunk = chunk_size or total or 1
+        chunk = self.chunk_for(chunk_size or total or 1)
         for start in range(0, total, chunk):
             part = items[start : start + chunk]
             # Batch similar prompt lengths together (less padding); results don't depend on the grouping.

@@ -29,10 +29,11 @@ from ..storage.record import (
     reference_of,
     retry_of,
 )
+from ..storage.shared_ledger import adopt
 from ..verdict import racing
 from ..verdict.constraint import Constraint, Evidence, Interval
 from ..verdict.stats import Disagreement, PairedDrop, wilson_interval
-from .baseline import BaselineLedger
+from .baseline import BaselineLedger, baseline_key, items_hash
 from .evaluate import EvalResult, Evaluator
 from .lifecycle import FINISHED, fail_stale_trials
 from .space import config_key, distributions, suggest
@@ -62,9 +63,12 @@ class Objective:
         return self.spec.constraint
 
     def _default_ledger(self, study: optuna.Study) -> BaselineLedger:
-        name = self.constraint.baseline
-        return BaselineLedger(study, self.spec.reference_config(self.spec.reference(name)), name, self.evaluator,
-                              self.items, chunk_size=self.spec.chunk_size, on_progress=self.on_progress)
+        """The ledger keyed by these very items (a worker keys it by the whole split, tuner.workers.worker)."""
+        config = self.spec.reference_config(self.spec.reference(self.constraint.baseline))
+        model = getattr(getattr(self.evaluator, "model", None), "source", None) or {}
+        key = baseline_key(self.spec, config, model.get("fingerprint"), items_hash(self.items))
+        return BaselineLedger(adopt(study, key), config, self.evaluator, self.items, chunk_size=self.spec.chunk_size,
+                              on_progress=self.on_progress)
 
     def __call__(self, trial: optuna.Trial, on_keyed: Callable[[], None] | None = None) -> tuple[float, float]:
         """Run the trial. `on_keyed` is called once its configuration is recorded: a worker holds the study's claim
@@ -98,8 +102,7 @@ class Objective:
     # ------------------------------------------------------------------------------------------ baseline
     def _baseline(self, trial: optuna.Trial, ledger: BaselineLedger, reference: str) -> tuple[float, float]:
         state = ledger.ensure(self.rungs[0])
-        StudyRecord(trial.study).set_baseline(BaselineSummary(
-            reference=reference, accuracy=state.accuracy if state.labelled else None, n=state.n, trial=trial.number))
+        StudyRecord(trial.study).set_baseline(BaselineSummary(reference=reference, trial=trial.number))
         config = self.spec.reference_config(self.spec.reference(reference))
         speed = self._speed(trial, config, state.tokens_per_s, state.decode_time_s)
         metrics = TrialMetrics.from_dict({**baseline_metrics(state, self.constraint.confidence),

@@ -11,7 +11,8 @@ from optuna.trial import TrialState
 
 from decoder.config import KNOBS
 
-from ..storage.record import StudyRecord, TrialRecord, read_trials
+from ..storage.record import TrialRecord, read_trials
+from ..storage.shared_ledger import study_ledger
 from ..verdict.constraint import Constraint, ConstraintError, Verdict
 from ..verdict.pareto import TrialPoint, pareto_front
 from ..verdict.stats import wilson_interval
@@ -26,7 +27,7 @@ def trial_points(study: optuna.Study, constraint: Constraint) -> list[TrialPoint
     items. `drop*` carry the constrained quantity's bound and feasible is `constraint.verdict` on it, re-judged
     from the stored evidence, so a trial that finished before the ledger covered its items is judged like every
     other."""
-    ledger = StudyRecord(study).ledger
+    ledger = study_ledger(study)
     base = ledger.evidence()
     points = []
     for t in read_trials(study, states=(TrialState.COMPLETE, TrialState.PRUNED)):

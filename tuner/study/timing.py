@@ -6,7 +6,8 @@ benchmarking rule (pyperf, `timeit`, benchmarks/calibration.py's `time`) is: com
 measured close together in time, repeat, and take a robust statistic with its spread. So each trial, right after
 its first rung has been decoded (the configuration is warm):
 
-* decodes a fixed **probe** — the first `probe_items` items of the validation pool, the same prompts for every
+* decodes a fixed **probe** — the first `probe_items` items of the validation pool (at least one full batch of
+  the study's `batch_size`), the same prompts for every
   trial, in the study's batch size — in short passes, alternating with passes of a fixed **timing reference**
   (the cheapest-looking streaming reference, `timing_reference`: the paper's setting in the built-in specs):
   R T R T R ...;
@@ -359,6 +360,7 @@ class ProbeTimer:
         est = estimate(trial_times, ref_times, tokens, anchor, self.rule)
         detail = {**est.detail, "clock": self.clock, "trial_walls": walls["trial"], "ref_walls": walls["ref"],
                   "reference": self.reference_name, "probe_items": len(self.prompts),
+                  "batch_size": self.evaluator.batch_size,
                   "rule": self.rule.describe(self.reference_name, anchor, self.clock),
                   "elapsed_s": time.perf_counter() - t0}
         return SpeedEstimate(**{**est.__dict__, "overhead_s": sum(walls["trial"]) + sum(walls["ref"]),
@@ -385,7 +387,9 @@ def timer_for(spec: StudySpec, evaluator: Any, items: Sequence[Any], rule: Timin
     from ..base import hardware
 
     name = timing_reference(spec)
-    probe = list(items[: max(1, rule.probe_items)])
+    # At least one full batch of the study's batch size: a probe of 2 prompts at --batch-size 32 would time batch 2,
+    # another cost regime on a GPU than the one the study serves at.
+    probe = list(items[: max(1, rule.probe_items, getattr(evaluator, "batch_size", 1))])
     import torch
 
     device = next(iter(evaluator.model.parameters())).device if hasattr(evaluator.model, "parameters") else None

@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -19,7 +21,7 @@ import optuna
 from rich.console import Console
 
 from ..app.context import Context
-from ..base.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from ..base.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, TunerError
 from ..storage.locks import StudyLock
 from ..study.lifecycle import create_study, finished_count
 from .worker import WorkerOptions
@@ -58,6 +60,47 @@ def worker_devices(n: int, device: str | None) -> list[str | None]:
     if gpus == 0:
         return [device] * n
     return [f"cuda:{i % gpus}" for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one worker runs: its `--device` and the environment that isolates it (its GPU alone visible, its share
+    of the CPU threads)."""
+
+    device: str | None
+    env: dict[str, str]
+
+
+def placements(devices: list[str | None], cores: int, visible: str | None = None) -> list[Placement]:
+    """Per worker: a `cuda:K` device becomes `CUDA_VISIBLE_DEVICES=<the K-th of the parent's visible GPUs>` and
+    `--device cuda` (its GPU is the only one it sees, so no library puts anything on GPU 0), and every worker gets
+    `cores // n` CPU threads (N decode loops and the GP sampler's threads must not thrash the cores)."""
+    threads = str(max(1, cores // max(1, len(devices))))
+    ids = [v.strip() for v in visible.split(",")] if visible else None
+    out = []
+    for device in devices:
+        env = {"OMP_NUM_THREADS": threads}
+        if device and device.startswith("cuda:"):
+            k = int(device.split(":", 1)[1])
+            env["CUDA_VISIBLE_DEVICES"] = ids[k] if ids and k < len(ids) else str(k)
+            device = "cuda"
+        out.append(Placement(device, env))
+    return out
+
+
+def check_fits(devices: list[str | None], weight_bytes: int, gpu_bytes: dict[str, int]) -> None:
+    """Refuse, in one line, workers that share a GPU with a model that can't be held twice there (its weights
+    alone over ~45% of the GPU's memory): they would run out of memory mid-trial, not at start."""
+    shared: dict[str, int] = {}
+    for device in devices:
+        if device and device.startswith("cuda"):
+            shared[device] = shared.get(device, 0) + 1
+    for device, count in shared.items():
+        total = gpu_bytes.get(device)
+        if count > 1 and total and count * weight_bytes > 0.9 * total:
+            raise TunerError(f"{count} workers would share {device}, but the model's weights ({weight_bytes / 2**30:.1f} "
+                             f"GiB) fit {device}'s {total / 2**30:.0f} GiB at most once with room to decode; use at "
+                             "most one worker per GPU (--n-workers auto)")
 
 
 def child_argv(argv: list[str], device: str | None, worker_index: int | None) -> list[str]:
@@ -103,6 +146,21 @@ def stop_with_parent() -> None:
         return
     if os.getppid() != int(parent):
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def weight_bytes(ctx: Context) -> int:
+    """The size of the checkpoint's weight files (what a worker holds on its GPU at the least)."""
+    from decoder.loading import weight_files
+
+    return sum(f.stat().st_size for f in weight_files(Path(ctx.model_source["path"])))
+
+
+def gpu_memory(devices: list[str | None]) -> dict[str, int]:
+    """Total memory of each CUDA device named (`cuda:K`)."""
+    import torch
+
+    return {d: torch.cuda.get_device_properties(int(d.split(":")[1])).total_memory
+            for d in set(devices) if d and d.startswith("cuda:")}
 
 
 def _cpu_count() -> int:
@@ -165,17 +223,18 @@ def run_workers(ctx: Context, opts: WorkerOptions, argv: list[str], n: int,
         return EXIT_OK, study
 
     devices = worker_devices(n, ctx.options.device)
+    if any(d and d.startswith("cuda") for d in devices):
+        check_fits(devices, weight_bytes(ctx), gpu_memory(devices))
     env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
-    on_cpu = not any(d and d.startswith("cuda") for d in devices)
-    if on_cpu and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, _cpu_count() // n))
     procs: list[subprocess.Popen] = []
     indices = [first + i for i in range(n)]
-    for index, device in zip(indices, devices, strict=True):
-        cmd = [sys.executable, "-m", "tuner", *child_argv(argv, device, index)]
-        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+    places = placements(devices, _cpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    for index, place in zip(indices, places, strict=True):
+        cmd = [sys.executable, "-m", "tuner", *child_argv(argv, place.device, index)]
+        own = {**env, **{k: v for k, v in place.env.items() if k not in os.environ or k == "CUDA_VISIBLE_DEVICES"}}
+        procs.append(subprocess.Popen(cmd, env=own, start_new_session=True))
     where = ", ".join(sorted({d or "default device" for d in devices}))
-    threads = f", OMP_NUM_THREADS={env['OMP_NUM_THREADS']}" if on_cpu and "OMP_NUM_THREADS" in env else ""
+    threads = f", OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS') or places[0].env['OMP_NUM_THREADS']} each"
     console.print(f"study {name}: started {n} workers (pids {', '.join(str(p.pid) for p in procs)}) on {where}"
                   f"{threads}; {done}/{spec.trials} trials finished")
 

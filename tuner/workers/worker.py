@@ -36,6 +36,7 @@ from ..storage.optuna_internals import backend, study_id
 from ..storage.record import StudyRecord, TrialRecord, TrialWriter
 from ..storage.resilience import is_transient
 from ..storage.retry import stale_handler
+from ..storage.shared_ledger import adopt
 from ..study.baseline import BaselineLedger
 from ..study.lifecycle import budget_counts, create_study, fail_stale_trials, finished_count, requeue
 from ..study.objective import LedgerFactory, Objective
@@ -157,16 +158,17 @@ class Worker:
         return study
 
     def _ledger_factory(self, storage: optuna.storages.RDBStorage, items: list) -> LedgerFactory:
-        """The baseline ledger of this worker's trials, grown under a lock of its own (decoding the baseline can
-        take minutes, so it must not hold the claim lock; an hour's timeout, since waiting is what a second
-        worker that needs the same items should do)."""
-        spec, name = self.ctx.spec, self.ctx.study_name
-        reference = spec.constraint.baseline
-        config = spec.reference_config(spec.reference(reference))
+        """The baseline ledger of this worker's trials: shared under its key by every study of this model, split and
+        baseline (tuner.study.baseline), grown under a lock of its own (decoding the baseline can take minutes, so
+        not the claim lock; an hour's timeout, since waiting is what a second worker that needs the same items
+        should do)."""
+        spec = self.ctx.spec
+        config = spec.reference_config(spec.reference(spec.constraint.baseline))
+        key = self.ctx.baseline_key("validation")
 
         def factory(study: optuna.Study) -> BaselineLedger:
-            return BaselineLedger(study, config, reference, self.ctx.evaluator, items, chunk_size=spec.chunk_size,
-                                  lock=lambda: held_study_lock(storage, f"{name}:baseline", timeout_s=3600),
+            return BaselineLedger(adopt(study, key), config, self.ctx.evaluator, items, chunk_size=spec.chunk_size,
+                                  lock=lambda: held_study_lock(storage, f"ledger:{key}", timeout_s=3600),
                                   on_progress=self._on_progress)
 
         return factory
