@@ -36,7 +36,7 @@ def baseline_key(spec: StudySpec, config: DecodeConfig, model_fingerprint: str |
     matches."""
     ident = {"model": model_fingerprint or spec.model, "split": split_hash, "task": spec.task,
              "task_options": spec.task_options, "few_shot": spec.few_shot, "chat_template": spec.chat_template,
-             "baseline": config_key(config), "batch_size": spec.batch_size}
+             "decode": config_key(config), "batch_size": spec.batch_size}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

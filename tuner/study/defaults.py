@@ -9,9 +9,11 @@ choices, the paper's window) follow an overridden `decode.gen_length` unless the
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..tasks import Task
+from ..verdict.constraint import Constraint
 from .spec import SpecError, StudySpec, apply_overrides, spec_from_dict
 
 DEFAULT_GEN_LENGTH = 256  # a prompts file says nothing about its answers' length: lm-eval's default
@@ -32,8 +34,8 @@ def spec_for_task(task_name: str, task: Task, model: str | None, overrides: list
         "task": task_name, "model": model or given.get("model"),
         "description": f"{task_name}: defaults for a task without a study spec (tuner.study.defaults)",
         "decode": {"gen_length": gen, "block_size": BLOCK_SIZE},
-        "constraint": {"baseline": "vanilla", "max_drop": DEFAULT_MAX_DROP,
-                       "metric": "accuracy" if task.labelled else "agreement"},
+        "constraint": dataclasses.asdict(Constraint(max_drop=DEFAULT_MAX_DROP,
+                                                    metric="accuracy" if task.labelled else "agreement")),
         "race": {"min_items": 150, "growth": 2}, "trials": 30, "sampler": "gp", "seed": 0, "batch_size": 1,
         "chunk_size": 50,
     }
