@@ -65,5 +65,5 @@ def test_an_lm_eval_task_file_is_tuned_with_its_labels(tmp_path):
     task = ["--task", str(EXAMPLES / "arith.yaml"), "--model", MODEL]
     run = tuner(["run", *task, "--trials", "1", *SMALL[2:], *store, "--accept-low-power", "--no-progress"], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "dtune divided them by a stable hash" in run.stderr  # no validation split in the file: said so
+    assert "dtune divided its test split by a stable hash" in run.stderr  # no validation split in the file: said so
     assert "accuracy vs tokens/s" in run.stdout and "drop [upper]" in run.stdout
