@@ -167,3 +167,19 @@ def test_the_example_files_are_what_their_generator_writes():
 
     assert (REPO / "examples" / "arith.jsonl").read_text() == jsonl(arith_records())
     assert EXAMPLE.read_text() == jsonl(prompt_records())
+
+
+def test_an_answer_regex_makes_agreement_read_the_answer_not_its_wording(tmp_path):
+    """A prompts file may say where the answer is (task_options.answer_regex), as a task's extraction filter does:
+    two completions that word the same answer differently then agree; without it any wording change counts."""
+    path = write(tmp_path, questions(40))
+    plain, extracting = get_task(str(path)), get_task(str(path), answer_regex=r"#### (-?\d+)")
+    item = plain.load("test")[0]
+    one, other = "So 3 + 3 = 6.\n#### 6", "3 and 3 make 6.  #### 6 "
+    assert plain.answer(item, one) != plain.answer(item, other)
+    assert extracting.answer(item, one) == extracting.answer(item, other) == "6"
+    assert extracting.answer(item, "no number here") == "[invalid]"
+    with pytest.raises(TaskError, match="is not a regular expression"):
+        get_task(str(path), answer_regex="(")
+    with pytest.raises(TaskError, match="give at most one"):
+        get_task(str(path), answer_regex="(a)(b)")

@@ -4,7 +4,7 @@
     python -m tools.example_data --completions   # + tests/fixtures/arith_completions.jsonl (tiny model, ~10 CPU-min)
 
 `examples/arith.jsonl` holds the built-in arith task's validation and test problems (seed 1234, 500 each, in that
-order), `examples/prompts.jsonl` every other test question as an unlabelled prompt. Both are deterministic (a test
+order), `examples/prompts.jsonl` 1,000 other arith questions (seed 4321) as unlabelled prompts. Both are deterministic (a test
 checks the files are what this writes). The completions are the bundled tiny model's real answers to every problem
 of `examples/arith.jsonl` under a lossy streaming setting (tau0 0.5) and, for the first 300, a lossier one (0.3),
 so that both right and wrong verdicts occur; `tests/test_task_lm_eval.py` scores them with the built-in task and
@@ -32,9 +32,14 @@ def arith_records() -> list[dict]:
     return [item.data for split in ("validation", "test") for item in task.load(split)]
 
 
+PROMPTS_SEED, PROMPTS = 4321, 1000
+
+
 def prompt_records() -> list[dict]:
-    """The lines of `examples/prompts.jsonl`: 250 of the arith test questions as raw prompts, no answers."""
-    return [{"prompt": format_prompt(item.data["question"])} for item in ArithTask().load("test")[::2]]
+    """The lines of `examples/prompts.jsonl`: 1,000 arith questions of a draw of their own (seed 4321) as raw
+    prompts, no answers: enough for a margin of a few points on each half of the hash split."""
+    task = ArithTask(seed=PROMPTS_SEED, validation_size=PROMPTS, test_size=1)
+    return [{"prompt": format_prompt(item.data["question"])} for item in task.load("validation")]
 
 
 def jsonl(records: list[dict]) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Item, Message, Prompt, ScoreResult, Task
+from .base import NO_ANSWER, Item, Message, Prompt, ScoreResult, Task, normalize_whitespace
 from .errors import TaskError
 from .files import read_jsonl
 from .sampling import in_validation
@@ -61,6 +62,18 @@ def _key(prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False, sort_keys=True)
 
 
+def _compile(answer_regex: str | None) -> re.Pattern[str] | None:
+    if answer_regex is None:
+        return None
+    try:
+        pattern = re.compile(answer_regex)
+    except (re.error, TypeError) as exc:
+        raise TaskError(f"answer_regex {answer_regex!r} is not a regular expression: {exc}") from None
+    if pattern.groups > 1:
+        raise TaskError(f"answer_regex {answer_regex!r} has {pattern.groups} groups; give at most one (the answer)")
+    return pattern
+
+
 class PromptsFile(Task):
     """Unlabelled prompts from a JSONL file, split by a stable hash; see the module docstring for the format."""
 
@@ -74,6 +87,7 @@ class PromptsFile(Task):
         seed: int = DEFAULT_SEED,
         validation_fraction: float = 0.5,
         stop_sequences: Sequence[str] = (),
+        answer_regex: str | None = None,
     ) -> None:
         # A file, not a dataset: a data_dir (or $DTUNE_DATA_DIR, which Task.__init__ resolves) is irrelevant.
         self.data_dir = None
@@ -86,6 +100,7 @@ class PromptsFile(Task):
         self.path = Path(path)
         self.name = self.path.name  # type: ignore[misc]  # a per-file name, not the class's
         self._stop_sequences = tuple(stop_sequences)  # type: ignore[misc]
+        self.answer_pattern = _compile(answer_regex)
         self.seed, self.validation_fraction = seed, validation_fraction
         self._prompts: dict[str, Prompt] = {}
         self._lines: dict[str, int] = {}
@@ -145,6 +160,17 @@ class PromptsFile(Task):
     def prompt(self, item: Item) -> Prompt:
         prompt = self._prompts[item.id]
         return prompt if isinstance(prompt, str) else [dict(m) for m in prompt]
+
+    def answer(self, item: Item, completion: str) -> str:
+        """With `answer_regex`, what its first match (or its one group) reads in the cut completion, as a task's
+        extraction filter would (NO_ANSWER without a match): agreement then ignores how an answer is worded; without
+        it, the whole cut completion, whitespace-normalised (any change of wording counts)."""
+        if self.answer_pattern is None:
+            return super().answer(item, completion)
+        found = self.answer_pattern.search(self.cut(completion))
+        if found is None:
+            return NO_ANSWER
+        return normalize_whitespace(found.group(1) if self.answer_pattern.groups else found.group(0))
 
     def score(self, item: Item, completion: str) -> ScoreResult:
         raise TaskError(f"{self.path} has no answers to score against (an unlabelled prompts file); a study on it "
