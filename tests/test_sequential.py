@@ -22,6 +22,7 @@ from tuner.verdict.sequential import (
     boundaries,
     confirm_in_stages,
     spent,
+    stopping_probabilities,
 )
 from tuner.verdict.stats import tango_score
 
@@ -33,7 +34,7 @@ def test_obrien_fleming_boundaries_match_the_published_values():
     assert boundaries(QUARTERS, 0.025, "obrien-fleming") == pytest.approx((4.3326, 2.9631, 2.3590, 2.0141), abs=2e-4)
 
 
-@pytest.mark.parametrize("spending", ["obrien-fleming", "pocock"])
+@pytest.mark.parametrize("spending", ["obrien-fleming", "pocock", "hsd:-2", "hsd:0"])
 @pytest.mark.parametrize("looks", [QUARTERS, (0.1, 0.3, 1.0), (0.5, 1.0)])
 def test_the_boundaries_spend_exactly_alpha_over_correlated_looks(spending, looks):
     """An independent computation (Genz's multivariate normal CDF): under the canonical process
@@ -46,6 +47,9 @@ def test_the_boundaries_spend_exactly_alpha_over_correlated_looks(spending, look
     for k in range(1, len(t) + 1):
         stay = multivariate_normal(mean=np.zeros(k), cov=cov[:k, :k]).cdf(c[:k], rng=np.random.default_rng(0))
         assert 1 - stay == pytest.approx(spent(t[k - 1], alpha, spending), abs=2e-4)
+    # The same recursion with no drift stops at each look with the error that look spends.
+    steps = np.diff([0.0, *(spent(x, alpha, spending) for x in looks)])
+    assert stopping_probabilities(looks, tuple(c), 0.0) == pytest.approx(steps, abs=1e-6)
 
 
 def test_boundaries_are_monotone_and_never_looser_than_the_fixed_test():
@@ -59,6 +63,21 @@ def test_boundaries_are_monotone_and_never_looser_than_the_fixed_test():
         assert conf > 0.95  # every look is stricter than the fixed test
     spending = [spent(t, 0.05, s) for s in ("obrien-fleming", "pocock") for t in QUARTERS]
     assert spending[3] == spending[7] == 0.05
+
+
+def test_expected_items_match_a_simulation_of_the_procedure():
+    """The cost a design promises (`expected_items`, normal approximation, futility left out) against the
+    procedure run on 400 simulated splits of a pick 3 points under the margin."""
+    constraint, total, rng = Constraint(max_drop=5.0), 1000, np.random.default_rng(4)
+    for design in (Design(QUARTERS), Design(QUARTERS, "pocock")):
+        used = []
+        for _ in range(400):
+            cand, base = outcomes(total, 0.03, 0.06, rng)
+            used.append(confirm_in_stages(design, total, constraint, pick=lambda s, e, cand=cand: cand[s:e],
+                                          baseline=lambda n, base=base: base[:n]).items)
+        promised = design.expected_items(total, 0.03, 0.06, 0.05)
+        assert abs(np.mean(used) - promised) < 3 * np.std(used) / math.sqrt(len(used)) + 5, (np.mean(used), promised)
+        assert promised < 0.85 * total
 
 
 def test_one_look_is_todays_fixed_test():
@@ -189,8 +208,9 @@ def test_bad_designs_are_refused():
     for looks in ((), (0.5,), (0.5, 0.5, 1.0), (0.0, 1.0), (0.7, 0.3, 1.0)):
         with pytest.raises(DesignError):
             Design(looks)
-    with pytest.raises(DesignError):
-        Design(spending="haybittle")
+    for spending in ("haybittle", "hsd:", "hsd:x", "hsd:99"):
+        with pytest.raises(DesignError):
+            Design(spending=spending)
     with pytest.raises(DesignError, match="not the constraint's"):
         Design(confidence=0.9).decide(0, [True], [True], Constraint(), 1)
     assert Design(QUARTERS).stages(3) == (1, 2, 3)  # looks that round together merge

@@ -17,8 +17,13 @@ margin) ≤ α = 1 − confidence.
 **Alpha spending** (Lan & DeMets, Biometrika 70:659, 1983). The error α is spent over the looks by a function
 α(t) of the information fraction t = n_k / N: O'Brien-Fleming-type α(t) = 2 − 2Φ(z_{1−α/2} / √t) (the default:
 almost nothing spent early, so the last look's confidence stays close to the fixed test's and power is barely
-lost) or Pocock-type α(t) = α · ln(1 + (e − 1) t) (spends evenly: more early stops, a stricter last look). The
-looks are the actual fractions of the split in hand (rounded item counts), as Lan-DeMets allows.
+lost) or Pocock-type α(t) = α · ln(1 + (e − 1) t) (spends evenly: more early stops, a stricter last look), or the
+Hwang-Shih-DeCani family between them, `hsd:γ`: α(t) = α (1 − e^(−γt)) / (1 − e^(−γ)) (γ = −4 is close to
+O'Brien-Fleming, γ = 1 to Pocock). The looks are the actual fractions of the split in hand (rounded item counts),
+as Lan-DeMets allows. What a design costs and keeps (`Design.expected_items`, `stopping_probabilities`): for a
+pick 3.1 points under a 5-point margin with 5.3% discordant items on 1,500 test items (the calibration's usual
+knee), quarters with O'Brien-Fleming spending decode 75% of the split on average and confirm 88.9% of the time
+(the fixed test: 100%, 89.6%); Pocock 62% and 84.3%; ten looks with hsd:-2 64% and 87.6%.
 
 **Boundaries, computed exactly for correlated looks.** A one-sided score bound at confidence 1 − α'_k is within
 the margin m exactly when the score statistic at m, Z_k = Z(m) (Tango's for the paired drop, the binomial score
@@ -53,7 +58,8 @@ from scipy.stats import norm
 from .constraint import Constraint, Verdict
 
 __all__ = ["CONFIRMED", "CONTINUE", "DEFAULT_LOOKS", "REFUSED", "SPENDING", "Decision", "Design", "DesignError",
-           "StagedConfirmation", "StageStore", "boundaries", "confirm_in_stages", "spent"]
+           "StagedConfirmation", "StageStore", "boundaries", "confirm_in_stages", "spent",
+           "stopping_probabilities"]
 
 CONFIRMED, REFUSED, CONTINUE = "confirmed", "refused", "continue"
 DEFAULT_LOOKS = (0.25, 0.5, 0.75, 1.0)
@@ -74,7 +80,32 @@ def spent(t: float, alpha: float, spending: str) -> float:
         return float(2.0 * norm.sf(norm.isf(alpha / 2.0) / math.sqrt(t)))
     if spending == "pocock":
         return alpha * math.log(1.0 + (math.e - 1.0) * t)
+    if spending.startswith("hsd:"):
+        gamma = _hsd_gamma(spending)
+        if gamma == 0:
+            return alpha * t
+        return alpha * (1.0 - math.exp(-gamma * t)) / (1.0 - math.exp(-gamma))
     raise DesignError(f"unknown spending {spending!r}; use one of {', '.join(SPENDING)}")
+
+
+def _hsd_gamma(spending: str) -> float:
+    try:
+        gamma = float(spending.split(":", 1)[1])
+    except ValueError:
+        raise DesignError(f"hsd spending needs a number, as in hsd:-2, got {spending!r}") from None
+    if not math.isfinite(gamma) or not -40 <= gamma <= 40:
+        raise DesignError(f"hsd spending's gamma must be in [-40, 40], got {spending!r}")
+    return gamma
+
+
+def check_spending(spending: str) -> str:
+    """`spending` if it names a spending function (SPENDING, or hsd:GAMMA), else DesignError."""
+    if spending in SPENDING:
+        return spending
+    if spending.startswith("hsd:"):
+        _hsd_gamma(spending)
+        return spending
+    raise DesignError(f"unknown spending {spending!r}; use one of {', '.join(SPENDING)} or hsd:GAMMA")
 
 
 @lru_cache(maxsize=256)
@@ -123,6 +154,33 @@ def _crossing_boundary(xs: np.ndarray, ws: np.ndarray, sd: float, step: float) -
     return float(brentq(crossing, -40.0, float(xs[-1]) + 12 * sd + 1.0, xtol=1e-12))
 
 
+def stopping_probabilities(fractions: Sequence[float], crit: Sequence[float], theta: float,
+                           grid: int = 1201) -> tuple[float, ...]:
+    """P(first crossing at look k) for the canonical process with drift: B(t) = Z √t ~ N(θ t, t), crossing when
+    Z_k ≥ c_k (the same recursion as `boundaries`, with the drift; θ = 0 gives the spent error). Futility stops
+    are left out, so for a good pick the implied items are an upper bound."""
+    out: list[float] = []
+    xs = ws = None
+    prev_t = 0.0
+    for t, c in zip(fractions, crit, strict=True):
+        b = c * math.sqrt(t) if math.isfinite(c) else theta * t + 12.0 * math.sqrt(t)
+        lo = theta * t - 12.0 * math.sqrt(t)
+        if xs is None:
+            out.append(float(norm.sf((b - theta * t) / math.sqrt(t))) if math.isfinite(c) else 0.0)
+            new_xs = np.linspace(lo, b, grid)
+            dens = norm.pdf((new_xs - theta * t) / math.sqrt(t)) / math.sqrt(t)
+        else:
+            dt_, sd = t - prev_t, math.sqrt(t - prev_t)
+            out.append(float(np.dot(ws, norm.sf((b - xs - theta * dt_) / sd))) if math.isfinite(c) else 0.0)
+            new_xs = np.linspace(lo, b, grid)
+            dens = (norm.pdf((new_xs[:, None] - xs[None, :] - theta * dt_) / sd) / sd) @ ws
+        h = new_xs[1] - new_xs[0]
+        trap = np.full(grid, h)
+        trap[0] = trap[-1] = h / 2
+        xs, ws, prev_t = new_xs, dens * trap, t
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Decision:
     """What one look says: `action` confirmed / refused / continue, with the bound behind it.
@@ -169,8 +227,7 @@ class Design:
         if not looks or any(not 0 < x <= 1 for x in looks) or any(b <= a for a, b in zip(looks, looks[1:], strict=False)) \
                 or looks[-1] != 1.0:
             raise DesignError(f"looks must be increasing fractions in (0, 1] ending at 1, got {self.looks!r}")
-        if self.spending not in SPENDING:
-            raise DesignError(f"unknown spending {self.spending!r}; use one of {', '.join(SPENDING)}")
+        check_spending(self.spending)
         if not 0.5 < self.confidence < 1:
             raise DesignError(f"confidence must be in (0.5, 1), got {self.confidence!r}")
 
@@ -243,6 +300,25 @@ class Design:
                                 reason=f"futility: lower {constraint.confidence:.0%} bound beyond the margin at "
                                        f"look {look + 1}")
         return Decision(CONTINUE, look, n, conf, bound, verdict, futile, reason="undecided")
+
+    def expected_items(self, total: int, drop: float, discordance: float, margin: float) -> float:
+        """Expected test items until the design stops, for a pick whose true paired drop is `drop` with a
+        discordant share `discordance` (normal approximation: Tango's score at the margin, Z = (b − c − n·m) /
+        sqrt(n·V0), drifts by (m − drop) · sqrt(n / V0), V0 its null variance at the expected counts); futility
+        stops are not counted, so it is an upper bound for a good pick. What the cost plan shows for the test."""
+        from .stats import tango_score
+
+        stages = self.stages(total)
+        fractions = tuple(n / total for n in stages)
+        crit = [norm.isf(1 - c) if c < 1 else math.inf for c in self.look_confidences(total)]
+        big = 10**6  # expected counts on a large n: V0 as a rate
+        b, c = big * (discordance + drop) / 2, big * max(discordance - drop, 0.0) / 2
+        z = tango_score(b, c, big, margin)  # type: ignore[arg-type]
+        v0 = ((b - c - big * margin) / z) ** 2 / big if z else max(discordance, 1e-9)
+        theta = (margin - drop) * math.sqrt(total / v0)
+        stop = stopping_probabilities(fractions, crit, theta)
+        going = 1.0 - sum(stop[:-1])
+        return sum(p * n for p, n in zip(stop[:-1], stages[:-1], strict=True)) + going * stages[-1]
 
     def to_dict(self, total: int | None = None) -> dict[str, Any]:
         """The design as a profile records it (with the looks' item counts and confidences on `total` items)."""
