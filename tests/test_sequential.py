@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -214,3 +215,41 @@ def test_bad_designs_are_refused():
     with pytest.raises(DesignError, match="not the constraint's"):
         Design(confidence=0.9).decide(0, [True], [True], Constraint(), 1)
     assert Design(QUARTERS).stages(3) == (1, 2, 3)  # looks that round together merge
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Per-item evidence as the agreement constraint reads it (outcomes and answer keys, in split order)."""
+
+    outcomes: tuple[bool, ...] = ()
+    answers: tuple[str, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return max(len(self.outcomes), len(self.answers))
+
+    def head(self, n: int) -> Evidence:
+        return Evidence(self.outcomes[:n], self.answers[:n])
+
+
+@dataclass(frozen=True)
+class ReadsEvidence(Constraint):
+    def compare(self, candidate, baseline):
+        assert isinstance(candidate, Evidence) and candidate.n == baseline.n
+        return super().compare(list(candidate.outcomes), list(baseline.outcomes))
+
+
+def test_stages_carry_per_item_evidence_and_resume_it():
+    constraint, design, total = ReadsEvidence(max_drop=5.0), Design(QUARTERS), 800
+    cand, base = outcomes(total, 0.045, 0.07, np.random.default_rng(0))
+    ev = lambda xs, s, e: Evidence(tuple(xs[s:e]), tuple(str(x) for x in xs[s:e]))  # noqa: E731
+    plain = confirm_in_stages(design, total, Constraint(max_drop=5.0), pick=lambda s, e: cand[s:e],
+                              baseline=lambda n: base[:n])
+    store = MemoryStore()
+    with pytest.raises(KeyboardInterrupt):
+        confirm_in_stages(design, total, constraint, baseline=lambda n: ev(base, 0, n), store=store,
+                          pick=lambda s, e: ev(cand, s, e) if s < 400 else (_ for _ in ()).throw(KeyboardInterrupt))
+    assert isinstance(store.outcomes, Evidence) and store.outcomes.n == 400
+    again = confirm_in_stages(design, total, constraint, pick=lambda s, e: ev(cand, s, e),
+                              baseline=lambda n: ev(base, 0, n), store=store)
+    assert again.resumed == 400 and [d.to_dict() for d in again.decisions] == [d.to_dict() for d in plain.decisions]

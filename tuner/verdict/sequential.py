@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -262,10 +262,10 @@ class Design:
         return tuple(float(norm.cdf(c)) if math.isfinite(c) else 1.0
                      for c in boundaries(fractions, self.alpha, self.spending))
 
-    def decide(self, look: int, candidate: Sequence[Any], baseline: Sequence[Any], constraint: Constraint,
-               total: int) -> Decision:
-        """The verdict at look `look` (0-based) of a `total`-item split, from the per-item outcomes of the first
-        `stages(total)[look]` items (longer sequences are cut there), through `constraint.compare` and
+    def decide(self, look: int, candidate: Any, baseline: Any, constraint: Constraint, total: int) -> Decision:
+        """The verdict at look `look` (0-based) of a `total`-item split, from what the pick and the baseline said
+        on the split's first `stages(total)[look]` items (per-item outcomes, or whatever `constraint.compare`
+        takes that has `n` and `head(n)`; longer ones are cut there), through `constraint.compare` and
         `constraint.verdict` at the look's confidence (module docstring)."""
         if abs(constraint.confidence - self.confidence) > 1e-12:
             raise DesignError(f"the design's confidence {self.confidence} is not the constraint's "
@@ -274,11 +274,11 @@ class Design:
         if not 0 <= look < len(stages):
             raise DesignError(f"look {look} is not one of the design's {len(stages)} on {total} items")
         n = stages[look]
-        if len(candidate) < n or len(baseline) < n:
-            raise DesignError(f"look {look + 1} needs {n} items; got {len(candidate)} and {len(baseline)}")
+        if _length(candidate) < n or _length(baseline) < n:
+            raise DesignError(f"look {look + 1} needs {n} items; got {_length(candidate)} and {_length(baseline)}")
         last = look == len(stages) - 1
         conf = self.look_confidences(total)[look]
-        cand, base = list(candidate[:n]), list(baseline[:n])
+        cand, base = _head(candidate, n), _head(baseline, n)
         if conf >= 1.0:  # the look spends no error: it can't confirm
             bound: Any = _NoBound(n)
             verdict = Verdict.UNDECIDED
@@ -342,18 +342,35 @@ class _NoBound:
     upper: float = math.inf
 
 
+def _length(x: Any) -> int:
+    return int(x.n) if hasattr(x, "head") else len(x)
+
+
+def _head(x: Any, n: int) -> Any:
+    return x.head(n) if hasattr(x, "head") else list(x[:n])
+
+
+def _concat(a: Any, b: Any) -> Any:
+    """Per-item evidence of consecutive slices as one (lists, or dataclasses of per-item tuples such as the
+    constraint's `Evidence`)."""
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return dataclasses.replace(a, **{f.name: tuple(getattr(a, f.name)) + tuple(getattr(b, f.name))
+                                         for f in dataclasses.fields(a)})
+    return [*a, *b]
+
+
 # ------------------------------------------------------------------------------------- running the stages
 class StageStore(Protocol):
     """Where a staged confirmation keeps the pick's test outcomes as it decodes them, so that a killed export
     resumes at the stage it reached. Keyed by its owner on (pick configuration, model, split, design): outcomes
     from another design would let a resumed export look more often than it declared."""
 
-    def load(self) -> list[Any]:
-        """The pick's outcomes on the split's first items, as far as decoded (empty at first)."""
+    def load(self) -> Any:
+        """What the pick said on the split's first items, as far as decoded (empty or None at first)."""
         ...
 
-    def save(self, outcomes: list[Any]) -> None:
-        """Record the pick's outcomes on the split's first len(outcomes) items."""
+    def save(self, outcomes: Any) -> None:
+        """Record what the pick said on the split's first items (as `pick` returns it, concatenated)."""
         ...
 
 
@@ -361,13 +378,13 @@ class StageStore(Protocol):
 class MemoryStore:
     """A StageStore in memory (tests, the calibration replay)."""
 
-    outcomes: list[Any] = field(default_factory=list)
+    outcomes: Any = None
 
-    def load(self) -> list[Any]:
-        return list(self.outcomes)
+    def load(self) -> Any:
+        return self.outcomes
 
-    def save(self, outcomes: list[Any]) -> None:
-        self.outcomes = list(outcomes)
+    def save(self, outcomes: Any) -> None:
+        self.outcomes = outcomes
 
 
 @dataclass(frozen=True)
@@ -405,26 +422,29 @@ class StagedConfirmation:
 
 
 def confirm_in_stages(design: Design, total: int, constraint: Constraint, *,
-                      pick: Callable[[int, int], Sequence[Any]], baseline: Callable[[int], Sequence[Any]],
+                      pick: Callable[[int, int], Any], baseline: Callable[[int], Any],
                       store: StageStore | None = None,
                       on_look: Callable[[Decision], None] | None = None) -> StagedConfirmation:
     """Decode the test split stage by stage and stop at the first look that decides (`Design.decide`).
 
-    `pick(start, stop)` decodes the pick on the split's items [start, stop) and returns their outcomes;
-    `baseline(n)` returns the baseline's outcomes on the first n items (decoding what its own cache lacks);
+    `pick(start, stop)` decodes the pick on the split's items [start, stop) and returns their outcomes (a list,
+    or the constraint's per-item evidence); `baseline(n)` returns the baseline's on the first n items (decoding
+    what its own cache lacks);
     `store` keeps the pick's outcomes after every stage, so a call after a kill decodes only the stages it had not
     reached, and takes the same decisions on the stored ones (the looks are a function of the outcomes)."""
     store = store or MemoryStore()
-    done = list(store.load())[:total]
-    resumed, decoded = len(done), 0
+    stored = store.load()
+    done = _head(stored, min(total, _length(stored))) if stored is not None and _length(stored) else None
+    resumed, decoded = (_length(done) if done is not None else 0), 0
     decisions: list[Decision] = []
     for look, n in enumerate(design.stages(total)):
-        if len(done) < n:
-            new = list(pick(len(done), n))
-            if len(new) != n - len(done):
-                raise DesignError(f"the pick's decode returned {len(new)} outcomes for {n - len(done)} items")
-            done += new
-            decoded += len(new)
+        have = _length(done) if done is not None else 0
+        if have < n:
+            new = pick(have, n)
+            if _length(new) != n - have:
+                raise DesignError(f"the pick's decode returned {_length(new)} outcomes for {n - have} items")
+            done = new if done is None else _concat(done, new)
+            decoded += n - have
             store.save(done)
         decision = design.decide(look, done, baseline(n), constraint, total)
         decisions.append(decision)
