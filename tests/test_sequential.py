@@ -173,6 +173,9 @@ def test_clear_verdicts_stop_early_either_way():
     slow = confirm_in_stages(no_futility, total, constraint, pick=lambda s, e: cand[s:e],
                              baseline=lambda n: base[:n])
     assert slow.final.action == REFUSED and slow.items == total
+    assert first.confirmation(constraint).confirmed and first.confirmation(constraint).rule()["n"] == 375
+    assert first.confirmation(constraint).rule()["confidence"] == first.final.confidence > 0.9999
+    assert Design(QUARTERS).key(1500) == Design(QUARTERS).key(1500) != Design(QUARTERS, "pocock").key(1500)
     record = bad.to_dict()
     assert record["stages_used"] == len(bad.decisions) and record["items_decoded"] == bad.items
     assert record["design"]["items"] == [375, 750, 1125, 1500]

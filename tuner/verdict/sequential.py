@@ -320,6 +320,16 @@ class Design:
         going = 1.0 - sum(stop[:-1])
         return sum(p * n for p, n in zip(stop[:-1], stages[:-1], strict=True)) + going * stages[-1]
 
+    def key(self, total: int) -> str:
+        """A short fingerprint of the design on a `total`-item split, for keying stored stages: a resumed export
+        must look where the killed one declared it would."""
+        import hashlib
+        import json
+
+        raw = json.dumps({"looks": self.stages(total), "spending": self.spending, "confidence": self.confidence,
+                          "futility": self.futility}, sort_keys=True)
+        return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
     def to_dict(self, total: int | None = None) -> dict[str, Any]:
         """The design as a profile records it (with the looks' item counts and confidences on `total` items)."""
         out: dict[str, Any] = {
@@ -409,6 +419,14 @@ class StagedConfirmation:
     def items(self) -> int:
         """Test items the verdict rests on (the pick and the baseline were decoded on these)."""
         return self.final.n
+
+    def confirmation(self, constraint: Constraint) -> Any:
+        """The verdict as `tuner.verdict.selection.Confirmation` (what export's refusal and the profile's
+        `non_inferiority` block read): the last look's bound, at that look's confidence."""
+        from .selection import Confirmation
+
+        look = dataclasses.replace(constraint, confidence=self.final.confidence)
+        return Confirmation(self.confirmed, self.final.bound, look)
 
     def to_dict(self) -> dict[str, Any]:
         """What the profile records: the design, the looks taken, the stages used and the items decoded."""
