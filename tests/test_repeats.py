@@ -149,3 +149,36 @@ def test_a_retry_does_not_count_its_originals_repeats_again():
     for attrs, system in (({REPEATS_KEY: 2}, {}), ({REPEATS_KEY: 2}, {"failed_trial": 0}), ({REPEATS_KEY: 1}, {})):
         study.add_trial(optuna.trial.create_trial(value=0.0, user_attrs=attrs, system_attrs=system))
     assert repeats_avoided(study) == 3
+
+
+def test_in_a_finite_space_the_untried_points_come_first_and_a_covered_space_is_not_re_asked():
+    dists = {"window": CategoricalDistribution([16, None]), "alpha": FloatDistribution(0.0, 0.7, step=0.7)}
+
+    class InsistsOnACorner(BaseSampler):
+        asked = 0
+
+        def infer_relative_search_space(self, study, trial):
+            return dict(dists)
+
+        def sample_relative(self, study, trial, search_space):
+            InsistsOnACorner.asked += 1
+            return {"window": None, "alpha": 0.0}
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            raise AssertionError("not asked")
+
+    key = lambda p: f"{p['window']}-{round(p['alpha'], 9)}"  # noqa: E731
+    study = optuna.create_study(sampler=AvoidsRepeats(InsistsOnACorner(), dists, key, seed=0, tries=1))
+
+    def objective(trial: optuna.Trial) -> float:
+        p = {"window": trial.suggest_categorical("window", [16, None]),
+             "alpha": trial.suggest_float("alpha", 0.0, 0.7, step=0.7)}
+        trial.set_user_attr("config_key", key(p))
+        return 0.0
+
+    study.optimize(objective, n_trials=4)
+    assert len({t.user_attrs["config_key"] for t in study.trials}) == 4  # the whole 2 x 2 space, no repeat
+    assert InsistsOnACorner.asked == 1 + 3 * 2  # each later trial: asked, re-asked once, then an untried point
+    study.optimize(objective, n_trials=1)  # covered: the repeat stands, asked once, nothing counted
+    assert InsistsOnACorner.asked == 8 and REPEATS_KEY not in study.trials[-1].user_attrs
+    assert repeats_avoided(study) == 6

@@ -15,9 +15,10 @@ of the study's evaluated, running and queued trials. A repeat is replaced:
    then optimises its batch acquisition (qLogEHVI/qLogCEHVI, with the running points fantasised), whose value
    at a point already pending is nothing beyond the pending point's own — the acquisition's next best. Samplers
    that ignore running trials just draw again (their random state has moved on);
-2. after `tries` repeated answers, a uniformly random point that is not a repeat;
-3. when no such point is found (a finite space the study has covered), the repeat stands: the objective reuses
-   the earlier result at no decoding cost.
+2. after `tries` repeated answers, a uniformly random point that is not a repeat (in a finite space, of at most
+   GRID_LIMIT points, uniformly among the points not tried);
+3. when no such point is found (a finite space the study has covered: then nothing is re-asked at all), the
+   repeat stands: the objective reuses the earlier result at no decoding cost.
 
 Every repeated proposal is counted on the trial it was replaced for (user attribute `REPEATS_KEY`, an int), and
 logged on the `tuner.study.repeats` logger; `repeats_avoided(study)` sums them for `show` and the run's summary.
@@ -26,12 +27,14 @@ logged on the `tuner.study.repeats` logger; `repeats_avoided(study)` sums them f
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
+import random
 from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 REPEATS_KEY = "repeats_avoided"  # trial user attribute: repeated proposals replaced for this trial
 KeyOf = Callable[[Mapping[str, Any]], str]
+GRID_LIMIT = 4096  # a finite space up to this many points is enumerated (covered? which points are left?)
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -104,6 +108,8 @@ class AvoidsRepeats(BaseSampler):
         self.inner, self.dists, self.key_of = inner, dict(dists), key_of
         self.tries, self.random_draws = tries, random_draws
         self._random = RandomSampler(seed=None if seed is None else seed + 7919)
+        self._rng = random.Random(None if seed is None else seed + 7919)
+        self._grid_cache: tuple[list[str], list[tuple[str, dict[str, Any]]] | None] | None = None
 
     # --------------------------------------------------------------------------------------- the identities
     def _single(self) -> dict[str, Any]:
@@ -141,6 +147,12 @@ class AvoidsRepeats(BaseSampler):
         taken = self.taken(study, trial)
         pending: list[FrozenTrial] = []
         proposal = self._ask(study, trial, search_space, inner_space, pending)
+        grid = self._grid(search_space)
+        if grid is not None and all(key in taken for key, _ in grid):
+            if self._key(proposal) in taken:
+                log.info("trial %d: every configuration of the space has been tried; the sampler's repeat stands "
+                         "(the earlier result is reused)", trial.number)
+            return proposal
         repeats = 0
         while (key := self._key(proposal)) in taken:
             repeats += 1
@@ -174,8 +186,31 @@ class AvoidsRepeats(BaseSampler):
                 proposal[name] = self.inner.sample_independent(study, trial, name, dist)
         return proposal
 
+    def _grid(self, search_space: Mapping[str, BaseDistribution]) -> list[tuple[str, dict[str, Any]]] | None:
+        """Every point of a finite search space (categorical or stepped knobs, at most GRID_LIMIT points) with its
+        configuration key, or None for a space with a continuous knob or too many points."""
+        if self._grid_cache is not None and self._grid_cache[0] == list(search_space):
+            return self._grid_cache[1]
+        axes: list[list[tuple[str, Any]]] = []
+        size = 1
+        for name, dist in search_space.items():
+            values = _finite_values(dist)
+            if values is None or size * len(values) > GRID_LIMIT:
+                self._grid_cache = (list(search_space), None)
+                return None
+            size *= len(values)
+            axes.append([(name, v) for v in values])
+        points = [dict(combo) for combo in itertools.product(*axes)]
+        grid = [(key, point) for point in points if (key := self._key(point)) is not None]
+        self._grid_cache = (list(search_space), grid)
+        return grid
+
     def _random_point(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution],
                       taken: Mapping[str, int]) -> dict[str, Any] | None:
+        grid = self._grid(search_space)
+        if grid is not None:  # a finite space: uniformly among the points not tried
+            left = [point for key, point in grid if key not in taken]
+            return self._rng.choice(left) if left else None
         for _ in range(self.random_draws):
             point = {n: self._random.sample_independent(study, trial, n, d) for n, d in search_space.items()}
             if self._key(point) not in taken:
@@ -196,6 +231,16 @@ class AvoidsRepeats(BaseSampler):
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
         self._random.reseed_rng()
+
+
+def _finite_values(dist: BaseDistribution) -> list[Any] | None:
+    """The values a categorical or stepped distribution can take; None for a continuous one."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, (FloatDistribution, IntDistribution)) and dist.step is not None and not dist.log:
+        count = int(round((dist.high - dist.low) / dist.step)) + 1
+        return [dist.low + i * dist.step for i in range(count)] if count <= GRID_LIMIT else None
+    return None
 
 
 def _single_value(dist: BaseDistribution) -> Any:
