@@ -37,7 +37,10 @@ grid, so P(any crossing) = α(1) = α. Nothing is Bonferroni-conservative; the o
 one, which is the fixed test's own. Futility is *non-binding*: the boundaries are computed as if the study never
 stopped for futility, and stopping for it only removes paths that could have confirmed, so the error bound holds
 whatever the futility rule does (it costs power, not error). A drop larger than m makes every crossing less
-likely (the statistic drifts away from the boundary), so the bound holds over the whole null.
+likely (the statistic drifts away from the boundary), so the bound holds over the whole null. The items are the
+split's first n_k in its fixed order (chosen before any look), and the claim is the bound; the drop's point
+estimate at an early stop leans towards the boundary it crossed (as in any group-sequential trial) and is
+recorded for reading only.
 tests/test_sequential.py checks this by simulation: with the true drop exactly at the margin,
 P(confirmed at any look) ≤ α within Monte-Carlo error, both for the score process and for the whole procedure.
 """
@@ -55,6 +58,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+from ..base.errors import TunerError
 from .constraint import Constraint, Verdict
 
 __all__ = ["CONFIRMED", "CONTINUE", "DEFAULT_LOOKS", "REFUSED", "SPENDING", "Decision", "Design", "DesignError",
@@ -66,7 +70,7 @@ DEFAULT_LOOKS = (0.25, 0.5, 0.75, 1.0)
 SPENDING = ("obrien-fleming", "pocock")
 
 
-class DesignError(ValueError):
+class DesignError(TunerError, ValueError):
     """A design's looks, spending or confidence are out of range; the message names which."""
 
 
