@@ -66,7 +66,7 @@ from tuner.verdict.finishing import finish
 from tuner.verdict.pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
 from tuner.verdict.racing import rungs
 from tuner.verdict.selection import PickError, confirm, pick
-from tuner.verdict.sequential import Design, confirm_in_stages
+from tuner.verdict.sequential import DEFAULT_LOOKS, Design, confirm_in_stages
 from tuner.verdict.stats import wilson_interval, z_one_sided
 
 GEN, BLOCK = 128, 32
@@ -642,7 +642,7 @@ def main() -> None:
     r.add_argument("--alphas", help="comma list restricting the alpha choices (e.g. 0,0.35)")
     r.add_argument("--pool", type=int, default=None, help="problems of the grid to use (default: all vanilla has)")
     r.add_argument("--jobs", type=int, default=1, help="studies replayed at once, one process each")
-    r.add_argument("--looks", default="0.25,0.5,0.75,1",
+    r.add_argument("--looks", default=",".join(f"{t:g}" for t in DEFAULT_LOOKS),
                    help="the staged confirmation's looks, fractions of the test split ending at 1 ('1': no staged row)")
     r.add_argument("--spending", default="obrien-fleming",
                    help="alpha spending of the staged confirmation: obrien-fleming, pocock or hsd:GAMMA")

@@ -18,7 +18,7 @@ def test_the_replay_reports_the_staged_confirmation_beside_both_policies(tmp_pat
     calibration.main()
     monkeypatch.setattr(sys, "argv", [
         "calibration", "replay", "--grid", str(grid), "--studies", "2", "--trials", "8", "--validation", "300",
-        "--test", "400", "--windows", "16,32", "--thresholds", "0.9,0.97", "--alphas", "0,0.35", "--finish",
+        "--test", "400", "--looks", "0.25,0.5,0.75,1", "--windows", "16,32", "--thresholds", "0.9,0.97", "--alphas", "0,0.35", "--finish",
         "--out", str(out)])
     calibration.main()
     table = out.read_text()

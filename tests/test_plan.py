@@ -37,7 +37,7 @@ def test_the_plan_counts_what_the_study_still_has_to_decode():
                         finished_items=[150, 300, 600], test_baseline_stored=1500, design=Design())
     assert (resumed.baseline_items, resumed.trials_left, resumed.items_per_trial) == (600, 20, 350)
     assert resumed.test_baseline_items == 0  # export stored the baseline's whole split
-    assert 0.5 * 1500 < resumed.test_pick_items < 1500 and "375/750/1125/1500" in resumed.test_staged
+    assert 0.5 * 1500 < resumed.test_pick_items < 1500 and "150/300/450/600/750/900/1050/1200/1350/1500" in resumed.test_staged
     probe = Probe("vanilla", 1.0, "paper", 0.02, 8)
     timed = make_plan(spec, pool=1200, test_items=1500, probe=probe)
     assert timed.seconds() == pytest.approx({"baseline": 1200.0, "trials": 29 * 375 * 0.02,

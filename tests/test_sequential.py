@@ -16,6 +16,7 @@ from tuner.verdict.constraint import Constraint
 from tuner.verdict.selection import confirm
 from tuner.verdict.sequential import (
     CONFIRMED,
+    DEFAULT_LOOKS,
     REFUSED,
     Design,
     DesignError,
@@ -83,6 +84,7 @@ def test_expected_items_match_a_simulation_of_the_procedure():
 
 def test_one_look_is_todays_fixed_test():
     rng = random.Random(3)
+    assert Design().looks == DEFAULT_LOOKS and len(DEFAULT_LOOKS) == 10
     fixed = Design(looks=(1.0,))
     assert fixed.look_confidences(700) == (0.95,)
     for max_drop in (1.0, 3.0, 5.0):
@@ -115,13 +117,15 @@ def tango_z(b: np.ndarray, c: np.ndarray, n: int, d: float) -> np.ndarray:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("looks", [QUARTERS, DEFAULT_LOOKS])
 @pytest.mark.parametrize("spending", ["obrien-fleming", "pocock"])
 @pytest.mark.parametrize(("total", "margin", "discordance"), [(1500, 0.05, 0.06), (1500, 0.05, 0.12),
                                                               (1500, 0.01, 0.04), (400, 0.05, 0.08)])
-def test_a_drop_exactly_at_the_margin_is_confirmed_at_most_alpha_of_the_time(spending, total, margin, discordance):
+def test_a_drop_exactly_at_the_margin_is_confirmed_at_most_alpha_of_the_time(looks, spending, total, margin,
+                                                                            discordance):
     """200,000 paired splits whose true drop is the margin (the least favourable null): the share confirmed at
     any look stays within alpha + 3 Monte-Carlo standard errors; the fixed test's share is beside it."""
-    design, reps, alpha = Design(QUARTERS, spending), 200_000, 0.05
+    design, reps, alpha = Design(looks, spending), 200_000, 0.05
     rng = np.random.default_rng(11)
     p = [(discordance + margin) / 2, (discordance - margin) / 2]
     crit = [norm.ppf(conf) for conf in design.look_confidences(total)]
