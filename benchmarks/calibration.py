@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python -m benchmarks.calibration measure --grid GRID [--shard 0/2] [--items 0:3000]  # hours
     OMP_NUM_THREADS=1 python -m benchmarks.calibration time --grid GRID                    # robust speeds (minutes)
     OMP_NUM_THREADS=1 python -m benchmarks.calibration summary --grid GRID                 # the grid's own table
-    OMP_NUM_THREADS=1 python -m benchmarks.calibration replay --grid GRID --studies 100    # both policies (minutes)
+    OMP_NUM_THREADS=1 python -m benchmarks.calibration replay --grid GRID --studies 100    # every policy (minutes)
+    OMP_NUM_THREADS=1 python -m benchmarks.calibration synth --grid GRID --pool 1500      # a synthetic grid (tests)
 
 How, and why this way:
 * **A measured grid.** Every configuration of a dense grid over the arith search space (window × tau0 × alpha,
@@ -21,6 +22,11 @@ How, and why this way:
   fixed validation prefix (200 items, the old spec's size), chunked evaluation stopped by a one-sided Wilson
   bound, feasibility and the pick by point estimates, confirmation when the point estimate of the test drop is
   within the margin. Same margin, same test items, same sampler, same seeds.
+* **Confirmation in stages, a third row.** The new policy's pick, confirmed again on the same test items by the
+  group-sequential design (`tuner.verdict.sequential`: `--looks`, `--spending`, non-binding futility unless
+  `--no-futility`), which stops at the first look that decides; the table reports the test items it decoded per
+  export. `--finish` races the front's fast undecided points to a verdict before the pick
+  (`tuner.verdict.finishing`, within `--finish-budget` validation items), in both rows of the new policy.
 * **Truth.** An exported profile's true drop is its paired drop against vanilla on the study's fresh problems;
   it violates the margin when that exceeds it. The oracle is the fastest grid configuration whose true drop on
   the same fresh problems is within the margin; the exported speed-up is the pick's tokens/s over the oracle's
@@ -57,8 +63,11 @@ from tuner.study.space import config_key
 from tuner.study.spec import StudySpec, load_spec
 from tuner.tasks import Item
 from tuner.tasks.arith import ArithTask
+from tuner.verdict.finishing import finish
 from tuner.verdict.pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
+from tuner.verdict.racing import rungs
 from tuner.verdict.selection import PickError, confirm, pick
+from tuner.verdict.sequential import DEFAULT_LOOKS, Design, confirm_in_stages
 from tuner.verdict.stats import wilson_interval, z_one_sided
 
 GEN, BLOCK = 128, 32
@@ -109,6 +118,49 @@ def measure(args: argparse.Namespace) -> None:
                 fh.write(json.dumps({"n": r.n, "start": start, "outcomes": "".join("1" if o else "0" for o in r.outcomes),
                                      "counted_tokens": r.counted_tokens, "counters": r.counters.to_dict()}) + "\n")
             print(f"{idx} {file_key(cfg)} {start + r.n}/{stop} acc={r.accuracy:.3f}", flush=True)
+
+
+# The full-size run's grid (BENCHMARKS.md section 7, 6,000 problems): (window, tau0, alpha) -> drop vs vanilla
+# (points), discordant share (%), tokens/s; Fast-dLLM (window full, tau0 0.9, alpha 0, no early exit) last.
+MEASURED = {(16, 0.75, 0.35): (6.88, 9.5, 2099), (16, 0.75, 0.0): (6.60, 8.9, 2062), (16, 0.97, 0.35): (3.13, 5.3, 1782),
+            (16, 0.9, 0.35): (4.40, 6.6, 1779), (32, 0.75, 0.35): (6.82, 9.0, 1682), (32, 0.75, 0.0): (6.60, 8.6, 1668),
+            (16, 0.99, 0.35): (3.80, 6.0, 1621), (16, 0.9, 0.0): (4.47, 6.6, 1543), (32, 0.9, 0.35): (4.73, 6.6, 1468),
+            (32, 0.9, 0.0): (4.90, 6.8, 1351), (32, 0.97, 0.35): (3.23, 5.2, 1306), (16, 0.97, 0.0): (4.03, 6.1, 1247),
+            (32, 0.99, 0.35): (3.97, 5.8, 1229), (16, 0.99, 0.0): (3.50, 5.5, 1123), (32, 0.97, 0.0): (4.20, 6.1, 967),
+            (32, 0.99, 0.0): (3.68, 5.5, 915), "fast": (4.22, 5.9, 576)}
+VANILLA_ACCURACY, VANILLA_SPEED = 0.965, 32.0
+
+
+def synth(args: argparse.Namespace) -> None:
+    """A synthetic grid in `measure`'s format, for testing the replay without hours of decoding: vanilla right on
+    a 96.5% of the pool, each measured configuration of `MEASURED` losing and winning items at random so that its
+    expected drop and discordant share against vanilla are the full-size run's, its speed the timing pass's.
+    Configurations are independent given vanilla (the measured ones are not); nothing here is a measurement."""
+    out = Path(args.grid)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+    vanilla = [rng.random() < VANILLA_ACCURACY for _ in range(args.pool)]
+    acc = sum(vanilla) / args.pool
+    speeds = {}
+    for idx, cfg in enumerate(grid()):
+        where = "fast" if idx == 1 else (cfg.window, cfg.threshold, cfg.alpha)
+        if idx == 0:
+            outcomes, tps = vanilla, VANILLA_SPEED
+        elif where in MEASURED:
+            drop, disc, tps = MEASURED[where]
+            lose, win = (disc + drop) / 200 / acc, (disc - drop) / 200 / (1 - acc)
+            outcomes = [(v and rng.random() >= lose) or (not v and rng.random() < win) for v in vanilla]
+        else:
+            continue
+        tokens = 40 * args.pool
+        counters = Counters(nfe=args.pool, row_forwards=args.pool, wall_time_s=tokens / tps).to_dict()
+        (out / f"{idx:03d}-{file_key(cfg)}.jsonl").write_text(
+            json.dumps({"config": cfg.to_dict(), "seed": args.seed, "n": 0, "synthetic": True}) + "\n"
+            + json.dumps({"n": args.pool, "start": 0, "outcomes": "".join("1" if o else "0" for o in outcomes),
+                          "counted_tokens": tokens, "counters": counters}) + "\n")
+        speeds[config_key(cfg)] = tps
+    (out / "speeds.json").write_text(json.dumps(speeds, indent=1))
+    print(f"wrote a synthetic grid of {len(speeds)} configurations x {args.pool} problems to {out}")
 
 
 @dataclass
@@ -275,10 +327,15 @@ class Outcome:
     true_drop: float | None
     vanilla_items: int  # validation items vanilla decoded
     items: int  # validation item-decodes of all trials
+    test_items: int = 0  # test items the pick (and the baseline with it) was decoded on; 0 without a pick
+    finished: int = 0  # validation items spent racing the front's open points before the pick (--finish)
 
 
 def run_new(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdir: str, space: set[str],
-            min_confirmation: float) -> Outcome:
+            min_confirmation: float, design: Design | None = None, finish_budget: int = 0) -> list[Outcome]:
+    """The new policy on one draw: the real study, the pick by bound, the fixed test; with `design` the same pick
+    also confirmed in stages ("staged"); with `finish_budget` the front's open fast points are raced to a verdict
+    before the pick (`tuner.verdict.finishing`, both rows)."""
     spec = replace(spec, seed=seed)
     evaluator = ReplayEvaluator(g)
     storage = optuna.storages.RDBStorage(f"sqlite:///{workdir}/new-{seed}.db")
@@ -286,17 +343,48 @@ def run_new(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdi
     study.optimize(Objective(spec, evaluator, split.validation), n_trials=spec.trials, catch=(RuntimeError,),
                    gc_after_trial=False)
     items = sum(n for k, n in evaluator.decoded.items() if k != g.vanilla)
-    try:
-        chosen = pick(trial_points(study, spec.constraint), rule, spec.constraint, test_items=len(split.test),
+    vanilla_items = study_ledger(study).n
+    points = trial_points(study, spec.constraint)
+    keys = {t.number: TrialRecord.read(t).config_key for t in study.trials}
+    finished = 0
+    if finish_budget:
+        extend = functools.partial(extend_point, g, keys, split, spec.constraint)
+        done = finish(points, spec.constraint, rule=rule, rungs=rungs(len(split.validation), spec.race),
+                      extend=extend, budget=finish_budget, test_items=len(split.test),
                       min_confirmation=min_confirmation)
+        points, finished = done.points, done.items
+        vanilla_items = max([vanilla_items, *(p.n or 0 for p in points)])
+    policies = ["new"] + (["staged"] if design is not None else [])
+    try:
+        chosen = pick(points, rule, spec.constraint, test_items=len(split.test), min_confirmation=min_confirmation)
     except PickError:
-        return Outcome("new", seed, None, False, False, 0.0, None, study_ledger(study).n, items)
-    key = TrialRecord.read(study.trials[chosen.number]).config_key
+        return [Outcome(p, seed, None, False, False, 0.0, None, vanilla_items, items + finished, 0, finished)
+                for p in policies]
+    key = keys[chosen.number]
     test_ids = [int(it.id) for it in split.test]
-    verdict = confirm([g.outcomes[key][i] == "1" for i in test_ids],
-                      [g.outcomes[g.vanilla][i] == "1" for i in test_ids], spec.constraint)
-    return judge("new", seed, g, key, verdict.confirmed, split, spec.constraint.margin, study_ledger(study).n, items,
-                 space)
+    cand = [g.outcomes[key][i] == "1" for i in test_ids]
+    base = [g.outcomes[g.vanilla][i] == "1" for i in test_ids]
+    verdict = confirm(cand, base, spec.constraint)
+    out = [judge("new", seed, g, key, verdict.confirmed, split, spec.constraint.margin, vanilla_items,
+                 items + finished, space, len(test_ids), finished)]
+    if design is not None:
+        staged = confirm_in_stages(design, len(test_ids), spec.constraint, pick=lambda a, b: cand[a:b],
+                                   baseline=lambda n: base[:n])
+        out.append(judge("staged", seed, g, key, staged.confirmed, split, spec.constraint.margin, vanilla_items,
+                         items + finished, space, staged.items, finished))
+    return out
+
+
+def extend_point(g: Grid, keys: dict[int, str | None], split: Split, constraint, point: TrialPoint,
+                 n: int) -> TrialPoint:
+    """`finish`'s callback in the replay: the trial's measured outcomes on the first `n` validation items, paired
+    with vanilla's (as the objective judges a rung)."""
+    ids = [int(it.id) for it in split.validation[:n]]
+    key = keys[point.number]
+    paired = constraint.compare([g.outcomes[key][i] == "1" for i in ids], [g.outcomes[g.vanilla][i] == "1" for i in ids])
+    base_acc = sum(g.outcomes[g.vanilla][i] == "1" for i in ids) / n
+    return replace(point, n=n, drop=paired.drop, drop_lower=paired.lower, drop_upper=paired.upper,
+                   discordance=paired.discordance, accuracy=base_acc - paired.drop)
 
 
 class PointEstimateObjective:
@@ -355,24 +443,70 @@ def run_old(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdi
     test_ids = [int(it.id) for it in split.test]
     drop = true_drop(g, key, test_ids)  # the point estimate of the test drop
     return judge("today", seed, g, key, drop <= spec.constraint.margin + 1e-12, split, spec.constraint.margin, n_val,
-                 decoded, space)
+                 decoded, space, len(test_ids))
 
 
 def judge(policy: str, seed: int, g: Grid, key: str, confirmed: bool, split: Split, margin: float,
-          vanilla_items: int, items: int, space: set[str]) -> Outcome:
+          vanilla_items: int, items: int, space: set[str], test_items: int, finished: int = 0) -> Outcome:
     truth = true_drop(g, key, split.fresh)
     best = oracle(g, split.fresh, margin, space)
     return Outcome(policy, seed, key, confirmed, confirmed and truth > margin,
-                   g.speed[key] / g.speed[best] if confirmed else 0.0, truth, vanilla_items, items)
+                   g.speed[key] / g.speed[best] if confirmed else 0.0, truth, vanilla_items, items, test_items,
+                   finished)
 
 
 def replay_study(spec: StudySpec, g: Grid, args: argparse.Namespace, space: set[str], workdir: str,
-                 s: int) -> tuple[Outcome, Outcome]:
-    """Study `s` under both policies, on the same draw of validation, test and fresh problems (run in a forked
+                 s: int) -> list[Outcome]:
+    """Study `s` under every policy, on the same draw of validation, test and fresh problems (run in a forked
     process: it inherits `replay`'s quiet Optuna logging and the loaded grid)."""
     split = draw(1000 + s, args.validation, args.test, g.pool)
-    return (run_new(spec, g, split, s, args.rule, workdir, space, args.min_confirmation),
-            run_old(spec, g, split, s, args.rule, workdir, args.old_validation, space))
+    return [*run_new(spec, g, split, s, args.rule, workdir, space, args.min_confirmation, design_of(args, spec),
+                     args.finish_budget if args.finish else 0),
+            run_old(spec, g, split, s, args.rule, workdir, args.old_validation, space)]
+
+
+def design_of(args: argparse.Namespace, spec: StudySpec) -> Design | None:
+    """The staged confirmation's design (`--looks`, `--spending`), None with `--looks 1`."""
+    looks = tuple(float(x) for x in args.looks.split(","))
+    if looks == (1.0,):
+        return None
+    return Design.for_constraint(spec.constraint, looks, args.spending, futility=not args.no_futility)
+
+
+POLICIES = ("today", "new", "staged")
+
+
+def policy_rows(outcomes: list[Outcome], trials: int, test: int, labels: dict[str, str],
+                vanilla: str) -> list[list[str]]:
+    """The table's rows, one per policy replayed: the issue's four figures first (confirmed, violating, the
+    baseline exported, test items per export), then speed and validation cost."""
+    rows = []
+    for policy in POLICIES:
+        mine = [o for o in outcomes if o.policy == policy]
+        if not mine:
+            continue
+        confirmed = [o for o in mine if o.confirmed]
+        fractions = [o.speed_fraction for o in confirmed]
+        picked = [o for o in mine if o.picked is not None]
+        base = sum(o.confirmed and o.picked == vanilla for o in mine)
+        rows.append([
+            labels[policy],
+            f"{len(confirmed) / len(mine):.0%} ({len(confirmed)}/{len(mine)})",
+            f"{sum(o.violates for o in confirmed) / max(1, len(confirmed)):.1%} ({sum(o.violates for o in confirmed)})",
+            f"{base / len(mine):.0%} ({base})",
+            f"{statistics.mean(o.test_items for o in picked) / test:.0%}" if picked else "n/a",
+            f"{statistics.mean(fractions):.0%}" if fractions else "n/a",
+            f"{statistics.median(fractions):.0%}" if fractions else "n/a",
+            f"{sum(o.picked is None for o in mine)} / {sum(o.picked is not None and not o.confirmed for o in mine)}",
+            f"{statistics.mean(o.vanilla_items for o in mine):.0f}",
+            f"{statistics.mean(o.items for o in mine) / trials:.0f}",
+        ])
+    return rows
+
+
+ROW_HEADERS = ["policy", "confirmed exports", "confirmed that violate the margin", "baseline exported",
+               "test items per export (share of the split)", "speed-up vs oracle (mean)", "(median)",
+               "unconfirmed: no pick / refused by the test", "vanilla validation items", "items per trial"]
 
 
 def replay(args: argparse.Namespace) -> None:
@@ -407,32 +541,22 @@ def replay(args: argparse.Namespace) -> None:
         # Studies are independent (own seed, own draw, own SQLite file): several processes replay them at once
         # (forked, so each starts with the loaded grid). Results come back in study order.
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as ex:
-            for s, pair in enumerate(ex.map(job, range(args.studies))):
-                outcomes.extend(pair)
+            for s, mine in enumerate(ex.map(job, range(args.studies))):
+                outcomes.extend(mine)
                 if (s + 1) % 5 == 0:
                     print(f"  {s + 1}/{args.studies} studies ({time.perf_counter() - t0:.0f}s)", flush=True)
     if args.out:  # every study's outcome, for analyses the table doesn't make
         Path(args.out).with_suffix(".studies.json").write_text(json.dumps([o.__dict__ for o in outcomes], indent=0))
-    rows = []
-    for policy in ("today", "new"):
-        mine = [o for o in outcomes if o.policy == policy]
-        confirmed = [o for o in mine if o.confirmed]
-        fractions = [o.speed_fraction for o in confirmed]
-        rows.append([
-            "today (point estimates)" if policy == "today" else "new (paired bounds + racing)",
-            f"{len(confirmed) / len(mine):.0%} ({len(confirmed)}/{len(mine)})",
-            f"{sum(o.violates for o in confirmed) / max(1, len(confirmed)):.1%} ({sum(o.violates for o in confirmed)})",
-            f"{statistics.mean(fractions):.0%}" if fractions else "n/a",
-            f"{statistics.median(fractions):.0%}" if fractions else "n/a",
-            f"{sum(o.picked == g.vanilla for o in confirmed)}",
-            f"{sum(o.picked is None for o in mine)} / {sum(o.picked is not None and not o.confirmed for o in mine)}",
-            f"{statistics.mean(o.vanilla_items for o in mine):.0f}",
-            f"{statistics.mean(o.items for o in mine) / spec.trials:.0f}",
-        ])
-    report(md_table(["policy", "confirmed exports", "confirmed that violate the margin", "speed-up vs oracle (mean)",
-                     "(median)", "of which the baseline itself", "unconfirmed: no pick / refused by the test",
-                     "vanilla validation items", "items per trial"], rows))
+    design = design_of(args, spec)
+    labels = {"today": "today (point estimates)",
+              "new": "new (paired bounds + racing" + (" + finishing" if args.finish else "") + ")",
+              "staged": f"new + staged confirmation ({describe_design(design, args.test)})" if design else ""}
+    report(md_table(ROW_HEADERS, policy_rows(outcomes, spec.trials, args.test, labels, g.vanilla)))
     report("")
+    if args.finish:
+        spent = [o.finished for o in outcomes if o.policy == "new"]
+        report(f"finishing: {statistics.mean(spent):.0f} validation items per study on average (budget "
+               f"{args.finish_budget}), counted in items per trial")
     oracles = [oracle(g, draw(1000 + s, n_val, args.test, g.pool).fresh, margin, space) for s in range(args.studies)]
     common = max(set(oracles), key=oracles.count)
     report(f"oracle (fastest grid configuration within the margin on each study's fresh problems): "
@@ -466,6 +590,12 @@ def summary(args: argparse.Namespace) -> None:
     report.save()
 
 
+def describe_design(design: Design, test: int) -> str:
+    looks = "/".join(str(n) for n in design.stages(test))
+    return (f"looks at {looks} items, {design.spending} spending"
+            + ("" if design.futility else ", no futility stop"))
+
+
 def describe(cfg: DecodeConfig) -> str:
     if cfg.mode != "streaming":
         return cfg.mode
@@ -488,6 +618,10 @@ def main() -> None:
     t.add_argument("--probe", type=int, default=16)
     t.add_argument("--rounds", type=int, default=5)
     t.add_argument("--only", help="comma list of grid indices to time (vanilla and Fast-dLLM always are)")
+    sy = sub.add_parser("synth")
+    sy.add_argument("--grid", required=True)
+    sy.add_argument("--pool", type=int, default=POOL_SIZE)
+    sy.add_argument("--seed", type=int, default=0)
     su = sub.add_parser("summary")
     su.add_argument("--grid", required=True)
     su.add_argument("--pool", type=int, default=None)
@@ -509,11 +643,20 @@ def main() -> None:
     r.add_argument("--alphas", help="comma list restricting the alpha choices (e.g. 0,0.35)")
     r.add_argument("--pool", type=int, default=None, help="problems of the grid to use (default: all vanilla has)")
     r.add_argument("--jobs", type=int, default=1, help="studies replayed at once, one process each")
+    r.add_argument("--looks", default=",".join(f"{t:g}" for t in DEFAULT_LOOKS),
+                   help="the staged confirmation's looks, fractions of the test split ending at 1 ('1': no staged row)")
+    r.add_argument("--spending", default="obrien-fleming",
+                   help="alpha spending of the staged confirmation: obrien-fleming, pocock or hsd:GAMMA")
+    r.add_argument("--no-futility", action="store_true", help="the staged confirmation never stops for futility")
+    r.add_argument("--finish", action="store_true",
+                   help="race the front's fast undecided points to a verdict before the pick (new policy)")
+    r.add_argument("--finish-budget", type=int, default=1200, help="validation items finishing may decode")
     r.add_argument("--out")
     args = ap.parse_args()
     if (warning := threads_warning()) is not None:
         print(warning)
-    {"measure": measure, "time": time_grid, "summary": summary, "replay": replay}[args.command](args)
+    {"measure": measure, "time": time_grid, "summary": summary, "replay": replay,
+     "synth": synth}[args.command](args)
 
 
 if __name__ == "__main__":

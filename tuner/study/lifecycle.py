@@ -74,7 +74,7 @@ def create_study(spec: StudySpec, storage: optuna.storages.RDBStorage, name: str
     finally:
         if own_lock:
             lock.close()
-    study.sampler = make_sampler(spec.sampler, None if seed is None else seed + worker, spec.trials)
+    study.sampler = make_sampler(spec.sampler, None if seed is None else seed + worker, spec.trials, spec)
     return study, worker
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Container, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -21,11 +21,25 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..storage.record import TrialRecord
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .spec import StudySpec
+
 __all__ = ["SeesStoppedTrials", "make_sampler"]
 
 
-def make_sampler(name: str, seed: int | None, trials: int) -> BaseSampler:
-    """The sampler a spec names; `gp` sees early-stopped trials (see module docstring)."""
+def make_sampler(name: str, seed: int | None, trials: int, spec: StudySpec | None = None) -> BaseSampler:
+    """The sampler a spec names; `gp` sees early-stopped trials (see module docstring). With the `spec`, no
+    proposal repeats a configuration the study already holds (tuner.study.repeats)."""
+    sampler = _named_sampler(name, seed, trials)
+    if spec is None:
+        return sampler
+    from .repeats import AvoidsRepeats, spec_key_of
+    from .space import distributions
+
+    return AvoidsRepeats(sampler, distributions(spec), spec_key_of(spec), seed=seed)
+
+
+def _named_sampler(name: str, seed: int | None, trials: int) -> BaseSampler:
     n_startup = max(3, min(10, trials // 3))
     if name == "gp":
         return SeesStoppedTrials(optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup))

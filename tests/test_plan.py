@@ -1,0 +1,79 @@
+"""The cost plan `run` prints before its first trial (tuner.study.plan): items from the spec, the stored ledger and
+the racing rungs; seconds from a probe timed on this device with the bundled model; the ETA of progress lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuner.study.plan import (
+    CostPlan,
+    Eta,
+    Probe,
+    expected_items_per_trial,
+    format_duration,
+    format_plan,
+    make_plan,
+)
+from tuner.study.spec import load_spec
+from tuner.verdict.racing import rungs
+from tuner.verdict.sequential import Design
+
+
+def test_a_trial_is_expected_to_race_over_successive_halvings_until_trials_have_run():
+    spec = load_spec("arith")
+    assert rungs(1200, spec.race) == [150, 300, 600, 1200]
+    assert expected_items_per_trial([150, 300, 600, 1200]) == 150 + 150 / 2 + 300 / 4 + 600 / 8  # 375
+    assert expected_items_per_trial([150, 300, 600, 1200], [150, 150]) == 375  # two finished: still the prior
+    assert expected_items_per_trial([150, 300, 600, 1200], [150, 300, 1200]) == 550  # three: their mean
+
+
+def test_the_plan_counts_what_the_study_still_has_to_decode():
+    spec = load_spec("arith")  # 30 trials, validation 1200, test 1500
+    fresh = make_plan(spec, pool=1200, test_items=1500)
+    assert (fresh.baseline_items, fresh.trials_left, fresh.items_per_trial) == (1200, 29, 375)
+    assert fresh.test_pick_items == fresh.test_baseline_items == 1500 and fresh.test_staged is None
+    assert fresh.seconds() is None and "no timed probe" in format_plan(fresh, spec)[0]
+    resumed = make_plan(spec, pool=1200, test_items=1500, baseline_stored=600, trials_done=10,
+                        finished_items=[150, 300, 600], test_baseline_stored=1500, design=Design())
+    assert (resumed.baseline_items, resumed.trials_left, resumed.items_per_trial) == (600, 20, 350)
+    assert resumed.test_baseline_items == 0  # export stored the baseline's whole split
+    assert 0.5 * 1500 < resumed.test_pick_items < 1500 and "150/300/450/600/750/900/1050/1200/1350/1500" in resumed.test_staged
+    probe = Probe("vanilla", 1.0, "paper", 0.02, 8)
+    timed = make_plan(spec, pool=1200, test_items=1500, probe=probe)
+    assert timed.seconds() == pytest.approx({"baseline": 1200.0, "trials": 29 * 375 * 0.02,
+                                             "test": 1500 * 0.02 + 1500 * 1.0})
+    lines = format_plan(timed, spec)
+    assert "1,200 items to decode" in lines[1] and "≈ 20m" in lines[1]
+    assert "29 to run × ~375 items" in lines[2] and lines[-1] == "  total ≈ 49m (the study ≈ 24m, export ≈ 26m)"
+
+
+@pytest.mark.slow
+def test_the_probe_times_the_baseline_and_a_streaming_configuration_on_this_device():
+    from decoder import load_model
+    from tuner.app.context import load_task
+    from tuner.study.evaluate import Evaluator
+    from tuner.study.plan import probe
+
+    spec = load_spec("arith", ["task_options.validation_size=4", "task_options.test_size=1"])
+    task = load_task(spec, None)
+    evaluator = Evaluator(*load_model(spec.model, device="cpu"), task, batch_size=2)
+    timed = probe(spec, evaluator, task.load("validation"), n=2)
+    assert (timed.baseline, timed.trial, timed.items) == ("vanilla", "paper", 2)
+    assert timed.baseline_s > 2 * timed.trial_s > 0  # vanilla decodes every step; the streaming reference exits early
+    line = format_plan(make_plan(spec, pool=4, test_items=1, probe=timed), spec)[0]
+    assert "timed on 2 validation items here: vanilla" in line
+
+
+def test_the_eta_follows_the_pace_of_the_work_done():
+    plan = CostPlan(trials_left=10, pool=1000, rungs=(100, 1000), baseline_stored=0, items_per_trial=200,
+                    items_per_trial_measured=False, test_total=0, test_pick_items=0, test_baseline_items=0,
+                    test_staged=None, probe=Probe("vanilla", 1.0, "paper", 0.1, 4))
+    eta = Eta(plan, started=0.0)
+    assert eta.remaining_s(baseline_items=0, trials_finished=0, trial_items=0, now=0.0) == 1000 + 10 * 200 * 0.1
+    # 500 baseline items and 2 trials (400 items) done in 540 s, as planned: 500 + 8 * 20 s left
+    assert eta.remaining_s(baseline_items=500, trials_finished=2, trial_items=400, now=540.0) == pytest.approx(660)
+    # the same work in twice the time: twice the time left
+    assert eta.remaining_s(baseline_items=500, trials_finished=2, trial_items=400, now=1080.0) == pytest.approx(1320)
+    assert eta.line(baseline_items=1000, trials_finished=10, trial_items=2000, now=3000.0) == " · ETA 0s"
+    assert [format_duration(s) for s in (5, 95, 700, 3900, 90000, None)] == ["5s", "1m 35s", "12m", "1h 05m",
+                                                                             "1d 1h", "?"]

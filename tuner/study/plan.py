@@ -1,0 +1,219 @@
+"""What a study will cost, said before its first trial (`run` prints it; `run --plan` prints it and exits), and the
+ETA its progress lines carry.
+
+Three parts, each in decoded items and in seconds on this device:
+
+* **the baseline on validation**: the items of the pool its ledger does not hold yet (`tuner.study.baseline`). An
+  upper bound: the ledger grows as far as the furthest trial races, which is the whole pool in most studies (every
+  one of the calibration's replayed arith studies, BENCHMARKS.md section 7);
+* **the trials**: trials still to run × the items a trial is expected to race over. Before any trial has run, the
+  successive-halving assumption that half the trials earn each next rung: E = Σ_k (n_k − n_{k−1}) / 2^(k−1) over
+  the rungs (`tuner.verdict.racing.rungs`): 375 items for arith's rungs 150/300/600/1200, where the calibration
+  measured 408-411. Once three streaming trials have finished, their own mean;
+* **the test confirmation** (export): the pick and the baseline on the test split, the baseline's items less those
+  stored. With a staged design (`tuner.verdict.sequential`) the expected items for a pick that loses half the
+  margin (the power check's assumption) with the spec's discordant share; without one, the whole split.
+
+Seconds per item come from a short timed probe (`probe`): a few validation items decoded with the baseline and
+with the timing reference (`tuner.study.timing.timing_reference`, a typical streaming configuration), warm-up
+excluded. A smaller batch than the study's can only overstate the per-item time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..verdict import racing
+from .spec import StudySpec
+
+__all__ = ["CostPlan", "Eta", "Probe", "expected_items_per_trial", "format_duration", "format_plan", "make_plan",
+           "probe"]
+
+MEASURED_AFTER = 3  # finished streaming trials after which their own mean replaces the prior
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Seconds per item on this device, warm-up excluded: the baseline's and a typical streaming configuration's."""
+
+    baseline: str
+    baseline_s: float
+    trial: str
+    trial_s: float
+    items: int
+
+    def describe(self) -> str:
+        return (f"timed on {self.items} validation items here: {self.baseline} {self.baseline_s:.3g} s/item, "
+                f"{self.trial} {self.trial_s:.3g} s/item")
+
+
+def probe(spec: StudySpec, evaluator: Any, items: Sequence[Any], n: int = 8) -> Probe:
+    """Decode the first `n` items (one batch at most) with the baseline reference and the timing reference."""
+    from .timing import timing_reference
+
+    batch = list(items[: max(1, min(n, len(items), getattr(evaluator, "batch_size", n) or n))])
+    names = (spec.constraint.baseline, timing_reference(spec))
+    per_item = []
+    for name in names:
+        config = spec.reference_config(spec.reference(name))
+        result = evaluator.evaluate(batch, config, warmup=True)
+        per_item.append((result.counters.wall_time_s + result.scoring_time_s) / max(1, result.n))
+    return Probe(names[0], per_item[0], names[1], per_item[1], len(batch))
+
+
+def expected_items_per_trial(rungs: Sequence[int], finished: Sequence[int] = ()) -> float:
+    """Items a streaming trial is expected to race over: the mean of `finished` trials' once there are
+    MEASURED_AFTER of them, else the successive-halving prior over `rungs` (module docstring)."""
+    if len(finished) >= MEASURED_AFTER:
+        return sum(finished) / len(finished)
+    out, before = 0.0, 0
+    for k, n in enumerate(rungs):
+        out += (n - before) / 2**k
+        before = n
+    return out
+
+
+@dataclass(frozen=True)
+class CostPlan:
+    """What a study has left to decode, and what that costs on this device (seconds None without a probe)."""
+
+    trials_left: int
+    pool: int
+    rungs: tuple[int, ...]
+    baseline_stored: int
+    items_per_trial: float
+    items_per_trial_measured: bool
+    test_total: int
+    test_pick_items: float
+    test_baseline_items: float
+    test_staged: str | None  # the design in words, None for the fixed test
+    probe: Probe | None
+
+    @property
+    def baseline_items(self) -> int:
+        return max(0, self.pool - self.baseline_stored)
+
+    @property
+    def trial_items(self) -> float:
+        return self.trials_left * self.items_per_trial
+
+    def seconds(self) -> dict[str, float] | None:
+        """Seconds of each part (baseline, trials, test) on the probe's device; None without a probe."""
+        if self.probe is None:
+            return None
+        p = self.probe
+        return {"baseline": self.baseline_items * p.baseline_s, "trials": self.trial_items * p.trial_s,
+                "test": self.test_pick_items * p.trial_s + self.test_baseline_items * p.baseline_s}
+
+    @property
+    def study_seconds(self) -> float | None:
+        """`run`'s part: the baseline and the trials (the test is export's)."""
+        s = self.seconds()
+        return None if s is None else s["baseline"] + s["trials"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trials_left": self.trials_left, "baseline_items": self.baseline_items,
+                "baseline_stored": self.baseline_stored, "items_per_trial": self.items_per_trial,
+                "items_per_trial_measured": self.items_per_trial_measured, "trial_items": self.trial_items,
+                "test_pick_items": self.test_pick_items, "test_baseline_items": self.test_baseline_items,
+                "test_total": self.test_total, "test_staged": self.test_staged, "seconds": self.seconds(),
+                "probe": None if self.probe is None else self.probe.__dict__}
+
+
+def make_plan(spec: StudySpec, *, pool: int, test_items: int, baseline_stored: int = 0, trials_done: int = 0,
+              finished_items: Sequence[int] = (), test_baseline_stored: int = 0, design: Any = None,
+              probe: Probe | None = None) -> CostPlan:
+    """The plan of a study over a `pool`-item validation pool and a `test_items`-item test split.
+
+    `baseline_stored`: items the baseline ledger holds (`StudyRecord(study).ledger.n`); `trials_done`: finished
+    trials of the budget (the baseline's own included); `finished_items`: items each finished streaming trial
+    raced over (copies of an earlier trial left out); `test_baseline_stored`: the baseline's stored test items
+    (a full split when export stored it); `design`: a `tuner.verdict.sequential.Design`, or None for the fixed
+    test."""
+    rungs = tuple(racing.rungs(pool, spec.race))
+    baseline_trial_left = 1 if trials_done == 0 else 0  # the baseline reference's trial decodes no extra items
+    trials_left = max(0, spec.trials - trials_done - baseline_trial_left)
+    per_trial = expected_items_per_trial(rungs, finished_items)
+    if design is None or test_items == 0:
+        pick_items, staged = float(test_items), None
+    else:
+        c = spec.constraint
+        pick_items = design.expected_items(test_items, c.margin / 2, max(c.discordance, c.margin), c.margin)
+        looks = "/".join(str(n) for n in design.stages(test_items))
+        staged = f"in stages at {looks} items ({design.spending} spending), stopping at the first that decides"
+    base_test = max(0.0, pick_items - test_baseline_stored) if test_baseline_stored < test_items else 0.0
+    return CostPlan(trials_left=trials_left, pool=pool, rungs=rungs, baseline_stored=min(baseline_stored, pool),
+                    items_per_trial=per_trial, items_per_trial_measured=len(finished_items) >= MEASURED_AFTER,
+                    test_total=test_items, test_pick_items=pick_items, test_baseline_items=base_test,
+                    test_staged=staged, probe=probe)
+
+
+def format_duration(seconds: float | None) -> str:
+    """A duration as a person reads it: 45s, 12m, 1h 05m, 2d 3h."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s" if s < 600 else f"{round(s / 60)}m"
+    if s < 86400:
+        return f"{s // 3600}h {(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d {(s % 86400) // 3600}h"
+
+
+def format_plan(plan: CostPlan, spec: StudySpec) -> list[str]:
+    """The plan as `run` prints it: one line per part, items and seconds, then the total."""
+    sec = plan.seconds() or {}
+    when = lambda part: f" ≈ {format_duration(sec[part])}" if part in sec else ""  # noqa: E731
+    rungs = "/".join(str(n) for n in plan.rungs)
+    how = ("the mean of the finished trials" if plan.items_per_trial_measured
+           else f"racing rungs {rungs}, half the trials earning each next rung")
+    lines = [
+        f"plan: {spec.trials} trials on {plan.pool} validation items, test split {plan.test_total}"
+        + (f"; {plan.probe.describe()}" if plan.probe else " (no timed probe: items only)"),
+        f"  baseline ({spec.constraint.baseline}) on validation: up to {plan.baseline_items:,} items to decode"
+        f" ({plan.baseline_stored:,} stored){when('baseline')}",
+        f"  trials: {plan.trials_left} to run × ~{plan.items_per_trial:.0f} items ({how}) = "
+        f"~{plan.trial_items:,.0f} items{when('trials')}",
+        f"  test confirmation (export): the pick on ~{plan.test_pick_items:,.0f} of {plan.test_total:,} items + the "
+        f"baseline on ~{plan.test_baseline_items:,.0f}"
+        + (f", {plan.test_staged}" if plan.test_staged else "") + when("test"),
+    ]
+    if sec:
+        lines.append(f"  total ≈ {format_duration(sum(sec.values()))} (the study ≈ "
+                     f"{format_duration(plan.study_seconds)}, export ≈ {format_duration(sec['test'])})")
+    return lines
+
+
+class Eta:
+    """The time `run` has left, for its progress lines: the plan's remaining work in probe-seconds, scaled by the
+    pace observed so far (elapsed / the probe-seconds of the work done; kept within 1/4..4 of the probe's, and the
+    probe's own until a minute of work is done)."""
+
+    def __init__(self, plan: CostPlan, started: float | None = None) -> None:
+        self.plan, self.started = plan, time.monotonic() if started is None else started
+
+    def remaining_s(self, *, baseline_items: int, trials_finished: int, trial_items: int,
+                    now: float | None = None) -> float | None:
+        """Seconds left after `baseline_items` baseline items, `trials_finished` trials and `trial_items` trial
+        items decoded since the plan was made; None without a probe."""
+        p = self.plan.probe
+        if p is None:
+            return None
+        base_left = max(0, self.plan.baseline_items - baseline_items)
+        trials_left = max(0, self.plan.trials_left - trials_finished)
+        planned_left = base_left * p.baseline_s + trials_left * self.plan.items_per_trial * p.trial_s
+        done = baseline_items * p.baseline_s + trial_items * p.trial_s
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        pace = min(4.0, max(0.25, elapsed / done)) if done >= 60 and elapsed > 0 else 1.0
+        return planned_left * pace
+
+    def line(self, **done: Any) -> str:
+        """' · ETA 12m' for a progress line ('' without a probe)."""
+        left = self.remaining_s(**done)
+        return "" if left is None else f" · ETA {format_duration(left)}"
