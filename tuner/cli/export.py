@@ -36,6 +36,8 @@ def main(args: argparse.Namespace) -> int:
         f"test (n={rule['n']}): {accuracy}{quantity} {rule['estimate_points']:.1f} points, {rule['confidence']:.0%} "
         f"upper bound {rule['upper_bound_points']:.1f} vs margin {rule['margin_points']:g} → "
         f"{'confirmed' if report.confirmed else 'NOT CONFIRMED (forced)'}"
+        + (f" · stopped at look {t.sequential['stages_used']} of {t.sequential['stages_planned']} "
+           f"({t.sequential['items_decoded']} of {t.sequential['split_items']} test items)" if t.sequential else "")
         + (f" · {speedup:.1f}x the baseline's tokens/s" if speedup else "")
         + (" · baseline's test figures reused" if t.reused_baseline else ""), soft_wrap=True)
     if report.registered is not None:

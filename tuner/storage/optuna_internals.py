@@ -1,7 +1,8 @@
 """The few Optuna internals dtune relies on, behind one adapter (checked against Optuna 5.1).
 
-* `optuna.Study._storage` (the cache Optuna puts in front of an RDB storage) and its `_backend`, and
-  `Study._study_id`: to reach the storage dtune opened from a study object (`backend`, `study_id`);
+* `optuna.Study._storage` (the cache Optuna puts in front of an RDB storage) and its `_backend`, `Study._study_id`
+  and `FrozenTrial._trial_id`: to reach the storage dtune opened from a study or trial object (`backend`,
+  `study_id`, `trial_id`);
 * the private storage calls through which that cache reads trials, creates them and sets params
   (`CACHED_STORAGE_CALLS`), which the resilient storage retries like the public API;
 * the ORM metadata naming Optuna's tables (`optuna_tables`), and the logger of its RDB storage (`FallbackNotice`);
@@ -29,6 +30,11 @@ def backend(storage_or_study: Any) -> Any:
 
 def study_id(study: optuna.Study) -> int:
     return study._study_id
+
+
+def trial_id(trial: Any) -> int:
+    """A trial's id in the storage (FrozenTrial._trial_id; a running Trial's too)."""
+    return trial._trial_id
 
 
 def optuna_tables() -> frozenset[str]:

@@ -26,11 +26,13 @@ if TYPE_CHECKING:  # pragma: no cover - `show` reads records without importing O
 _SPEC, _SPEC_FINGERPRINT, _INITIALIZED, _WORKERS_STARTED = "spec", "spec_fingerprint", "initialized", "workers_started"
 _PARENT_RUN = "mlflow_parent_run_id"
 _BASELINE, _LEDGER, _LEDGER_KEY = "baseline", "baseline_ledger", "baseline_ledger_key"
+_EXPORT_STAGES = "export_stages"  # {key: the pick's test evidence so far}: a killed export resumes its stages
 _SPEED_ANCHOR = "speed_anchor"
 # Trial user attributes.
 _REFERENCE, _CONFIG, _CONFIG_KEY, _WORKER = "reference", "config", "config_key", "worker"
 _METRICS, _OUTCOMES, _ANSWERS, _RACE, _TIMING = "metrics", "outcomes", "answers", "race", "timing"
 _PRUNED_AFTER, _DUPLICATE_OF = "pruned_after", "duplicate_of"
+REPEATS_AVOIDED = "repeats_avoided"  # proposals of an evaluated configuration the sampler replaced for this trial
 # Trial system attributes Optuna's retry callback writes (and `storage.retry.queue_retry` copies).
 _FAILED_TRIAL, _RETRY_HISTORY = "failed_trial", "retry_history"
 
@@ -177,6 +179,7 @@ class TrialRecord:
     worker: str | None = None
     timing: dict[str, Any] | None = None  # the timing passes and their rule (tuner.study.timing)
     retry_of: int | None = None  # the first attempt, when this trial retries one a dead worker left
+    repeats_avoided: int = 0  # repeated proposals the sampler replaced before this trial's (tuner.study.repeats)
 
     @classmethod
     def read(cls, trial: FrozenTrial) -> TrialRecord:
@@ -190,7 +193,7 @@ class TrialRecord:
             answers=split_answers(a.get(_ANSWERS)),
             race=tuple(RaceStep(**step) for step in a.get(_RACE) or ()),
             pruned_after=a.get(_PRUNED_AFTER), duplicate_of=a.get(_DUPLICATE_OF), worker=a.get(_WORKER),
-            timing=a.get(_TIMING), retry_of=s.get(_FAILED_TRIAL))
+            timing=a.get(_TIMING), retry_of=s.get(_FAILED_TRIAL), repeats_avoided=int(a.get(REPEATS_AVOIDED, 0)))
 
     @property
     def outcome_bools(self) -> list[bool]:
@@ -217,6 +220,13 @@ def config_key_of(trial: FrozenTrial) -> str | None:
 
 def retry_of(trial: FrozenTrial) -> int | None:
     return trial.system_attrs.get(_FAILED_TRIAL)
+
+
+def record_repeats(study: optuna.Study, trial: FrozenTrial, repeats: int) -> None:
+    """Count the repeated proposals replaced for `trial` while the sampler proposes it (before it is a Trial)."""
+    from .optuna_internals import backend, trial_id
+
+    backend(study).set_trial_user_attr(trial_id(trial), REPEATS_AVOIDED, repeats)
 
 
 def reference_attrs(name: str) -> dict[str, Any]:
@@ -436,6 +446,17 @@ class StudyRecord:
         if self.ledger_key != key:
             self.study.set_user_attr(_LEDGER_KEY, key)
 
+    # --- export
+    def export_stages(self, key: str) -> Evidence | None:
+        """The pick's test evidence a staged confirmation stored under `key` (pick, model, split, design)."""
+        raw = (self._get(_EXPORT_STAGES) or {}).get(key)
+        return Evidence(unbits(raw[_OUTCOMES]), split_answers(raw[_ANSWERS])) if raw else None
+
+    def set_export_stages(self, key: str, evidence: Evidence) -> None:
+        stored = dict(self._get(_EXPORT_STAGES) or {})
+        stored[key] = {_OUTCOMES: bits(evidence.outcomes), _ANSWERS: join_answers(evidence.answers)}
+        self.study.set_user_attr(_EXPORT_STAGES, stored)
+
     # --- timing
     @property
     def speed_anchor(self) -> SpeedAnchor | None:
@@ -456,6 +477,7 @@ class TestFigures:
     baseline: dict[str, Any] = field(default_factory=dict)  # its metrics, and `reused_from` when stored earlier
     non_inferiority: dict[str, Any] = field(default_factory=dict)  # tuner.verdict.selection.Confirmation.rule()
     paired_test: dict[str, Any] = field(default_factory=dict)
+    sequential: dict[str, Any] | None = None  # the staged design, its looks, the items decoded (tuner.verdict.sequential)
     speedup_tokens_per_s: float | None = None  # the study's robust figures on validation
     speedup_test_decode: float | None = None  # this export's own test decode
 

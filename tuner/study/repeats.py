@@ -38,7 +38,14 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from ..storage.record import config_key_of, reference_of, retry_of
+from ..storage.record import (
+    REPEATS_AVOIDED,
+    TrialRecord,
+    config_key_of,
+    record_repeats,
+    reference_of,
+    retry_of,
+)
 from .space import config_key
 from .spec import StudySpec
 
@@ -46,7 +53,7 @@ __all__ = ["REPEATS_KEY", "AvoidsRepeats", "KeyOf", "PendingView", "repeats_avoi
 
 log = logging.getLogger(__name__)
 
-REPEATS_KEY = "repeats_avoided"  # trial user attribute: repeated proposals replaced for this trial
+REPEATS_KEY = REPEATS_AVOIDED  # the trial user attribute the count is stored under (tuner.storage.record)
 KeyOf = Callable[[Mapping[str, Any]], str]
 GRID_LIMIT = 4096  # a finite space up to this many points is enumerated (covered? which points are left?)
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -63,7 +70,7 @@ def repeats_avoided(trials: Sequence[FrozenTrial] | optuna.Study) -> int:
     not counted twice)."""
     if isinstance(trials, optuna.Study):
         trials = trials.get_trials(deepcopy=False)
-    return sum(int(t.user_attrs.get(REPEATS_KEY, 0)) for t in trials if retry_of(t) is None)
+    return sum(TrialRecord.read(t).repeats_avoided for t in trials if retry_of(t) is None)
 
 
 def _pending(params: Mapping[str, Any], space: Mapping[str, BaseDistribution], number: int) -> FrozenTrial:
@@ -172,7 +179,7 @@ class AvoidsRepeats(BaseSampler):
             pending.append(_pending(proposal, search_space, -1 - len(pending)))
             proposal = self._ask(study, trial, search_space, inner_space, pending)
         if repeats:
-            study._storage.set_trial_user_attr(trial._trial_id, REPEATS_KEY, repeats)
+            record_repeats(study, trial, repeats)
         return proposal
 
     def _ask(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution],

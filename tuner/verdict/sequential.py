@@ -433,8 +433,11 @@ class StagedConfirmation:
         `non_inferiority` block read): the last look's bound, at that look's confidence."""
         from .selection import Confirmation
 
-        look = dataclasses.replace(constraint, confidence=self.final.confidence)
-        return Confirmation(self.confirmed, self.final.bound, look)
+        final = self.final
+        bound, confidence = final.bound, final.confidence
+        if isinstance(bound, _NoBound) and final.futility_bound is not None:  # an early look that spent no error
+            bound, confidence = final.futility_bound, self.design.confidence
+        return Confirmation(self.confirmed, bound, dataclasses.replace(constraint, confidence=confidence))
 
     def to_dict(self) -> dict[str, Any]:
         """What the profile records: the design, the looks taken, the stages used and the items decoded."""
