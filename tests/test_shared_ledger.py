@@ -115,3 +115,42 @@ def test_a_study_written_with_its_own_ledger_hands_it_over(tmp_path):
     ledger = BaselineLedger(adopt(study, key()), VANILLA, evaluator, ITEMS)
     assert ledger.ensure(20).outcomes == "1101" * 5 and not evaluator.decoded
     assert StudyRecord(study).ledger_key == key() and study_ledger(study).n == 20
+
+
+def test_a_killed_export_resumes_its_stages_from_the_study(tmp_path):
+    """Export's staged confirmation keeps the pick's test evidence in the study after every stage
+    (`tuner.export.confirm.StudyStages`): an export killed mid-way, run again on a fresh load of the study, decodes
+    only the stages it had not reached and takes the same decisions."""
+    from tuner.export.confirm import StudyStages
+    from tuner.verdict.constraint import Constraint, Evidence
+    from tuner.verdict.sequential import Design, confirm_in_stages
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(storage=open_storage(url), study_name="s", directions=["maximize", "maximize"])
+    constraint, total = Constraint(max_drop=5.0), 400
+    pick = Evidence(tuple(i % 19 != 0 for i in range(total)), tuple(f"{i:08x}" for i in range(total)))
+    base = Evidence(tuple(i % 23 != 0 for i in range(total)), tuple(f"{i:08x}" for i in range(total)))
+    design = Design.for_constraint(constraint, looks=(0.25, 0.5, 0.75, 1.0), futility=False)
+    decoded: list[tuple[int, int]] = []
+
+    def decode(start: int, stop: int, kill_at: int | None = None) -> Evidence:
+        if kill_at is not None and start >= kill_at:
+            raise KeyboardInterrupt
+        decoded.append((start, stop))
+        return Evidence(pick.outcomes[start:stop], pick.answers[start:stop])
+
+    def run(kill_at: int | None = None):
+        study = optuna.load_study(study_name="s", storage=open_storage(url))
+        return confirm_in_stages(design, total, constraint, pick=lambda a, b: decode(a, b, kill_at),
+                                 baseline=lambda n: base.head(n), store=StudyStages(study, "pick:key"))
+
+    try:
+        run(kill_at=200)  # killed at the third stage
+    except KeyboardInterrupt:
+        pass
+    assert decoded == [(0, 100), (100, 200)]
+    again = run()
+    assert decoded[2:] == [(200, 300), (300, 400)][: len(decoded) - 2] and again.resumed == 200
+    fresh = confirm_in_stages(design, total, constraint, pick=lambda a, b: decode(a, b),
+                              baseline=lambda n: base.head(n))
+    assert [d.action for d in again.decisions] == [d.action for d in fresh.decisions]

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accept-low-power", action="store_true",
                      help="run even when the validation pool or the test split is too small to resolve the spec's "
                           "margin (the check at start says how many items it needs)")
+    run.add_argument("--plan", action="store_true",
+                     help="print what the study will cost (baseline items still to decode, trials x expected items, "
+                          "the test confirmation; seconds from a short probe on this device) and exit")
     run.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)  # started by --n-workers
 
     ev = sub.add_parser("eval", help="evaluate one configuration (a profile or knobs) on a split")

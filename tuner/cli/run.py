@@ -4,14 +4,36 @@ the Pareto front."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from rich.console import Console
 
+from ..app.context import Context
 from ..app.preflight import RUN, preflight
 from ..base.errors import EXIT_OK
 from .common import Columns, context_from_args, print_front, spec_from_args, stdout_console, usage_error
 
 SHORTCUTS = ("trials", "validation_size", "batch_size", "sampler", "seed")  # flags that set a spec field
+
+
+def print_plan(ctx: Context) -> int:
+    """`run --plan`: what the study will cost (from what the storage holds; nothing is created), then exit."""
+    from ..app.context import NoStudyError
+    from ..storage.errors import StorageError
+    from ..storage.optuna_internals import backend
+    from ..study.plan import format_plan
+    from ..workers.planning import study_plan
+
+    storage = study = None
+    try:
+        study = ctx.load_study()
+        storage = backend(study)
+    except (NoStudyError, StorageError):
+        with contextlib.suppress(StorageError):
+            storage = ctx.open_storage(create=False, write=False)
+    for line in format_plan(study_plan(ctx, storage, study), ctx.spec):
+        print(line)
+    return EXIT_OK
 
 
 def main(args: argparse.Namespace) -> int:
@@ -29,6 +51,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.worker_child:
         for notice in ctx.task.notices():  # e.g. a validation split dtune made, an unlabelled file
             console.print(f"note: {notice}", highlight=False, markup=False, soft_wrap=True)
+    if args.plan:
+        return print_plan(ctx)
     from ..storage.shared_ledger import baseline_summary, study_ledger
     from ..study.points import front
     from ..workers.launcher import parse_n_workers, run_workers, stop_with_parent

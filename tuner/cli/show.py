@@ -9,8 +9,11 @@ from rich.table import Table
 
 from ..base.errors import EXIT_OK
 from ..report.files import front_table
+from ..storage.record import read_trials
 from ..storage.shared_ledger import baseline_summary, study_ledger
+from ..study.lifecycle import FINISHED
 from ..study.points import trial_points
+from ..study.repeats import repeats_avoided
 from ..verdict.pareto import pareto_front
 from .common import (
     Columns,
@@ -33,7 +36,8 @@ def main(args: argparse.Namespace) -> int:
     baseline, columns = baseline_summary(study), Columns.of(spec.constraint, study_ledger(study).labelled)
     if args.json:
         shown = dict(study=study.study_name, baseline=baseline.to_dict() if baseline else None,
-                     trials=[p.to_dict() for p in points], front=front_table(best))
+                     trials=[p.to_dict() for p in points], front=front_table(best),
+                     repeats_avoided=repeats_avoided(study))
         print(json.dumps(shown, default=str))
         return EXIT_OK
     out = stdout_console()
@@ -47,4 +51,8 @@ def main(args: argparse.Namespace) -> int:
                       "yes" if p.feasible else "no", format_params(p.params))
     out.print(table)
     print_front(out, study.study_name, best, baseline, columns)
+    repeats = repeats_avoided(study)
+    distinct = len({t.config_key for t in read_trials(study, states=FINISHED) if t.config_key})
+    out.print(f"{distinct} distinct configurations in {len(points)} finished trials; {repeats} repeated proposal(s) "
+              "of the sampler replaced by fresh ones", highlight=False)
     return EXIT_OK

@@ -24,11 +24,11 @@ from ..base import hardware
 from ..base.errors import RefusedError, TunerError
 from ..base.urls import redact_url
 from ..storage.record import BaselineProvenance, ProfileMeta, StudyProvenance, StudyRecord, TrialRecord
-from ..study.points import trial_points
 from ..verdict.constraint import Constraint
 from ..verdict.pareto import TrialPoint
 from ..verdict.selection import PickError, pick
 from .confirm import TestResult, baseline_speed, confirm_on_test
+from .finishing import finish_front
 
 
 class ExportError(TunerError):
@@ -62,13 +62,14 @@ def export(ctx: Context, *, rule: str = "knee", max_drop: float | None = None,
     preflight(ctx, EXPORT, max_drop=max_drop, out=out, overwrite=overwrite, register=register)
     constraint = ctx.spec.constraint.with_margin(max_drop)
     study = ctx.load_study(write=True)
-    points = trial_points(study, constraint)
+    points, finished = finish_front(ctx, study, constraint, rule, stage)
     chosen = choose(study, points, rule, constraint)
     config = DecodeConfig.from_dict(TrialRecord.read(study.trials[chosen.number]).config or {})
     test = confirm_on_test(ctx, study, chosen, config, constraint, baseline_speed=baseline_speed(study, points),
                            on_progress=on_progress, stage=stage)
     refuse_unless_confirmed(test, chosen, constraint, force)
-    meta = profile_meta(ctx, study, chosen, rule, constraint, test, forced=force and not test.confirmation.confirmed)
+    meta = profile_meta(ctx, study, chosen, rule, constraint, test, forced=force and not test.confirmation.confirmed,
+                        finishing=finished.to_dict())
     path = write(ctx, study, config, meta, out, overwrite)
     registered = None
     if register:
@@ -98,7 +99,7 @@ def refuse_unless_confirmed(test: TestResult, chosen: TrialPoint, constraint: Co
 
 
 def profile_meta(ctx: Context, study: optuna.Study, chosen: TrialPoint, rule: str, constraint: Constraint,
-                 test: TestResult, *, forced: bool) -> ProfileMeta:
+                 test: TestResult, *, forced: bool, finishing: dict | None = None) -> ProfileMeta:
     """What the profile records of its origin: model, task and splits, the study and its pick, the test."""
     spec, model = ctx.spec, ctx.model
     split_val, split_test = ctx.task.split_info("validation"), ctx.task.split_info("test")
@@ -121,7 +122,7 @@ def profile_meta(ctx: Context, study: optuna.Study, chosen: TrialPoint, rule: st
             name=study.study_name, storage=redact_url(ctx.options.storage), trial=chosen.number, pick=rule,
             pick_rule=f"{rule} among trials whose {constraint.confidence:.0%} upper bound of the paired validation "
                       f"{constraint.quantity} is within {constraint.max_drop:g} points",
-            reference=chosen.label, spec_fingerprint=spec.fingerprint(),
+            reference=chosen.label, spec_fingerprint=spec.fingerprint(), finishing=finishing,
             baseline=BaselineProvenance(constraint.baseline, baseline_cfg.to_dict())),
         validation={**trial.metrics.to_dict(), "paired_estimate_accuracy": chosen.accuracy},
         test=test.figures, hardware=hardware.describe(model.device))

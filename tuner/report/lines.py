@@ -39,6 +39,8 @@ def trial_line(trial: TrialRecord, finished: int | None = None, budget: int | No
         parts.append(str(m.race_verdict))
     if trial.duplicate_of is not None:
         parts.append(f"repeat of trial {trial.duplicate_of}")
+    if trial.repeats_avoided:
+        parts.append(f"{trial.repeats_avoided} repeated proposal(s) replaced")
     return " · ".join(parts)
 
 

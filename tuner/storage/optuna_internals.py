@@ -13,7 +13,9 @@ When an Optuna upgrade moves one of these, this module (and its tests) is where 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -58,6 +60,17 @@ class FallbackNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Caught an error from sqlalchemy")
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines off for the block (dtune prints its own; the verbosity before is restored)."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(before, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def quiet_fallback_notices() -> None:

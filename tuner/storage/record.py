@@ -27,6 +27,8 @@ _SPEC, _SPEC_FINGERPRINT, _INITIALIZED, _WORKERS_STARTED = "spec", "spec_fingerp
 _PARENT_RUN = "mlflow_parent_run_id"
 _BASELINE, _LEDGER, _LEDGER_KEY = "baseline", "baseline_ledger", "baseline_ledger_key"
 _EXPORT_STAGES = "export_stages"  # {key: the pick's test evidence so far}: a killed export resumes its stages
+_FINISHED = "finished_races"  # {trial number: evidence a finished trial earned after its race (finishing)}
+_COMPLETE = "complete"
 _SPEED_ANCHOR = "speed_anchor"
 # Trial user attributes.
 _REFERENCE, _CONFIG, _CONFIG_KEY, _WORKER = "reference", "config", "config_key", "worker"
@@ -343,6 +345,15 @@ class LedgerState:
 
 
 @dataclass(frozen=True)
+class Extension:
+    """A finished trial's evidence after finishing raced it further (tuner.verdict.finishing): on more items, and
+    `complete` when it earned the whole pool (a candidate for the pick then, as a trial racing resolved)."""
+
+    evidence: Evidence
+    complete: bool
+
+
+@dataclass(frozen=True)
 class BaselineSummary:
     """What `show` and `export` print of the baseline: its trial, reference and accuracy on the ledger."""
 
@@ -446,6 +457,18 @@ class StudyRecord:
         if self.ledger_key != key:
             self.study.set_user_attr(_LEDGER_KEY, key)
 
+    # --- finishing: trials raced further after the study (Optuna can't write a finished trial's attributes)
+    def extensions(self) -> dict[int, Extension]:
+        return {int(number): Extension(Evidence(unbits(raw[_OUTCOMES]), split_answers(raw[_ANSWERS])),
+                                       bool(raw[_COMPLETE]))
+                for number, raw in (self._get(_FINISHED) or {}).items()}
+
+    def set_extension(self, number: int, extension: Extension) -> None:
+        stored = dict(self._get(_FINISHED) or {})
+        stored[str(number)] = {_OUTCOMES: bits(extension.evidence.outcomes),
+                               _ANSWERS: join_answers(extension.evidence.answers), _COMPLETE: extension.complete}
+        self.study.set_user_attr(_FINISHED, stored)
+
     # --- export
     def export_stages(self, key: str) -> Evidence | None:
         """The pick's test evidence a staged confirmation stored under `key` (pick, model, split, design)."""
@@ -502,6 +525,7 @@ class StudyProvenance:
     pick_rule: str | None = None
     reference: str | None = None  # the reference the pick is, if it is one
     spec_fingerprint: str | None = None
+    finishing: dict[str, Any] | None = None  # the open trials export raced before its pick (tuner.verdict.finishing)
     baseline: BaselineProvenance | None = None
 
 

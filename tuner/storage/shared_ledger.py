@@ -11,7 +11,7 @@ import dataclasses
 
 import optuna
 
-from .optuna_internals import backend
+from .optuna_internals import backend, quiet_optuna
 from .record import BaselineSummary, LedgerState, StudyRecord
 
 PREFIX = "dtune-baseline:"
@@ -40,7 +40,8 @@ class SharedLedger:
             if not create:
                 return None
         try:
-            return self.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], self.name)
+            with quiet_optuna():  # not Optuna's "A new study created in RDB with name: …" on stderr
+                return self.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], self.name)
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile
             return self.storage.get_study_id_from_name(self.name)
 

@@ -3,11 +3,9 @@ together, resumed only with the same spec, its trials counted against the budget
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -17,6 +15,7 @@ from ..base.errors import TunerError, db_error
 from ..base.urls import redact_url
 from ..storage.errors import StorageError
 from ..storage.locks import StudyLock
+from ..storage.optuna_internals import quiet_optuna
 from ..storage.record import StudyRecord, reference_attrs, reference_of, stored_spec
 from ..storage.retry import queue_retry
 from .sampling import make_sampler
@@ -56,7 +55,7 @@ def create_study(spec: StudySpec, storage: optuna.storages.RDBStorage, name: str
         with lock:
             try:
                 try:
-                    with _quiet_optuna():  # not Optuna's "[I …] A new study created in RDB with name: …" on stderr
+                    with quiet_optuna():  # not Optuna's "[I …] A new study created in RDB with name: …" on stderr
                         study = optuna.create_study(storage=storage, study_name=name,
                                                     directions=["maximize", "maximize"])
                 except optuna.exceptions.DuplicatedStudyError:
@@ -76,17 +75,6 @@ def create_study(spec: StudySpec, storage: optuna.storages.RDBStorage, name: str
             lock.close()
     study.sampler = make_sampler(spec.sampler, None if seed is None else seed + worker, spec.trials, spec)
     return study, worker
-
-
-@contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    """Optuna's INFO lines off for the block (dtune prints its own; the verbosity before is restored)."""
-    before = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(max(before, optuna.logging.WARNING))
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(before)
 
 
 def spec_changes(stored: dict[str, Any], spec: StudySpec) -> list[str]:

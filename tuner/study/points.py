@@ -4,6 +4,7 @@ baseline ledger on the items it used."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import optuna
@@ -11,7 +12,7 @@ from optuna.trial import TrialState
 
 from decoder.config import KNOBS
 
-from ..storage.record import TrialRecord, read_trials
+from ..storage.record import StudyRecord, TrialRecord, bits, read_trials
 from ..storage.shared_ledger import study_ledger
 from ..verdict.constraint import Constraint, ConstraintError, Verdict
 from ..verdict.pareto import TrialPoint, pareto_front
@@ -29,8 +30,14 @@ def trial_points(study: optuna.Study, constraint: Constraint) -> list[TrialPoint
     other."""
     ledger = study_ledger(study)
     base = ledger.evidence()
+    extensions = StudyRecord(study).extensions()
     points = []
     for t in read_trials(study, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        state = t.state.name
+        ext = extensions.get(t.number)
+        if ext is not None and ext.evidence.n > t.evidence.n:  # raced further by finishing, after the study
+            t = dataclasses.replace(t, outcomes=bits(ext.evidence.outcomes), answers=ext.evidence.answers)
+            state = "COMPLETE" if ext.complete else state
         m = t.metrics
         quality = t.values[0] if t.values else (m.accuracy or 0.0)
         tps = t.values[1] if t.values else (m.tokens_per_s or 0.0)
@@ -56,7 +63,7 @@ def trial_points(study: optuna.Study, constraint: Constraint) -> list[TrialPoint
         quality = min(1.0, max(0.0, float(quality)))
         lo, hi = wilson_interval(round(quality * ci_n), ci_n) if ci_n else (m.accuracy_ci_low, m.accuracy_ci_high)
         points.append(TrialPoint(
-            number=t.number, accuracy=quality, tokens_per_s=float(tps), feasible=feasible, state=t.state.name,
+            number=t.number, accuracy=quality, tokens_per_s=float(tps), feasible=feasible, state=state,
             params=shown_params(t), label=t.reference, nfe=m.nfe, ci_low=lo, ci_high=hi, n=n, drop=drop,
             drop_lower=lower, drop_upper=upper, discordance=discordance, speed_spread=m.speed_spread,
             speed_noisy=m.speed_noisy, tokens_per_s_low=m.tokens_per_s_low, tokens_per_s_high=m.tokens_per_s_high))

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as BarProgress
 
 from decoder.config import DecodeConfig
 
@@ -36,13 +37,15 @@ from ..storage.optuna_internals import backend, study_id
 from ..storage.record import StudyRecord, TrialRecord, TrialWriter
 from ..storage.resilience import is_transient
 from ..storage.retry import stale_handler
-from ..storage.shared_ledger import adopt
+from ..storage.shared_ledger import adopt, study_ledger
 from ..study.baseline import BaselineLedger
 from ..study.lifecycle import budget_counts, create_study, fail_stale_trials, finished_count, requeue
 from ..study.objective import LedgerFactory, Objective
+from ..study.plan import format_plan
 from ..tracking import Backlog, Tracker
 from ..tracking.store import run_link
 from .interrupts import interrupts
+from .planning import Progress, study_plan
 from .study_tracking import StudyTracking, study_params
 
 log = logging.getLogger(__name__)
@@ -92,7 +95,8 @@ class Worker:
         self.tracking: StudyTracking | None = None
         self.backlog: Backlog | None = None
         self.objective: Callable[[optuna.Trial], tuple[float, float]] | None = None
-        self.progress: Progress | None = None
+        self.progress: BarProgress | None = None
+        self.pace: Progress | None = None  # what was decoded since the plan, for the ETA
         self.trials_bar = self.items_bar = self.n_items = 0
 
     # ------------------------------------------------------------------------------------------- run
@@ -135,8 +139,12 @@ class Worker:
         if tracking.parent:  # once per study and worker; MLflow's own per-run "View run" lines are switched off
             console.print(f"MLflow: {run_link(tracker.tracking_uri, tracker.experiment_id, tracking.parent)}",
                           soft_wrap=True, highlight=False, markup=False)
+        plan = study_plan(self.ctx, storage, study)
+        for line in format_plan(plan, spec):
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
+        self.pace = Progress(plan, plan.baseline_stored)
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = BarProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
                                  disable=not self.options.show_progress, transient=False)
         self.trials_bar = self.progress.add_task("trials", total=spec.trials, completed=done, info="")
@@ -331,11 +339,15 @@ class Worker:
     def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
         finished = finished_count(study)
+        eta = ""
+        if self.pace is not None:
+            self.pace.trial_done(trial)
+            eta = self.pace.line(study_ledger(study).n)
         if self.progress is not None:
-            self.progress.update(self.trials_bar, completed=finished)
+            self.progress.update(self.trials_bar, completed=finished, info=eta.removeprefix(" · "))
         if self.options.log_trials:
-            self.console.print(f"{self.label}: {trial_line(TrialRecord.read(trial), finished, self.ctx.spec.trials)}",
-                               soft_wrap=True, highlight=False, markup=False)
+            line = trial_line(TrialRecord.read(trial), finished, self.ctx.spec.trials)
+            self.console.print(f"{self.label}: {line}{eta}", soft_wrap=True, highlight=False, markup=False)
         if self.backlog is None or self.tracking is None:  # tracking not set up (work() driven directly)
             return
         self.backlog.submit(self.tracking.log_trial, trial)
