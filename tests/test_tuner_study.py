@@ -61,6 +61,25 @@ def test_a_run_logged_to_a_file_prints_a_line_per_trial_and_the_study_link_once(
     assert not any("━" in line for line in lines)  # no progress bar drawn into the log
 
 
+def test_a_run_prints_its_plan_first_and_an_eta_per_trial(finished_study):
+    """Before its first trial a run says what the study will cost (the baseline's items still to decode, trials ×
+    expected items, the test confirmation, in items and in seconds from a probe on this machine), and every trial
+    line carries the time left."""
+    lines = (finished_study / "run.log").read_text().splitlines()
+    first_trial = next(i for i, line in enumerate(lines) if re.search(r": trial \d+ ", line))
+    plan = [line for line in lines[:first_trial] if line.startswith(("plan: ", "  baseline", "  trials", "  test"))]
+    assert len(plan) == 4 and "timed on" in plan[0] and "s/item" in plan[0], plan
+    assert re.search(r"up to 24 items to decode \(0 stored\) ≈ \d", plan[1]), plan[1]
+    assert all(" · ETA " in line for line in lines if re.search(r": trial \d+ ", line))
+
+
+def test_run_plan_prints_the_cost_and_exits_creating_nothing(tmp_path, capsys):
+    assert main(["run", *small_args(tmp_path, 5), "--accept-low-power", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("plan: 5 trials on 24 validation items, test split 24") and "total ≈" in out
+    assert not (tmp_path / "study.db").exists()  # a plan creates no study and no database
+
+
 def test_run_evaluates_references_first_and_fills_the_budget(finished_study):
     study = load(finished_study, 5)
     trials = study.get_trials()
