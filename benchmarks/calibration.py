@@ -46,14 +46,15 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
 
 from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
 from decoder import Counters, DecodeConfig, load_model
-from tuner.storage.record import TrialRecord, TrialWriter, reference_of
+from tuner.storage.record import TrialRecord, TrialWriter, answer_digest, reference_of
 from tuner.storage.shared_ledger import study_ledger
 from tuner.study.evaluate import EvalResult, Evaluator
 from tuner.study.lifecycle import create_study
@@ -63,6 +64,8 @@ from tuner.study.space import config_key
 from tuner.study.spec import StudySpec, load_spec
 from tuner.tasks import Item
 from tuner.tasks.arith import ArithTask
+from tuner.tasks.base import NO_ANSWER
+from tuner.verdict.constraint import Evidence
 from tuner.verdict.finishing import finish
 from tuner.verdict.pareto import TrialPoint, pareto_front, pick_fastest, pick_knee
 from tuner.verdict.racing import rungs
@@ -154,10 +157,13 @@ def synth(args: argparse.Namespace) -> None:
             continue
         tokens = 40 * args.pool
         counters = Counters(nfe=args.pool, row_forwards=args.pool, wall_time_s=tokens / tps).to_dict()
+        # Answers: the right one, or a wrong one (vanilla's own where both are wrong, half the time).
+        answers = [f"r{i}" if o else (f"w{i}" if not vanilla[i] and (idx == 0 or rng.random() < 0.5)
+                                      else f"w{i}-{idx}") for i, o in enumerate(outcomes)]
         (out / f"{idx:03d}-{file_key(cfg)}.jsonl").write_text(
             json.dumps({"config": cfg.to_dict(), "seed": args.seed, "n": 0, "synthetic": True}) + "\n"
             + json.dumps({"n": args.pool, "start": 0, "outcomes": "".join("1" if o else "0" for o in outcomes),
-                          "counted_tokens": tokens, "counters": counters}) + "\n")
+                          "counted_tokens": tokens, "counters": counters, "answers": answers}) + "\n")
         speeds[config_key(cfg)] = tps
     (out / "speeds.json").write_text(json.dumps(speeds, indent=1))
     print(f"wrote a synthetic grid of {len(speeds)} configurations x {args.pool} problems to {out}")
@@ -172,6 +178,14 @@ class Grid:
     vanilla: str
     fast: str
     pool: int  # problems every kept configuration has outcomes for (indices 0 .. pool-1)
+    answers: dict[str, list[str]] = field(default_factory=dict)  # config_key -> answer digests (grids measured with them)
+    metric: str = "accuracy"  # what the replayed constraint, the truth and the oracle read (`replay --metric`)
+
+    def evidence(self, key: str, ids: Sequence[int]) -> Evidence:
+        """What configuration `key` said on pool problems `ids`: outcomes, and answer digests where measured."""
+        answers = self.answers.get(key)
+        return Evidence(tuple(self.outcomes[key][i] == "1" for i in ids),
+                        tuple(answers[i] for i in ids) if answers else ())
 
 
 def load_grid(folder: str, pool: int | None = None) -> Grid:
@@ -184,15 +198,18 @@ def load_grid(folder: str, pool: int | None = None) -> Grid:
         key = config_key(cfg)
         configs[key] = cfg
         chunks.setdefault(key, []).extend(lines[1:])
-    outcomes, speed, counted = {}, {}, {}
+    outcomes, speed, counted, answers = {}, {}, {}, {}
     for key, cs in chunks.items():
         cs.sort(key=lambda c: c["start"])
-        joined = ""
+        joined, said = "", []
         for c in cs:  # the contiguous prefix from problem 0: a gap (a part not yet measured) ends it
             if c["start"] != len(joined):
                 break
             joined += c["outcomes"]
+            said += [answer_digest(NO_ANSWER if a is None else str(a)) for a in c.get("answers") or []]
         outcomes[key] = joined
+        if len(said) == len(joined):  # a grid measured with the extracted answers (agreement replays)
+            answers[key] = said
         tokens = sum(c["counted_tokens"] for c in cs)
         wall = sum(c["counters"]["wall_time_s"] for c in cs)
         speed[key], counted[key] = tokens / wall, tokens / max(1, sum(c["n"] for c in cs))
@@ -208,7 +225,8 @@ def load_grid(folder: str, pool: int | None = None) -> Grid:
     if fast not in full:
         raise SystemExit(f"Fast-dLLM is measured on fewer than the pool's {pool} problems; run `measure`")
     return Grid({k: configs[k] for k in full}, {k: outcomes[k][:pool] for k in full}, {k: speed[k] for k in full},
-                {k: counted[k] for k in full}, vanilla, fast, pool)
+                {k: counted[k] for k in full}, vanilla, fast, pool,
+                {k: answers[k][:pool] for k in full if k in answers})
 
 
 # ------------------------------------------------------------------------------------------------- time
@@ -260,12 +278,14 @@ class ReplayEvaluator:
     def evaluate(self, items, config, *, chunk_size=None, warmup=True, on_progress=None) -> EvalResult:
         key = config_key(config)
         idx = [int(it.id) for it in items]
-        outcomes = [self.g.outcomes[key][i] == "1" for i in idx]
+        said = self.g.evidence(key, idx)
+        outcomes = list(said.outcomes)
         self.decoded[key] = self.decoded.get(key, 0) + len(idx)
         tokens = int(round(self.g.counted[key] * len(idx)))
         counters = Counters(nfe=len(idx), row_forwards=len(idx), wall_time_s=tokens / self.g.speed[key])
         return EvalResult(n=len(idx), correct=sum(outcomes), total_items=len(idx), counted_tokens=tokens,
-                          counters=counters, scoring_time_s=0.0, outcomes=outcomes, item_ids=[it.id for it in items])
+                          counters=counters, scoring_time_s=0.0, outcomes=outcomes, item_ids=[it.id for it in items],
+                          answers=list(said.answers))
 
 
 def replay_spec(args: argparse.Namespace) -> StudySpec:
@@ -281,7 +301,7 @@ def replay_spec(args: argparse.Namespace) -> StudySpec:
         "references=[{name: vanilla, mode: vanilla, steps: 128}, {name: paper, mode: streaming, window: 32, "
         "threshold: 0.9, alpha: 0.35, early_exit: true}]",
         *(f"{k}={v}" for k, v in (("constraint.max_drop", args.max_drop), ("race.min_items", args.min_items))
-          if v is not None)])
+          if v is not None), f"constraint.metric={args.metric}"])
     return spec
 
 
@@ -307,6 +327,15 @@ def draw(seed: int, n_val: int, n_test: int, pool: int) -> Split:
 
 
 def true_drop(g: Grid, key: str, items: list[int]) -> float:
+    """The constrained quantity on `items` (fresh problems): the accuracy drop against vanilla, or with the
+    agreement metric the disagreement rate with vanilla's answers."""
+    if g.metric == "agreement":
+        base, cand = g.answers[g.vanilla], g.answers[key]
+        return sum(base[i] != cand[i] for i in items) / len(items)
+    return accuracy_drop(g, key, items)
+
+
+def accuracy_drop(g: Grid, key: str, items: list[int]) -> float:
     base, cand = g.outcomes[g.vanilla], g.outcomes[key]
     return sum((base[i] == "1") - (cand[i] == "1") for i in items) / len(items)
 
@@ -362,14 +391,14 @@ def run_new(spec: StudySpec, g: Grid, split: Split, seed: int, rule: str, workdi
                 for p in policies]
     key = keys[chosen.number]
     test_ids = [int(it.id) for it in split.test]
-    cand = [g.outcomes[key][i] == "1" for i in test_ids]
-    base = [g.outcomes[g.vanilla][i] == "1" for i in test_ids]
+    cand, base = g.evidence(key, test_ids), g.evidence(g.vanilla, test_ids)
     verdict = confirm(cand, base, spec.constraint)
     out = [judge("new", seed, g, key, verdict.confirmed, split, spec.constraint.margin, vanilla_items,
                  items + finished, space, len(test_ids), finished)]
     if design is not None:
-        staged = confirm_in_stages(design, len(test_ids), spec.constraint, pick=lambda a, b: cand[a:b],
-                                   baseline=lambda n: base[:n])
+        staged = confirm_in_stages(design, len(test_ids), spec.constraint,
+                                   pick=lambda a, b: Evidence(cand.outcomes[a:b], cand.answers[a:b]),
+                                   baseline=lambda n: base.head(n))
         out.append(judge("staged", seed, g, key, staged.confirmed, split, spec.constraint.margin, vanilla_items,
                          items + finished, space, staged.items, finished))
     return out
@@ -381,10 +410,10 @@ def extend_point(g: Grid, keys: dict[int, str | None], split: Split, constraint,
     with vanilla's (as the objective judges a rung)."""
     ids = [int(it.id) for it in split.validation[:n]]
     key = keys[point.number]
-    paired = constraint.compare([g.outcomes[key][i] == "1" for i in ids], [g.outcomes[g.vanilla][i] == "1" for i in ids])
+    paired = constraint.compare(g.evidence(key, ids), g.evidence(g.vanilla, ids))
     base_acc = sum(g.outcomes[g.vanilla][i] == "1" for i in ids) / n
-    return replace(point, n=n, drop=paired.drop, drop_lower=paired.lower, drop_upper=paired.upper,
-                   discordance=paired.discordance, accuracy=base_acc - paired.drop)
+    return replace(point, n=n, drop=paired.estimate, drop_lower=paired.lower, drop_upper=paired.upper,
+                   discordance=paired.discordance, accuracy=base_acc - accuracy_drop(g, key, ids))
 
 
 class PointEstimateObjective:
@@ -460,9 +489,11 @@ def replay_study(spec: StudySpec, g: Grid, args: argparse.Namespace, space: set[
     """Study `s` under every policy, on the same draw of validation, test and fresh problems (run in a forked
     process: it inherits `replay`'s quiet Optuna logging and the loaded grid)."""
     split = draw(1000 + s, args.validation, args.test, g.pool)
-    return [*run_new(spec, g, split, s, args.rule, workdir, space, args.min_confirmation, design_of(args, spec),
-                     args.finish_budget if args.finish else 0),
-            run_old(spec, g, split, s, args.rule, workdir, args.old_validation, space)]
+    new = run_new(spec, g, split, s, args.rule, workdir, space, args.min_confirmation, design_of(args, spec),
+                  args.finish_budget if args.finish else 0)
+    if g.metric == "agreement":  # today's policy had no agreement constraint
+        return new
+    return [*new, run_old(spec, g, split, s, args.rule, workdir, args.old_validation, space)]
 
 
 def design_of(args: argparse.Namespace, spec: StudySpec) -> Design | None:
@@ -512,7 +543,9 @@ ROW_HEADERS = ["policy", "confirmed exports", "confirmed that violate the margin
 def replay(args: argparse.Namespace) -> None:
     report = Report(args.out)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    g = load_grid(args.grid, args.pool)
+    g = replace(load_grid(args.grid, args.pool), metric=args.metric)
+    if args.metric == "agreement" and g.vanilla not in g.answers:
+        raise SystemExit("the grid was measured without the extracted answers; an agreement replay needs them")
     if g.pool - args.validation - args.test < 1:
         raise SystemExit(f"a pool of {g.pool} problems leaves no fresh ones after {args.validation} + {args.test}")
     spec = replay_spec(args)
@@ -651,6 +684,9 @@ def main() -> None:
     r.add_argument("--finish", action="store_true",
                    help="race the front's fast undecided points to a verdict before the pick (new policy)")
     r.add_argument("--finish-budget", type=int, default=1200, help="validation items finishing may decode")
+    r.add_argument("--metric", choices=["accuracy", "agreement"], default="accuracy",
+                   help="the constraint replayed: the paired drop, or the disagreement rate with vanilla's answers "
+                        "(labels hidden from the study; the truth is the disagreement on fresh problems)")
     r.add_argument("--out")
     args = ap.parse_args()
     if (warning := threads_warning()) is not None:
