@@ -1,52 +1,12 @@
-"""Confirmation in stages: a group-sequential non-inferiority design on the paired bound of the test split.
+"""Confirmation in stages: a group-sequential non-inferiority design on the constraint's bound over the test split.
 
-Export's declared test (tuner.verdict.selection) decodes the whole test split, the baseline with it, even when the
-verdict is plain after a fraction of it. A group-sequential design looks K times, at planned fractions t_1 < ... <
-t_K = 1 of the split (its first n_k items, in the split's order), and stops at the first look that resolves the
-margin either way, while the claim "confirmed" keeps its stated error: P(confirmed at any look | true drop ≥ the
-margin) ≤ α = 1 − confidence.
-
-**The rule, at look k** (all through `Constraint.verdict`, the one feasibility rule):
-
-* *confirmed* when the constraint's bound on the first n_k items, built at the look's confidence 1 − α'_k, is
-  within the margin (verdict FEASIBLE);
-* *refused for futility* (k < K, non-binding) when the bound at the design's own confidence is beyond the margin
-  (verdict INFEASIBLE: even the optimistic, lower bound can't reach it);
-* *refused* at the last look when it is not confirmed; else *continue* to the next look.
-
-**Alpha spending** (Lan & DeMets, Biometrika 70:659, 1983). The error α is spent over the looks by a function
-α(t) of the information fraction t = n_k / N: O'Brien-Fleming-type α(t) = 2 − 2Φ(z_{1−α/2} / √t) (the default:
-almost nothing spent early, so the last look's confidence stays close to the fixed test's and power is barely
-lost) or Pocock-type α(t) = α · ln(1 + (e − 1) t) (spends evenly: more early stops, a stricter last look), or the
-Hwang-Shih-DeCani family between them, `hsd:γ`: α(t) = α (1 − e^(−γt)) / (1 − e^(−γ)) (γ = −4 is close to
-O'Brien-Fleming, γ = 1 to Pocock). The looks are the actual fractions of the split in hand (rounded item counts),
-as Lan-DeMets allows. What a design costs and keeps (`Design.expected_items`, `stopping_probabilities`): for a
-pick 3.1 points under a 5-point margin with 5.3% discordant items on 1,500 test items (the calibration's usual
-knee), looks at the quarters with O'Brien-Fleming spending decode 75% of the split on average and confirm 88.9%
-of the time (the fixed test: 100%, 89.6%), at the tenths 68% and 88.3%; Pocock at the quarters 62% and 84.3%;
-hsd:-2 at the tenths 64% and 87.6%. Looks cost nothing here (a look is a computation, not a committee), so the
-default looks at every tenth with O'Brien-Fleming spending: in a replay of 40 studies on a synthetic grid with the
-measured drops (benchmarks/calibration.py synth) it decoded 66% of the test split per export against the quarters'
-73%, with the same 37 confirmations as the fixed test (Pocock at the tenths: 59%, 33).
-
-**Boundaries, computed exactly for correlated looks.** A one-sided score bound at confidence 1 − α'_k is within
-the margin m exactly when the score statistic at m, Z_k = Z(m) (Tango's for the paired drop, the binomial score
-for a disagreement rate), is at most −c_k with c_k = Φ⁻¹(1 − α'_k). Under the null at its boundary (true drop
-m) a score statistic over the first n_k of i.i.d. items is asymptotically the canonical group-sequential process
-(Jennison & Turnbull, *Group Sequential Methods*, 2000, ch. 3 and 19): Z_k √t_k = B(t_k) for a Brownian motion
-B, so cov(Z_j, Z_k) = √(t_j / t_k). The critical values are solved look by look so that the probability of a
-first crossing at look k is exactly α(t_k) − α(t_{k−1}), by the standard recursive numerical integration of
-the density of B(t_k) over the continuation region (Armitage, McPherson & Rowe 1969; J&T ch. 19) on a fine
-grid, so P(any crossing) = α(1) = α. Nothing is Bonferroni-conservative; the only approximation is the normal
-one, which is the fixed test's own. Futility is *non-binding*: the boundaries are computed as if the study never
-stopped for futility, and stopping for it only removes paths that could have confirmed, so the error bound holds
-whatever the futility rule does (it costs power, not error). A drop larger than m makes every crossing less
-likely (the statistic drifts away from the boundary), so the bound holds over the whole null. The items are the
-split's first n_k in its fixed order (chosen before any look), and the claim is the bound; the drop's point
-estimate at an early stop leans towards the boundary it crossed (as in any group-sequential trial) and is
-recorded for reading only.
-tests/test_sequential.py checks this by simulation: with the true drop exactly at the margin,
-P(confirmed at any look) ≤ α within Monte-Carlo error, both for the score process and for the whole procedure.
+K looks at planned fractions of the split (its first n_k items, in order); look k confirms when the bound at the
+look's confidence is within the margin (`Constraint.verdict`), refuses for futility (non-binding) when even the
+lower bound at the overall confidence is beyond it, and the last look refuses otherwise. The looks' confidences
+come from Lan-DeMets alpha spending (O'Brien-Fleming-type by default, Pocock-type, or Hwang-Shih-DeCani `hsd:γ`),
+solved by recursive numerical integration for the correlated looks (corr(Z_j, Z_k) = √(t_j / t_k)) so that
+P(confirmed at any look | true drop ≥ margin) = α exactly; docs/studies.md "Export" says why this design, and
+tests/test_sequential.py checks the boundaries against published values and the error by simulation.
 """
 
 from __future__ import annotations
