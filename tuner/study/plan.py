@@ -21,6 +21,7 @@ excluded. A smaller batch than the study's can only overstate the per-item time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -78,6 +79,24 @@ def expected_items_per_trial(rungs: Sequence[int], finished: Sequence[int] = ())
 
 
 @dataclass(frozen=True)
+class PlanSeconds:
+    """Seconds of each part of a plan on the probe's device."""
+
+    baseline: float
+    trials: float
+    test: float
+
+    @property
+    def study(self) -> float:
+        """`run`'s part: the baseline and the trials (the test is export's)."""
+        return self.baseline + self.trials
+
+    @property
+    def total(self) -> float:
+        return self.study + self.test
+
+
+@dataclass(frozen=True)
 class CostPlan:
     """What a study has left to decode, and what that costs on this device (seconds None without a probe)."""
 
@@ -101,26 +120,21 @@ class CostPlan:
     def trial_items(self) -> float:
         return self.trials_left * self.items_per_trial
 
-    def seconds(self) -> dict[str, float] | None:
-        """Seconds of each part (baseline, trials, test) on the probe's device; None without a probe."""
+    def seconds(self) -> PlanSeconds | None:
+        """Seconds of each part on the probe's device; None without a probe."""
         if self.probe is None:
             return None
         p = self.probe
-        return {"baseline": self.baseline_items * p.baseline_s, "trials": self.trial_items * p.trial_s,
-                "test": self.test_pick_items * p.trial_s + self.test_baseline_items * p.baseline_s}
-
-    @property
-    def study_seconds(self) -> float | None:
-        """`run`'s part: the baseline and the trials (the test is export's)."""
-        s = self.seconds()
-        return None if s is None else s["baseline"] + s["trials"]
+        return PlanSeconds(baseline=self.baseline_items * p.baseline_s, trials=self.trial_items * p.trial_s,
+                           test=self.test_pick_items * p.trial_s + self.test_baseline_items * p.baseline_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {"trials_left": self.trials_left, "baseline_items": self.baseline_items,
                 "baseline_stored": self.baseline_stored, "items_per_trial": self.items_per_trial,
                 "items_per_trial_measured": self.items_per_trial_measured, "trial_items": self.trial_items,
                 "test_pick_items": self.test_pick_items, "test_baseline_items": self.test_baseline_items,
-                "test_total": self.test_total, "test_staged": self.test_staged, "seconds": self.seconds(),
+                "test_total": self.test_total, "test_staged": self.test_staged,
+                "seconds": None if self.probe is None else dataclasses.asdict(self.seconds()),
                 "probe": None if self.probe is None else self.probe.__dict__}
 
 
@@ -168,8 +182,8 @@ def format_duration(seconds: float | None) -> str:
 
 def format_plan(plan: CostPlan, spec: StudySpec) -> list[str]:
     """The plan as `run` prints it: one line per part, items and seconds, then the total."""
-    sec = plan.seconds() or {}
-    when = lambda part: f" ≈ {format_duration(sec[part])}" if part in sec else ""  # noqa: E731
+    sec = plan.seconds()
+    when = lambda part: f" ≈ {format_duration(getattr(sec, part))}" if sec else ""  # noqa: E731
     rungs = "/".join(str(n) for n in plan.rungs)
     how = ("the mean of the finished trials" if plan.items_per_trial_measured
            else f"racing rungs {rungs}, half the trials earning each next rung")
@@ -185,8 +199,8 @@ def format_plan(plan: CostPlan, spec: StudySpec) -> list[str]:
         + (f", {plan.test_staged}" if plan.test_staged else "") + when("test"),
     ]
     if sec:
-        lines.append(f"  total ≈ {format_duration(sum(sec.values()))} (the study ≈ "
-                     f"{format_duration(plan.study_seconds)}, export ≈ {format_duration(sec['test'])})")
+        lines.append(f"  total ≈ {format_duration(sec.total)} (the study ≈ {format_duration(sec.study)}, "
+                     f"export ≈ {format_duration(sec.test)})")
     return lines
 
 
