@@ -30,7 +30,7 @@ import datetime as dt
 import itertools
 import logging
 import random
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -48,6 +48,7 @@ from ..storage.record import (
 )
 from .space import config_key
 from .spec import StudySpec
+from .views import TrialsView
 
 __all__ = ["REPEATS_KEY", "AvoidsRepeats", "KeyOf", "PendingView", "repeats_avoided", "spec_key_of"]
 
@@ -81,27 +82,15 @@ def _pending(params: Mapping[str, Any], space: Mapping[str, BaseDistribution], n
                        intermediate_values={}, trial_id=-1 - number)
 
 
-class PendingView:
-    """The study with extra running trials at `pending` points (read-only; everything else delegated)."""
+class PendingView(TrialsView):
+    """The study with extra running trials at `pending` points."""
 
     def __init__(self, study: Any, pending: Sequence[FrozenTrial]) -> None:
-        self._study, self._pending = study, list(pending)
+        super().__init__(study)
+        self._pending = list(pending)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
-                    use_cache: bool = False) -> list[FrozenTrial]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        extra = [t for t in self._pending if states is None or t.state in states]
-        return [*trials, *extra]
-
-    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy=deepcopy, states=states)
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
+    def _rewrite(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        return [*trials, *self._pending]
 
 
 class AvoidsRepeats(BaseSampler):

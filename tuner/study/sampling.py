@@ -11,7 +11,7 @@ constraint, through a read-only view of the study; the stored trials stay PRUNED
 from __future__ import annotations
 
 import copy
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -20,6 +20,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from ..storage.record import TrialRecord
+from .views import TrialsView
 
 if TYPE_CHECKING:  # pragma: no cover
     from .spec import StudySpec
@@ -64,26 +65,11 @@ def as_complete(trial: FrozenTrial) -> FrozenTrial:
     return seen
 
 
-class StudyView:
-    """The study as the wrapped sampler reads it: stopped trials turned complete, everything else delegated."""
+class StudyView(TrialsView):
+    """The study as the wrapped sampler reads it: stopped trials turned complete."""
 
-    def __init__(self, study: optuna.Study) -> None:
-        self._study = study
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
-                    use_cache: bool = False) -> list[FrozenTrial]:
-        trials = [as_complete(t) for t in self._study._get_trials(deepcopy=deepcopy, states=None, use_cache=use_cache)]
-        return trials if states is None else [t for t in trials if t.state in states]
-
-    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy=deepcopy, states=states)
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
+    def _rewrite(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        return [as_complete(t) for t in trials]
 
 
 class SeesStoppedTrials(BaseSampler):
