@@ -75,7 +75,8 @@ def confirm_on_test(ctx: Context, study: optuna.Study, chosen: TrialPoint, confi
                                baseline=lambda n: ledger.ensure(n).evidence(n), store=StudyStages(study, key),
                                on_look=look)
     if staged.resumed:
-        stage(f"export: {staged.resumed} of the pick's test items were decoded by an earlier, interrupted export")
+        stage(f"export: {staged.resumed} of the pick's test items were decoded by an earlier export of this pick "
+              "(stored in the study)")
     n = staged.items
     base = ledger.state().head(n)
     pick_evidence = StudyRecord(study).export_stages(key).head(n)
