@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..app.context import Context, Options
@@ -105,7 +106,7 @@ def print_front(out: Console, name: str, front: list[TrialPoint], baseline: Base
     it is judged against."""
     table = Table(title=f"Pareto front of {name} ({columns.quality} vs tokens/s; feasible = the {columns.bound}'s "
                         "upper bound within the margin)")
-    for col in ("trial", "ref", "items", columns.quality, "interval", f"{columns.bound} [upper]", "tokens/s", "NFE",
+    for col in ("trial", "ref", "items", columns.quality, "interval", escape(f"{columns.bound} [upper]"), "tokens/s", "NFE",
                 "params"):
         table.add_column(col)
     for p in front:
