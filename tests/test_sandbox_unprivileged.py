@@ -87,6 +87,8 @@ def _stage(home: Path) -> Path:
 
     stage = home / "stage"
     shutil.copytree(REPO / "tuner", stage / "tuner", ignore=shutil.ignore_patterns("__pycache__"))
+    # tuner's errors format through decoder.errors (torch-free; the package imports its names lazily)
+    shutil.copytree(REPO / "decoder", stage / "decoder", ignore=shutil.ignore_patterns("__pycache__", "bundled"))
     (stage / "tests").mkdir()
     shutil.copy(REPO / "tests" / "test_sandbox_hostile.py", stage / "tests")
     for name in STAGED_PACKAGES:
