@@ -19,7 +19,8 @@ def propose(logits: torch.Tensor, temperature: float, generator: torch.Generator
     Greedy (temperature 0) takes the argmax; otherwise Gumbel-max sampling in float64 (low-precision Gumbel noise
     hurts quality, as LLaDA notes), i.e. an exact sample from softmax(logits / T). The confidence is the softmax
     probability of the proposed token under the un-noised logits, in float64 as Fast-dLLM computes it, so
-    threshold comparisons near 0.9 don't flip with the model's dtype.
+    threshold comparisons near 0.9 don't flip with the model's dtype. The logits are read once (into float64);
+    greedy decoding takes the token and its logit in one pass over that copy, and the softmax normaliser in another.
     """
     logits64 = logits.double()
     logits64[..., mask_id] = NEG_INF
@@ -27,9 +28,9 @@ def propose(logits: torch.Tensor, temperature: float, generator: torch.Generator
         u = torch.rand(logits64.shape, dtype=torch.float64, device=logits.device, generator=generator)
         gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
         tokens = (logits64 / temperature + gumbel).argmax(-1)
-    else:
-        tokens = logits64.argmax(-1)
-    chosen = logits64.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        chosen = logits64.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    else:  # one reduction gives the argmax (the first maximum, as argmax picks it) and its logit
+        chosen, tokens = logits64.max(-1)
     conf = torch.exp(chosen - torch.logsumexp(logits64, dim=-1))
     return tokens, conf
 
