@@ -275,10 +275,11 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), *rope, attn_mask, kv, offset)
         return x + self.mlp(self.mlp_norm(x))
 
-    def fuse(self) -> None:
-        self.attn.fuse()
-        self.mlp.fuse()
-        self.is_fused = True
+    def fuse(self, enabled: bool = True) -> None:
+        if enabled and self.attn.wqkv is None:
+            self.attn.fuse()
+            self.mlp.fuse()
+        self.is_fused = enabled
 
 
 class DiffusionLM(nn.Module):
@@ -312,12 +313,13 @@ class DiffusionLM(nn.Module):
     def is_fused(self) -> bool:
         return self.rope_fused is not None
 
-    def fuse(self) -> DiffusionLM:
+    def fuse(self, enabled: bool = True) -> DiffusionLM:
         """Switch every block to the fused path (fewer, larger kernels; float32 math inside; the same tokens as the
-        eager path up to float rounding). Call it once the weights are loaded and on their device."""
+        eager path up to float rounding). Call it once the weights are loaded and on their device. The fused
+        weights are built once; `fuse(False)` goes back to the eager path (for side-by-side measurements)."""
         for layer in self.layers:
-            layer.fuse()
-        self.rope_fused = fused_rope_table(self.rope_cos, self.rope_sin)
+            layer.fuse(enabled)
+        self.rope_fused = fused_rope_table(self.rope_cos, self.rope_sin) if enabled else None
         return self
 
     def new_cache(self, batch: int, capacity: int) -> PrefixCache:

@@ -77,3 +77,12 @@ def test_build_random_model_takes_the_switch_and_bf16_runs():
     cfg = DecodeConfig(mode="streaming", gen_length=64, block_size=32, window=16, threshold=0.9, alpha=0.3)
     out = generate(model, [[5, 6, 7], [8]], cfg)
     assert out.tokens.shape == (2, 64)
+
+
+def test_fuse_false_goes_back_to_the_eager_path_exactly():
+    eager, model = random_model("dream", seed=10, std=0.1), random_model("dream", seed=10, std=0.1)
+    x, pos = torch.randint(3, 60, (2, 12)), torch.arange(12)
+    model.fuse()
+    model.fuse(False)
+    assert not model.is_fused and not any(layer.is_fused for layer in model.layers)
+    assert torch.equal(model(x, pos)[0], eager(x, pos)[0])
