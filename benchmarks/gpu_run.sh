@@ -52,11 +52,11 @@ else
 fi
 
 log "2. after, eager"
-timeout 150 $PY benchmarks/gpu_step_time.py $STEP --out "$OUT/step_eager.md" > "$OUT/step_eager.log" 2>&1 \
+PYTHONPATH="$PWD" timeout 150 $PY benchmarks/gpu_step_time.py $STEP --out "$OUT/step_eager.md" > "$OUT/step_eager.log" 2>&1 \
   || log "   exit $? (see step_eager.log)"
 
 log "3. after, fused (--compile)"
-timeout 180 $PY benchmarks/gpu_step_time.py $STEP --compile --out "$OUT/step_fused.md" > "$OUT/step_fused.log" 2>&1 \
+PYTHONPATH="$PWD" timeout 180 $PY benchmarks/gpu_step_time.py $STEP --compile --out "$OUT/step_fused.md" > "$OUT/step_fused.log" 2>&1 \
   || log "   exit $? (see step_fused.log)"
 
 log "4. gpu_check --compile --disk-load"
