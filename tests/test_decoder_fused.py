@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from decoder_helpers import random_model
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from decoder import DecodeConfig, build_random_model, generate, load_model
 from decoder.model import ModelArgs
@@ -86,3 +87,33 @@ def test_fuse_false_goes_back_to_the_eager_path_exactly():
     model.fuse(False)
     assert not model.is_fused and not any(layer.is_fused for layer in model.layers)
     assert torch.equal(model(x, pos)[0], eager(x, pos)[0])
+
+
+class _Cats(TorchDispatchMode):
+    """Counts torch.cat along the sequence axis of 4-D tensors (a KV cache grown by concatenation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.kv_cats = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "cat" and args[0][0].dim() == 4:
+            dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)
+            self.kv_cats += dim % 4 == 2
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_generate_allocates_one_cache_and_never_concatenates_it(fused, monkeypatch):
+    model = random_model("dream", seed=4)
+    if fused:
+        model.fuse()
+    made = []
+    new_cache = model.new_cache
+    monkeypatch.setattr(model, "new_cache", lambda *a: made.append(a) or new_cache(*a))
+    cfg = DecodeConfig(mode="streaming", gen_length=64, block_size=16, window=16, threshold=0.7, alpha=0.5,
+                       early_exit=False)
+    with _Cats() as cats:
+        out = generate(model, [[5, 9, 12], [8, 3, 4, 7, 30]], cfg)
+    assert out.counters.nfe > 4  # cached steps ran
+    assert made == [(2, 5 + 64)] and cats.kv_cats == 0
