@@ -50,8 +50,8 @@ def commit_threshold(conf: torch.Tensor, masked: torch.Tensor, tau: torch.Tensor
     `tau` is a scalar or a per-row (R,) tensor. Rows without masks commit nothing.
     """
     scores = conf.masked_fill(~masked, NEG_INF)
-    tau_t = torch.as_tensor(tau, dtype=scores.dtype, device=scores.device)
-    take = scores >= (tau_t.unsqueeze(-1) if tau_t.dim() == 1 else tau_t)
+    # a Python float stays a scalar argument (a tensor made from it would be a host-to-device copy on CUDA)
+    take = scores >= (tau.to(scores.dtype).unsqueeze(-1) if isinstance(tau, torch.Tensor) else tau)
     take.scatter_(1, scores.argmax(1, keepdim=True), True)
     return take & masked
 
