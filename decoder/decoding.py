@@ -10,8 +10,10 @@ The answer region (gen_length masks after the prompt) is decoded block by block,
   that cache, until the block has no mask. Commit rule: threshold (dynamic in streaming) plus the forced argmax.
 
 Rows of a batch are left-padded (pads masked out of attention, position ids counted from each row's first real
-token) so a batch of N equals N single runs. A row leaves the computation as soon as its block is complete (it
-waits for the block's other rows without being fed) and for good once it early-exits.
+token) so a batch of N equals N single runs. A row whose block is complete waits for the block's other rows with
+nothing to commit (it stays in the batch of the cached steps until half the rows are done, so their shapes stay
+fixed), and leaves the computation for good once it early-exits. Keys/values live in one static buffer per layer
+for the whole generation (`DiffusionLM.new_cache`), written in place.
 """
 
 from __future__ import annotations
@@ -278,9 +280,8 @@ def _cached_block(state: _State, rows: torch.Tensor, block: int, start: int, end
             return
         if 2 * n_pending <= len(rows) or (cfg.temperature > 0 and n_pending < len(rows)):
             keep = pending.nonzero().squeeze(1)
-            rows, cache, xs, masked_all, pending = rows[keep], cache.select_rows(keep), xs[keep], masked_all[keep], \
-                pending[keep]
-            key_mask = None if key_mask is None else key_mask[keep]
+            rows, cache, xs, masked_all = rows[keep], cache.select_rows(keep), xs[keep], masked_all[keep]
+            pending, key_mask = pending[keep], None if key_mask is None else key_mask[keep]
         step += 1
         logits, _ = model(xs, after_pos[rows], cache=cache, key_mask=key_mask, logits_index=logits_idx,
                           max_position=state.last_position)
@@ -307,15 +308,11 @@ def _commit(state: _State, rows: torch.Tensor, start: int, end: int, tokens: tor
 
 
 def _count(state: _State, rows: torch.Tensor, fed: int, keys: int, pending: torch.Tensor | None = None,
-           n_pending: int | None = None) -> None:
-    """Count a forward over `rows`; with `pending`, only the rows that still decode (a row kept in the batch after
-    its block is complete takes no part in the method, so it costs the method nothing)."""
-    if pending is None:
-        state.counters.add_forward(rows=rows.numel(), fed=fed, keys=keys)
-        state.row_nfe[rows] += 1
-    else:
-        state.counters.add_forward(rows=rows.numel() if n_pending is None else n_pending, fed=fed, keys=keys)
-        state.row_nfe[rows] += pending
+           n_pending: int = 0) -> None:
+    """Count a forward over `rows`; given `pending` ((R,) bool, `n_pending` of it True), only the rows still
+    decoding: a row kept in the batch after its block is complete takes no part in the method."""
+    state.counters.add_forward(rows=rows.numel() if pending is None else n_pending, fed=fed, keys=keys)
+    state.row_nfe[rows] += 1 if pending is None else pending
 
 
 def _early_exit(state: _State, rows: torch.Tensor, end: int) -> None:
