@@ -10,8 +10,13 @@ causal LM and are why we do not reuse `transformers`' modelling code:
   first `keep_prefix` positions of this call's keys/values). Keys are cached *after* RoPE: every cached position
   keeps its true id for the whole block, so rotating once is equivalent to the reference's re-rotation each step.
 
-Attention is bidirectional (`is_causal=False`) through `scaled_dot_product_attention`; a key-padding mask is used
-only when a batch is left-padded.
+The cache lives in static buffers written in place (`PrefixCache`, `DiffusionLM.new_cache`): one per layer for a
+whole generation, so a cached step neither concatenates nor allocates cache tensors.
+
+Attention is bidirectional (`is_causal=False`) through `scaled_dot_product_attention`; a key-padding mask (additive,
+built once per forward) is used only when a batch is left-padded. Two paths compute the same layer: the eager one,
+op for op as the reference implementations write it, and the fused one (`DiffusionLM.fuse`, `compile=True` at
+load): one QKV and one gate/up GEMM, `F.rms_norm`, RoPE on q and k in one pass, residual adds inside `addmm`.
 """
 
 from __future__ import annotations
