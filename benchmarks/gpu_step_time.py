@@ -85,11 +85,14 @@ def main() -> None:
     ap.add_argument("--copy-mb", type=int, default=None,
                     help="buffer size of the bandwidth measurement (default: 2048 MB on a GPU, 256 MB on CPU)")
     ap.add_argument("--quick", action="store_true", help="gen 256 only")
+    ap.add_argument("--compile", action="store_true",
+                    help="the decoder's fused path (build_random_model(compile=True); torch.compile on CUDA)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = torch.device(args.device)
     shapes = json.load(open(args.config_json)) if args.config_json else args.preset
-    model = build_random_model(shapes, device=dev, dtype=getattr(torch, args.dtype))
+    switch = {"compile": True} if args.compile else {}  # the flag alone, so the script also runs older decoders
+    model = build_random_model(shapes, device=dev, dtype=getattr(torch, args.dtype), **switch)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     sheet = datasheet_bandwidth(dev)
     copy_mb = args.copy_mb or (2048 if dev.type == "cuda" else 256)
@@ -98,8 +101,9 @@ def main() -> None:
     floor_ms = weight_bytes / (gbps * 1e9) * 1e3
 
     report = Report(args.out)
+    path = "fused (--compile)" if args.compile else "eager"
     report(f"### Per-step time — random-weight {args.config_json or args.preset}, {args.dtype}, batch {args.batch}, "
-           f"prompt {args.prompt_len} tokens\n")
+           f"prompt {args.prompt_len} tokens, {path} path\n")
     report(machine_line(str(dev)))
     report(f"command: `{command_line()}`")
     size = f"{weight_bytes / 1e9:.2f} GB" if weight_bytes >= 1e9 else f"{weight_bytes / 1e6:.2f} MB"

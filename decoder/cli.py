@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--chat-template", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     gen.add_argument("--device")
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    gen.add_argument("--compile", action="store_true",
+                     help="the fused decoder path (fewer, larger kernels), with torch.compile on CUDA (docs/decoder.md)")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     add_knob_arguments(gen)
     _add_serve_parser(sub)
@@ -193,19 +195,20 @@ def _generate(args: argparse.Namespace) -> int:
     config = build_config(args.profile, knobs, source, allow_mismatch=args.allow_model_mismatch)
     tokenizer = load_tokenizer(Path(source["path"]))
     ids = encode_prompt(tokenizer, args.prompt, chat_template=args.chat_template)  # as the tuner encodes it
-    model, _ = load_model(args.model, device=args.device, dtype=args.dtype, with_tokenizer=False)
+    model, _ = load_model(args.model, device=args.device, dtype=args.dtype, with_tokenizer=False,
+                          compile=args.compile)
     result = generate(model, [ids], config, tokenizer=tokenizer)
     counters = result.counters.to_dict()
     if args.json:
         print(json.dumps({"completion": result.texts[0], "prompt_tokens": len(ids), "counters": counters,
-                          "config": config.to_dict(), "model": model.source}))
+                          "config": config.to_dict(), "model": model.source, "compile": args.compile}))
         return 0
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     console.print(result.texts[0], markup=False, highlight=False)
-    table = Table(title=f"{config.mode} decoding", show_header=True)
+    table = Table(title=f"{config.mode} decoding{' (--compile)' if args.compile else ''}", show_header=True)
     table.add_column("counter")
     table.add_column("value", justify="right")
     for key, value in counters.items():

@@ -10,8 +10,10 @@ The answer region (gen_length masks after the prompt) is decoded block by block,
   that cache, until the block has no mask. Commit rule: threshold (dynamic in streaming) plus the forced argmax.
 
 Rows of a batch are left-padded (pads masked out of attention, position ids counted from each row's first real
-token) so a batch of N equals N single runs. A row leaves the computation as soon as its block is complete (it
-waits for the block's other rows without being fed) and for good once it early-exits.
+token) so a batch of N equals N single runs. A row whose block is complete waits for the block's other rows with
+nothing to commit (it stays in the batch of the cached steps until half the rows are done, so their shapes stay
+fixed), and leaves the computation for good once it early-exits. Keys/values live in one static buffer per layer
+for the whole generation (`DiffusionLM.new_cache`), written in place.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .architectures import ARCHITECTURES
 from .config import DecodeConfig
 from .counters import Counters
 from .errors import ConfigError
-from .model import DiffusionLM
+from .model import DiffusionLM, PrefixCache
 from .prompts import encode_prompt
 from .pruning import fed_layout
 from .selection import (
@@ -158,6 +160,14 @@ class _State:
     tracer: _Tracer
     generator: torch.Generator | None
     generated_per_row: list[int] = field(default_factory=list)
+    buffers: PrefixCache | None = None
+
+    def cache_buffers(self) -> PrefixCache | None:
+        """The generation's KV buffers (every row, the whole sequence), allocated at the first refresh and reused
+        by every block; None for a model that brings its own caches (no `new_cache`)."""
+        if self.buffers is None and hasattr(self.model, "new_cache"):
+            self.buffers = self.model.new_cache(self.x.shape[0], self.x.shape[1])
+        return self.buffers
 
     @property
     def last_position(self) -> int:
@@ -232,11 +242,13 @@ def _cached_block(state: _State, rows: torch.Tensor, block: int, start: int, end
     layout = fed_layout(state.x.shape[1], start, end, window)
     fed = layout.positions(dev)
 
-    # Refresh: the (pruned) sequence in full; cache keys/values of positions before the block.
+    # Refresh: the (pruned) sequence in full, written into the generation's cache buffers; the keys/values of
+    # positions before the block stay there as the block's prefix.
     xs = state.x[rows][:, fed]
     key_mask = None if state.key_mask is None else state.key_mask[rows][:, fed]
-    logits, cache = model(xs, state.pos[rows][:, fed], key_mask=key_mask, keep_prefix=start,
-                          max_position=state.last_position,
+    buffers = state.cache_buffers()
+    logits, cache = model(xs, state.pos[rows][:, fed], cache=None if buffers is None else buffers.empty_rows(len(rows)),
+                          key_mask=key_mask, keep_prefix=start, max_position=state.last_position,
                           logits_index=_logits_index(start, end, 0, args.logits_shift, dev))
     _count(state, rows, fed=layout.length, keys=layout.length)
     tokens, conf = propose(logits, cfg.temperature, state.generator, model.args.mask_id)
@@ -247,26 +259,34 @@ def _cached_block(state: _State, rows: torch.Tensor, block: int, start: int, end
         state.tracer.record(block=block, step=0, rows=rows, fed_positions=fed, position_ids=state.pos[rows[0]][fed],
                             committed=take.sum(1), threshold=[cfg.threshold] * len(rows), keys=layout.length)
 
+    # Cached steps: every one feeds the same shapes (rows, block + window + trailing position) against the same
+    # prefix, writing its keys/values after it in place. A row whose block is complete stays in the batch with
+    # nothing to commit (the commit rules only take masked positions) until at least half the rows are done; then
+    # the batch and the cache are compacted once. Sampling compacts as soon as a row is done, so the noise drawn
+    # per step (one draw per row fed) stays the stream that earlier versions drew for the same seed.
     after = fed[start:]  # block + window + trailing position
     after_pos = state.pos[:, after]
     logits_idx = _logits_index(start, end, start, args.logits_shift, dev)
+    key_mask = None
+    if cache.key_mask is not None:
+        key_mask = torch.cat([cache.key_mask, cache.key_mask.new_ones(len(rows), layout.after_prefix)], dim=1)
     step = 0
     while True:
         xs = state.x[rows[:, None], after]  # what this step feeds, read once
         masked_all = xs == args.mask_id
         pending = masked_all[:, : end - start].any(1)
-        if not bool(pending.all()):  # the one sync per step the method needs: is the block done for every row?
+        n_pending = int(pending.sum())  # the one sync per step the method needs: which rows still decode?
+        if n_pending == 0:
+            return
+        if 2 * n_pending <= len(rows) or (cfg.temperature > 0 and n_pending < len(rows)):
             keep = pending.nonzero().squeeze(1)
-            if keep.numel() == 0:
-                return
             rows, cache, xs, masked_all = rows[keep], cache.select_rows(keep), xs[keep], masked_all[keep]
+            pending, key_mask = pending[keep], None if key_mask is None else key_mask[keep]
         step += 1
-        key_mask = None
-        if cache.key_mask is not None:
-            key_mask = torch.cat([cache.key_mask, torch.ones_like(xs, dtype=torch.bool)], dim=1)
         logits, _ = model(xs, after_pos[rows], cache=cache, key_mask=key_mask, logits_index=logits_idx,
                           max_position=state.last_position)
-        _count(state, rows, fed=layout.after_prefix, keys=start + layout.after_prefix)
+        _count(state, rows, fed=layout.after_prefix, keys=start + layout.after_prefix, pending=pending,
+               n_pending=n_pending)
         tokens, conf = propose(logits, cfg.temperature, state.generator, model.args.mask_id)
         masked = masked_all[:, : end - start]
         # r: masked fraction of block + window + trailing position, measured before this step, per row.
@@ -276,9 +296,10 @@ def _cached_block(state: _State, rows: torch.Tensor, block: int, start: int, end
         take = commit_threshold(conf, masked, tau)
         _commit(state, rows, start, end, tokens, take)
         if state.tracer.enabled:
-            state.tracer.record(block=block, step=step, rows=rows, fed_positions=after,
-                                position_ids=state.pos[rows[0]][after], committed=take.sum(1), threshold=tau,
-                                keys=start + layout.after_prefix)
+            live = pending.nonzero().squeeze(1)
+            state.tracer.record(block=block, step=step, rows=rows[live], fed_positions=after,
+                                position_ids=state.pos[rows[live[0]]][after], committed=take.sum(1)[live],
+                                threshold=tau[live], keys=start + layout.after_prefix)
 
 
 def _commit(state: _State, rows: torch.Tensor, start: int, end: int, tokens: torch.Tensor, take: torch.Tensor) -> None:
@@ -286,9 +307,12 @@ def _commit(state: _State, rows: torch.Tensor, start: int, end: int, tokens: tor
     state.x[rows, start:end] = torch.where(take, tokens, block)
 
 
-def _count(state: _State, rows: torch.Tensor, fed: int, keys: int) -> None:
-    state.counters.add_forward(rows=rows.numel(), fed=fed, keys=keys)
-    state.row_nfe[rows] += 1
+def _count(state: _State, rows: torch.Tensor, fed: int, keys: int, pending: torch.Tensor | None = None,
+           n_pending: int = 0) -> None:
+    """Count a forward over `rows`; given `pending` ((R,) bool, `n_pending` of it True), only the rows still
+    decoding: a row kept in the batch after its block is complete takes no part in the method."""
+    state.counters.add_forward(rows=rows.numel() if pending is None else n_pending, fed=fed, keys=keys)
+    state.row_nfe[rows] += 1 if pending is None else pending
 
 
 def _early_exit(state: _State, rows: torch.Tensor, end: int) -> None:

@@ -251,11 +251,14 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     revision: str | None = None,
     with_tokenizer: bool = True,
+    compile: bool = False,
 ):
     """Load a LLaDA- or Dream-architecture checkpoint; returns `(model, tokenizer)` (tokenizer None if not asked).
 
     The model is in eval mode on `device` (default: CUDA if present) in `dtype` (default: bf16 on GPU, fp32 on
-    CPU) and carries `model.source` = {"id", "revision", "fingerprint", "path"} for provenance.
+    CPU), its parameters allocated there in that dtype (never in float32 first), and carries `model.source` =
+    {"id", "revision", "fingerprint", "path"} for provenance. `compile=True`: the fused path (`DiffusionLM.fuse`),
+    and on CUDA each block through `torch.compile` (see `compile_model`); `model.compiled` says which.
     """
     ckpt_dir = resolve_checkpoint(id_or_dir, revision)
     config = read_config(ckpt_dir)
@@ -263,12 +266,11 @@ def load_model(
     dev = resolve_device(device)
     check_weights(ckpt_dir)  # a damaged file fails before the model is allocated
     dt = _as_dtype(dtype) if dtype is not None else default_dtype(dev)
-    with torch.device("meta"):
-        model = DiffusionLM(args)
-    model = model.to_empty(device=dev).to(dt)
-    model.rope_cos, model.rope_sin = _rope_for(model, dev)
+    model = _materialise(args, dev, dt)
     load_weights(model, ckpt_dir, args.arch)
     model.eval()
+    if compile:
+        compile_model(model)
     model.source = {
         "id": str(id_or_dir),
         "revision": revision or _snapshot_revision(ckpt_dir),
@@ -286,23 +288,47 @@ def build_random_model(
     dtype: torch.dtype | str = torch.float32,
     seed: int = 0,
     std: float = 0.02,
+    compile: bool = False,
 ) -> DiffusionLM:
     """A model of a real checkpoint's shapes with random weights, from a config.json dict, a preset name
-    ("llada-8b", "dream-7b") or ModelArgs; for tests and benchmarks, where real weights can't be downloaded."""
+    ("llada-8b", "dream-7b") or ModelArgs; for tests and benchmarks, where real weights can't be downloaded.
+    `compile` as in `load_model`."""
     if isinstance(config, str):
         if config not in PRESETS:
             raise ModelLoadError(f"unknown preset {config!r}; known: {', '.join(PRESETS)}")
         config = PRESETS[config]
     args = config if isinstance(config, ModelArgs) else args_from_config(config)
     dev = torch.device(device)
-    with torch.device("meta"):
-        model = DiffusionLM(args)
-    model = model.to_empty(device=dev).to(_as_dtype(dtype))
-    model.rope_cos, model.rope_sin = _rope_for(model, dev)
+    model = _materialise(args, dev, _as_dtype(dtype))
     gen = torch.Generator(device=dev).manual_seed(seed)
     model.init_weights(std=std, generator=gen)
     model.source = {"id": f"random:{args.arch}", "revision": None, "fingerprint": f"seed{seed}", "path": None}
-    return model.eval()
+    model.eval()
+    if compile:
+        compile_model(model)
+    return model
+
+
+def _materialise(args: ModelArgs, device: torch.device, dtype: torch.dtype) -> DiffusionLM:
+    """An uninitialised model on `device`: built on the meta device and cast there, so its parameters are
+    allocated once, in `dtype` (an 8B model in bf16 peaks at its 16 GB, not at 32 GB of float32 first)."""
+    with torch.device("meta"):
+        model = DiffusionLM(args)
+    model = model.to(dtype).to_empty(device=device)
+    model.rope_cos, model.rope_sin = _rope_for(model, device)  # float32 tables, whatever the model's dtype
+    return model
+
+
+def compile_model(model: DiffusionLM) -> DiffusionLM:
+    """The `compile=True` switch: the hand-fused path everywhere (it needs no compiler), plus `torch.compile` of
+    every block on CUDA, where it fuses the remaining elementwise work. On CPU torch.compile is left out: it needs a
+    C++ toolchain, takes minutes, and the fused eager path already cuts the ops (BENCHMARKS.md)."""
+    model.fuse()
+    if model.device.type == "cuda":
+        for layer in model.layers:
+            layer.compile(dynamic=True)
+        model.compiled = True
+    return model
 
 
 def save_checkpoint(model: DiffusionLM, out_dir: str | os.PathLike, *, tokenizer=None, max_shard_bytes: int | None = None,

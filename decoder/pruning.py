@@ -29,9 +29,9 @@ class FedLayout:
 
     def positions(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """Sequence indices of the fed tokens, in order; also their position offsets before left padding."""
-        idx = torch.arange(self.kept_end, device=device)
-        if self.tail:
-            idx = torch.cat([idx, torch.tensor([self.total_len - 1], device=device)])
+        idx = torch.arange(self.length, device=device)
+        if self.tail:  # a fill on the device: a host tensor copied over would be a host-device sync on CUDA
+            idx[-1] = self.total_len - 1
         return idx
 
     @property

@@ -19,7 +19,8 @@ def propose(logits: torch.Tensor, temperature: float, generator: torch.Generator
     Greedy (temperature 0) takes the argmax; otherwise Gumbel-max sampling in float64 (low-precision Gumbel noise
     hurts quality, as LLaDA notes), i.e. an exact sample from softmax(logits / T). The confidence is the softmax
     probability of the proposed token under the un-noised logits, in float64 as Fast-dLLM computes it, so
-    threshold comparisons near 0.9 don't flip with the model's dtype.
+    threshold comparisons near 0.9 don't flip with the model's dtype. The logits are read once (into float64);
+    greedy decoding takes the token and its logit in one pass over that copy, and the softmax normaliser in another.
     """
     logits64 = logits.double()
     logits64[..., mask_id] = NEG_INF
@@ -27,9 +28,9 @@ def propose(logits: torch.Tensor, temperature: float, generator: torch.Generator
         u = torch.rand(logits64.shape, dtype=torch.float64, device=logits.device, generator=generator)
         gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
         tokens = (logits64 / temperature + gumbel).argmax(-1)
-    else:
-        tokens = logits64.argmax(-1)
-    chosen = logits64.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        chosen = logits64.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    else:  # one reduction gives the argmax (the first maximum, as argmax picks it) and its logit
+        chosen, tokens = logits64.max(-1)
     conf = torch.exp(chosen - torch.logsumexp(logits64, dim=-1))
     return tokens, conf
 
@@ -49,8 +50,8 @@ def commit_threshold(conf: torch.Tensor, masked: torch.Tensor, tau: torch.Tensor
     `tau` is a scalar or a per-row (R,) tensor. Rows without masks commit nothing.
     """
     scores = conf.masked_fill(~masked, NEG_INF)
-    tau_t = torch.as_tensor(tau, dtype=scores.dtype, device=scores.device)
-    take = scores >= (tau_t.unsqueeze(-1) if tau_t.dim() == 1 else tau_t)
+    # a Python float stays a scalar argument (a tensor made from it would be a host-to-device copy on CUDA)
+    take = scores >= (tau.to(scores.dtype).unsqueeze(-1) if isinstance(tau, torch.Tensor) else tau)
     take.scatter_(1, scores.argmax(1, keepdim=True), True)
     return take & masked
 

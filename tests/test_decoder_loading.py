@@ -8,6 +8,7 @@ import pytest
 import torch
 from decoder_helpers import random_model
 from safetensors import safe_open
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from decoder import ModelLoadError, load_model, save_checkpoint
 from decoder.architectures import PRESETS, args_from_config
@@ -106,3 +107,35 @@ def test_unreachable_hub_is_a_clear_error(monkeypatch):
 def test_a_path_that_is_neither_dir_nor_hub_id():
     with pytest.raises(ModelLoadError, match="neither a checkpoint directory nor a hub id"):
         load_model("./no/such/dir", device="cpu")
+
+
+class _Allocations(TorchDispatchMode):
+    """Records (shape, dtype) of every real (non-meta) tensor an allocation op creates."""
+
+    def __init__(self):
+        super().__init__()
+        self.made: list[tuple[tuple[int, ...], torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in ("empty", "empty_like", "empty_strided", "new_empty", "_to_copy") \
+                and isinstance(out, torch.Tensor) and out.device.type != "meta" and out.is_floating_point():
+            self.made.append((tuple(out.shape), out.dtype))
+        return out
+
+
+@pytest.mark.parametrize("source", ["bundled", "local"])
+def test_parameters_are_allocated_in_the_target_dtype(source, tmp_path):
+    """bf16 straight to the device: no parameter is ever materialised in float32 first (an 8B model would peak at
+    32 GB of float32 on the GPU before its cast to 16 GB of bf16)."""
+    if source == "bundled":
+        where = "dtune/tiny-arith"
+    else:
+        where = save_checkpoint(random_model("dream", seed=14, std=0.1), tmp_path / "ckpt", dtype=torch.bfloat16)
+    with _Allocations() as allocations:
+        model, _ = load_model(where, device="cpu", dtype="bfloat16", with_tokenizer=False)
+    shapes = {tuple(p.shape) for p in model.parameters()}
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    on_device = [(shape, dtype) for shape, dtype in allocations.made if shape in shapes]
+    assert on_device, "no parameter allocation was seen"
+    assert {dtype for _, dtype in on_device} == {torch.bfloat16}, sorted({str(d) for _, d in on_device})

@@ -38,6 +38,7 @@ class Options:
     study_name: str | None = None
     device: str | None = None
     data_dir: str | None = None
+    compile: bool = False  # the decoder's fused path (`load_model(compile=True)`)
 
 
 def experiment_name(spec: StudySpec) -> str:
@@ -126,7 +127,7 @@ class Context:
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         from decoder import load_model
 
-        return load_model(self.spec.model, device=self.options.device)
+        return load_model(self.spec.model, device=self.options.device, compile=self.options.compile)
 
     @property
     def model(self) -> Any:

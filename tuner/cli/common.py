@@ -72,7 +72,7 @@ def context_from_args(args: argparse.Namespace, spec: StudySpec) -> Context:
     return Context(spec, Options(storage=getattr(args, "storage", Options.storage),
                                  tracking_uri=getattr(args, "tracking_uri", None),
                                  study_name=getattr(args, "study_name", None), device=args.device,
-                                 data_dir=args.data_dir))
+                                 data_dir=args.data_dir, compile=getattr(args, "compile", False)))
 
 
 def stdout_console() -> Console:

@@ -17,6 +17,9 @@ def _common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
     p.add_argument("--data-dir", default=os.environ.get("DTUNE_DATA_DIR"),
                    help="local benchmark files laid out like shared/data (default: $DTUNE_DATA_DIR, else the hub)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
+    p.add_argument("--compile", action="store_true",
+                   help="decode on the fused path (fewer, larger kernels; torch.compile on CUDA); recorded with every "
+                        "timing (docs/decoder.md)")
     if study:
         p.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE", DEFAULT_STORAGE),
                        help="Optuna storage URL: sqlite:///file.db (default) or postgresql+psycopg://…")

@@ -117,6 +117,9 @@ class TrialMetrics:
     race_verdict: str | None = None
     baseline_accuracy_same_items: float | None = None
     agreement: float | None = None  # share of its items whose answer equals the baseline's
+    # how it was timed: on the decoder's fused path (`--compile`); stored only when True, so a study written before
+    # the flag (or timed eagerly) keeps its keys
+    compile: bool = False
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> TrialMetrics:
@@ -132,14 +135,16 @@ class TrialMetrics:
         return cls(**{k: v for k, v in (raw or {}).items() if k in _METRIC_FIELDS})
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields that are set, as stored and as logged to MLflow."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        """The fields that are set, as stored and as logged to MLflow (a False flag is not set)."""
+        return {f.name: v for f in dataclasses.fields(self)
+                if (v := getattr(self, f.name)) is not None and not (f.name in _FLAGS and v is False)}
 
     def __bool__(self) -> bool:
         return bool(self.to_dict())
 
 
 _METRIC_FIELDS = frozenset(f.name for f in dataclasses.fields(TrialMetrics))
+_FLAGS = frozenset({"compile"})  # bool metrics stored only when True
 
 
 @dataclass(frozen=True)

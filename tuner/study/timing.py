@@ -160,6 +160,7 @@ class SpeedEstimate:
     load: float | None = None  # fastest reference pass / the anchor
     overhead_s: float = 0.0  # decode time the probe passes cost
     detail: dict[str, Any] = field(default_factory=dict)
+    compile: bool = False  # timed on the decoder's fused path (`--compile`), another cost than the eager one
 
     def metrics(self, wall_tokens_per_s: float | None = None) -> dict[str, Any]:
         """Flat numbers for the trial's metrics (MLflow, trials.csv): the figure, the old one and the spread."""
@@ -171,6 +172,8 @@ class SpeedEstimate:
                            ("tokens_per_s_high", self.high), ("timing_load", self.load)):
             if value is not None:
                 out[key] = value
+        if self.compile:
+            out["compile"] = True
         if self.method != "wall":
             out["timing_overhead_s"] = self.overhead_s
             out["timing_passes"] = len(self.detail.get("trial_times", []))
@@ -304,6 +307,10 @@ class ProbeTimer:
         # the batch size they were decoded in.
         self.what = {"machine": machine, "reference": json.dumps(reference.to_dict(), sort_keys=True, default=str),
                      "batch_size": evaluator.batch_size, "clock": clock}
+        # The fused path (`--compile`) is another cost: its passes get their own anchor (the eager keys unchanged).
+        self.compile = bool(getattr(evaluator.model, "is_fused", False))
+        if self.compile:
+            self.what["compile"] = True
         ident = json.dumps({**self.what, "prompts": self.prompts}, sort_keys=True)
         self.machine_key = hashlib.sha256(ident.encode()).hexdigest()[:16]
 
@@ -360,11 +367,11 @@ class ProbeTimer:
         est = estimate(trial_times, ref_times, tokens, anchor, self.rule)
         detail = {**est.detail, "clock": self.clock, "trial_walls": walls["trial"], "ref_walls": walls["ref"],
                   "reference": self.reference_name, "probe_items": len(self.prompts),
-                  "batch_size": self.evaluator.batch_size,
+                  "batch_size": self.evaluator.batch_size, **({"compile": True} if self.compile else {}),
                   "rule": self.rule.describe(self.reference_name, anchor, self.clock),
                   "elapsed_s": time.perf_counter() - t0}
         return SpeedEstimate(**{**est.__dict__, "overhead_s": sum(walls["trial"]) + sum(walls["ref"]),
-                                "detail": detail})
+                                "detail": detail, "compile": self.compile})
 
 
 def timing_reference(spec: StudySpec) -> str:
