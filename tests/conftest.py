@@ -24,6 +24,19 @@ from helpers import child_env
 from tools.pg_server import PostgresServer, PostgresUnavailable, wait_until
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts): the tests of a module run on one worker, so a
+    module's expensive fixtures (a study run by the CLI, a loaded model, a server) are made once, unless the module
+    says `SPREAD = True` (its tests share nothing costly: each may go to whichever worker is free). A test's own
+    `xdist_group` mark wins. Runs before xdist reads the marks (tryfirst, below)."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None or item.get_closest_marker("xdist_group") or getattr(module, "SPREAD", False):
+            continue
+        item.add_marker(pytest.mark.xdist_group(module.__name__))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _speed_record(tmp_path_factory):
     """Studies run by the tests keep their machine record of reference passes (tuner.study.timing) in a temporary folder,

@@ -24,7 +24,8 @@ def _bwrap_works() -> bool:
 BWRAP = _bwrap_works()
 LEVELS = [
     pytest.param(
-        "bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubblewrap missing or not working here")
+        "bwrap",
+        marks=pytest.mark.skipif(not BWRAP, reason="needs bubblewrap: apt-get install bubblewrap (user namespaces on)"),
     ),
     "subprocess",
 ]
