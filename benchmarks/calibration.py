@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -572,9 +573,16 @@ def replay(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="dtune-calib-") as workdir:
         job = functools.partial(replay_study, spec, g, args, space, workdir)
         # Studies are independent (own seed, own draw, own SQLite file): several processes replay them at once
-        # (forked, so each starts with the loaded grid). Results come back in study order.
-        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as ex:
-            for s, mine in enumerate(ex.map(job, range(args.studies))):
+        # (forked, so each starts with the loaded grid). Results come back in study order. One job replays them
+        # here: a fork of a process with threads (a pytest-xdist worker) can hang on a lock it copied held.
+        with contextlib.ExitStack() as stack:
+            if args.jobs > 1:
+                ex = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                    args.jobs, mp_context=multiprocessing.get_context("fork")))
+                results = ex.map(job, range(args.studies))
+            else:
+                results = map(job, range(args.studies))
+            for s, mine in enumerate(results):
                 outcomes.extend(mine)
                 if (s + 1) % 5 == 0:
                     print(f"  {s + 1}/{args.studies} studies ({time.perf_counter() - t0:.0f}s)", flush=True)
