@@ -26,15 +26,16 @@ from tools.pg_server import PostgresServer, PostgresUnavailable, wait_until
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts): the tests of a module run on one worker, so a
-    module's expensive fixtures (a study run by the CLI, a loaded model, a server) are made once, unless the module
-    says `SPREAD = True` (its tests share nothing costly: each may go to whichever worker is free). A test's own
-    `xdist_group` mark wins. Runs before xdist reads the marks (tryfirst, below)."""
+    """pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts) runs each test on whichever worker is free, except
+    that the tests of a module that use one of its module-scoped fixtures (a study run by the CLI, a loaded model, a
+    server) are kept on one worker, so that fixture is made once. A test's own `xdist_group` mark wins. Runs before
+    xdist reads the marks (tryfirst)."""
     for item in items:
-        module = getattr(item, "module", None)
-        if module is None or item.get_closest_marker("xdist_group") or getattr(module, "SPREAD", False):
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or item.get_closest_marker("xdist_group"):
             continue
-        item.add_marker(pytest.mark.xdist_group(module.__name__))
+        if any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session", autouse=True)

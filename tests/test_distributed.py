@@ -36,7 +36,6 @@ from tuner.study.objective import Objective
 from tuner.study.space import distributions, suggest
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")]
-SPREAD = True  # tests/conftest.py: no module fixture; pytest-xdist may run these tests on either worker
 REPO = Path(__file__).resolve().parents[1]
 HEARTBEAT = "2"  # seconds; stale after 3 intervals
 REFERENCES = ("vanilla", "fast-dllm", "paper")
