@@ -39,6 +39,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Each test process decodes on one thread, as the child processes do (helpers.child_env): two xdist workers
+    share 2 cores, and a core taken by another job would stall every parallel region of a 2-thread decode. A user's
+    own OMP_NUM_THREADS wins."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _speed_record(tmp_path_factory):
     """Studies run by the tests keep their machine record of reference passes (tuner.study.timing) in a temporary folder,
     not in the user's ~/.cache (child processes inherit it)."""
