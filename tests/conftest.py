@@ -12,11 +12,13 @@ Plain helpers (the small study's options, the child-process environment) are in 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import child_env
@@ -24,18 +26,33 @@ from helpers import child_env
 from tools.pg_server import PostgresServer, PostgresUnavailable, wait_until
 
 
-@pytest.hookimpl(tryfirst=True)
+@functools.lru_cache
+def _has_module_fixtures(path: Path) -> bool:
+    try:
+        return 'scope="module"' in path.read_text()
+    except OSError:
+        return False
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (`-n 2`, pyproject's addopts) sends each test to whichever worker is free, except that the tests
+    of a module with module-scoped fixtures (a study run by the CLI, a loaded model, a server) go to one worker
+    together, so those are made once. (xdist's own `--dist loadgroup` can't do it with pytest 9.2: the group it
+    appends to a test's id no longer reaches the scheduler.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if _has_module_fixtures(config.rootpath / module) else nodeid
+
+    return Scheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts) runs each test on whichever worker is free, except
-    that the tests of a module that use one of its module-scoped fixtures (a study run by the CLI, a loaded model, a
-    server) are kept on one worker, so that fixture is made once. A test's own `xdist_group` mark wins. Runs before
-    xdist reads the marks (tryfirst)."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None or item.get_closest_marker("xdist_group"):
-            continue
-        if any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    """The slow tests first (a stable sort), so that with two workers none of them is left to run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)
