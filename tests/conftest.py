@@ -57,13 +57,15 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
-    """Each test process decodes on one thread, as the child processes do (helpers.child_env): two xdist workers
-    share 2 cores, and a core taken by another job would stall every parallel region of a 2-thread decode. A user's
-    own OMP_NUM_THREADS wins."""
+    """Each test process decodes on one thread, and so does every process a test starts (helpers.child_env sets it
+    too; this covers those started without it): two xdist workers share 2 cores, and a core taken by another job
+    stalls every parallel region of a 2-thread decode (a `tuner run` took 4 minutes to its first trial). A user's own
+    OMP_NUM_THREADS wins."""
     if "OMP_NUM_THREADS" not in os.environ:
         import torch
 
         torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
     yield
 
 

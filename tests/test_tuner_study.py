@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from helpers import MODEL, Parking, load, small_args, spec_for
+from helpers import MODEL, Parking, child_env, load, small_args, spec_for
 
 from decoder import load_profile, read_profile
 from tuner.cli import main
@@ -316,7 +316,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_rerun_resumes(tmp_path):
     whatever the machine's speed): exit 130, the finished trial kept as it was, and the rerun fills the budget."""
     args = [sys.executable, "-m", "tuner", "run", *small_args(tmp_path, 4), "--no-progress", "--accept-low-power"]
     parking = Parking(tmp_path)
-    proc = subprocess.Popen(args, cwd=tmp_path, env=parking.env(dict(os.environ)), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(args, cwd=tmp_path, env=parking.env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     spec = spec_for(tmp_path, 4)
     try:
@@ -333,7 +333,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_rerun_resumes(tmp_path):
     study = optuna.load_study(study_name=default_study_name(spec), storage=f"sqlite:///{tmp_path}/study.db")
     kept = {t.number: t.values for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
     assert kept
-    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(args, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name=default_study_name(spec), storage=f"sqlite:///{tmp_path}/study.db")
     after = {t.number: t.values for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
