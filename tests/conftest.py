@@ -1,23 +1,72 @@
-"""Fixtures shared by the test modules: real services on loopback, started once per module and stopped after it.
+"""Fixtures shared by the test modules: real services on loopback, started once per test session (per pytest-xdist
+worker: each has its own, on its own free port and in its own folder) and stopped after it.
 
-* `pg`            — a throw-away PostgreSQL cluster (tools/pg_server.py; skipped without the server binaries);
-* `mlflow_server` — `mlflow server` with a SQL backend and an artifact root, as docs/scale-out.md sets it up.
+* `pg`            — a throw-away PostgreSQL cluster (tools/pg_server.py; skipped without the server binaries), shared:
+                    each test creates databases of its own names in it and never stops it;
+* `pg_own`        — a cluster of the test's own, for tests that stop PostgreSQL (an outage);
+* `mlflow_server` — `mlflow server` with a SQL backend and an artifact root, as docs/scale-out.md sets it up; tests
+                    use study and experiment names of their own in it.
 
 Plain helpers (the small study's options, the child-process environment) are in helpers.py.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import child_env
 
 from tools.pg_server import PostgresServer, PostgresUnavailable, wait_until
+
+
+@functools.lru_cache
+def _has_module_fixtures(path: Path) -> bool:
+    try:
+        return 'scope="module"' in path.read_text()
+    except OSError:
+        return False
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (`-n 2`, pyproject's addopts) sends each test to whichever worker is free, except that the tests
+    of a module with module-scoped fixtures (a study run by the CLI, a loaded model, a server) go to one worker
+    together, so those are made once. (xdist's own `--dist loadgroup` can't do it with pytest 9.2: the group it
+    appends to a test's id no longer reaches the scheduler.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if _has_module_fixtures(config.rootpath / module) else nodeid
+
+    return Scheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (a stable sort), so that with two workers none of them is left to run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Each test process decodes on one thread, and so does every process a test starts (helpers.child_env sets it
+    too; this covers those started without it): two xdist workers share 2 cores, and a core taken by another job
+    stalls every parallel region of a 2-thread decode (a `tuner run` took 4 minutes to its first trial). A user's own
+    OMP_NUM_THREADS wins."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,12 +78,27 @@ def _speed_record(tmp_path_factory):
     yield
 
 
-@pytest.fixture(scope="module")
-def pg():
+def _start_pg() -> PostgresServer:
     try:
-        server = PostgresServer.start()
+        return PostgresServer.start()
     except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL server unavailable: {exc}")
+        why = " ".join(str(exc).split())[:300]  # one line
+        pytest.skip(f"needs PostgreSQL: apt-get install postgresql (as .ci/run does) [{why}]")
+
+
+@pytest.fixture(scope="session")
+def pg():
+    server = _start_pg()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_own():
+    """A cluster for this test alone: it may stop and restart it (`halt`, `resume`) without disturbing others."""
+    server = _start_pg()
     try:
         yield server
     finally:
@@ -47,18 +111,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` with a SQL backend and an artifact root, as docs/scale-out.md sets it up."""
     import urllib.request
 
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
+    # MLflow 3's server also starts a job runner (a dozen huey consumer processes, each importing MLflow: half a
+    # minute of CPU at every start) for GenAI jobs these tests never submit.
+    env = {**child_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                              f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            cwd=root, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
+                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 

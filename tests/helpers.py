@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -53,3 +57,61 @@ def load(tmp: Path, trials: int) -> optuna.Study:
     return optuna.load_study(study_name=default_study_name(spec), storage=open_storage(f"sqlite:///{tmp}/study.db"))
 
 
+@dataclass(frozen=True)
+class Parked:
+    """A worker parked where its trial's evaluation starts (tuner.workers.parking): the trial is RUNNING, its
+    configuration recorded, and it stays so until the test releases it or the worker is killed."""
+
+    path: Path
+    pid: int
+    trial: int
+    worker: str
+
+
+class Parking:
+    """The test's side of tuner.workers.parking: workers started with `env()` park every trial they are about to
+    evaluate until `release`d (one) or `release_all()`; a fault lands while trials are provably evaluating."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.folder = tmp_path / "park"
+        self.folder.mkdir()
+        (self.folder / "hold").touch()
+        self.gone: set[Path] = set()  # markers of workers the test killed (they never remove their own)
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        return {**(child_env() if base is None else base), "DTUNE_TEST_PARK": str(self.folder)}
+
+    def parked(self) -> list[Parked]:
+        out = []
+        for path in sorted(self.folder.glob("*.parked")):
+            if path in self.gone:
+                continue
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):  # released meanwhile
+                continue
+            out.append(Parked(path, data["pid"], data["trial"], data["worker"]))
+        return out
+
+    def wait(self, predicate, procs: list[subprocess.Popen], timeout_s: float = 240) -> list[Parked]:
+        """Wait until `predicate(parked)` holds; fails at once if one of `procs` exits meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            exited = [p.args for p in procs if p.poll() is not None]
+            assert not exited, f"a worker exited while the test waited for parked trials: {exited}"
+            parked = self.parked()
+            if predicate(parked):
+                return parked
+            time.sleep(0.1)
+        raise AssertionError(f"parked trials never matched: {self.parked()}")
+
+    def kill(self, parked: Parked) -> None:
+        """SIGKILL a parked worker (mid-trial: its trial is RUNNING and cannot finish before the signal)."""
+        os.kill(parked.pid, signal.SIGKILL)
+        self.gone.add(parked.path)
+
+    def release(self, parked: Parked) -> None:
+        parked.path.unlink(missing_ok=True)
+
+    def release_all(self) -> None:
+        (self.folder / "hold").unlink(missing_ok=True)

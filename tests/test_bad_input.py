@@ -406,13 +406,22 @@ def test_ctrl_c_is_one_clean_line_and_the_resume_loses_nothing(finished_study):
     budget = 4  # the budget may grow on a resume (not the spec)
     before = [t for t in trial_record(tmp / "study.db", name) if t[1] == "COMPLETE"]
     args = ["run", *small_args(tmp, budget), "--no-progress", "--accept-low-power", "--study-name", name]
-    proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=tmp, env=child_env(), stdout=subprocess.PIPE,
+    # The worker parks where its first trial's evaluation starts (tuner.workers.parking) until Ctrl-C: the interrupt
+    # lands in a trial whatever the machine's speed.
+    park = tmp / "park"
+    park.mkdir(exist_ok=True)
+    (park / "hold").touch()
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=tmp,
+                            env={**child_env(), "DTUNE_TEST_PARK": str(park)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        if any(t[1] == "RUNNING" for t in trial_record(tmp / "study.db", name)):
-            break
+    while time.monotonic() < deadline and proc.poll() is None and not list(park.glob("*.parked")):
         time.sleep(0.1)
+    reached = proc.poll() is None and bool(list(park.glob("*.parked")))
+    if not reached:
+        proc.kill()
+    assert reached, f"the run never reached a trial's evaluation: {proc.communicate()[1][-3000:]}"
+    assert any(t[1] == "RUNNING" for t in trial_record(tmp / "study.db", name))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

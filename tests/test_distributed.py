@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import MODEL, child_env, spec_for
+from helpers import MODEL, Parked, Parking, child_env, spec_for
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from optuna.trial import TrialState
@@ -54,12 +54,13 @@ def tiny_args(trials: int, validation_size: int = 16) -> list[str]:
     return args
 
 
-def start_workers(n: int, args: list[str], cwd: Path, tag: str) -> list[subprocess.Popen]:
+def start_workers(n: int, args: list[str], cwd: Path, tag: str, env: dict[str, str] | None = None
+                  ) -> list[subprocess.Popen]:
     procs = []
     for i in range(n):
         out = open(cwd / f"{tag}-{i}.out", "w")  # noqa: SIM115 - closed when the process is reaped
-        procs.append(subprocess.Popen([sys.executable, "-m", "tuner", "run", *args], cwd=cwd, env=child_env(),
-                                      stdout=out, stderr=subprocess.STDOUT, text=True))
+        procs.append(subprocess.Popen([sys.executable, "-m", "tuner", "run", *args], cwd=cwd,
+                                      env=env or child_env(), stdout=out, stderr=subprocess.STDOUT, text=True))
     return procs
 
 
@@ -76,31 +77,26 @@ def worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def kill_one_mid_trial(storage: str, name: str, procs: list[subprocess.Popen], timeout_s: float = 150) -> int:
-    """SIGKILL the worker running the baseline (vanilla, the slowest trial) once its evaluation has started;
-    returns the killed trial's number. Killing the baseline also checks that its retry stays the baseline."""
+def kill_the_baseline_mid_trial(storage: str, name: str, procs: list[subprocess.Popen], parking: Parking) -> int:
+    """SIGKILL the worker running the baseline (vanilla, the slowest trial) while it is parked at the start of its
+    evaluation; returns the killed trial's number. Killing the baseline also checks that its retry stays the
+    baseline."""
     by_pid = {p.pid: p for p in procs}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise AssertionError("a worker exited before any was killed")
-        try:
-            running = load(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        except Exception:  # the study may not exist yet
-            running = []
-        candidates = [t for t in running if worker_pid(t) in by_pid and "config_key" in t.user_attrs]
-        candidates.sort(key=lambda t: t.user_attrs.get("reference") != "vanilla")
-        if candidates:
-            victim = candidates[0]
-            # Loading the study can take seconds on a busy machine, and a short trial may have finished since:
-            # re-read the one trial just before the signal, so the kill lands mid-trial (not between trials).
-            study = load(storage, name)
-            if victim.number in {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}:
-                by_pid[worker_pid(victim)].send_signal(signal.SIGKILL)
-                return victim.number
-            continue
-        time.sleep(0.2)
-    raise AssertionError("no trial was seen running")
+
+    def baseline(parked: list[Parked]) -> Parked | None:
+        if not parked:  # (a trial is parked only once the study exists)
+            return None
+        trials = {t.number: t for t in load(storage, name).get_trials(deepcopy=False)}
+        return next((m for m in parked if m.pid in by_pid and m.trial in trials
+                     and trials[m.trial].user_attrs.get("reference") == "vanilla"), None)
+
+    victim = baseline(parking.wait(lambda parked: baseline(parked) is not None, procs))
+    assert victim is not None
+    running = load(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert victim.trial in {t.number for t in running}
+    parking.kill(victim)
+    by_pid[victim.pid].wait()
+    return victim.trial
 
 
 def wait_all(procs: list[subprocess.Popen], timeout_s: float) -> list[int]:
@@ -312,10 +308,13 @@ def test_concurrent_workers_create_one_study_and_claim_exactly_the_budget(backen
 
 
 def run_four_and_kill_one(args: list[str], storage: str, name: str, tmp_path: Path) -> int:
-    """Start 4 workers, SIGKILL one mid-trial, wait for the others to finish cleanly; the killed trial's number."""
-    procs = start_workers(4, args, tmp_path, "w")
+    """Start 4 workers, each parked in its first trial; SIGKILL the baseline's worker there, release the others and
+    wait for them to finish cleanly; the killed trial's number."""
+    parking = Parking(tmp_path)
+    procs = start_workers(4, args, tmp_path, "w", env=parking.env())
     try:
-        killed = kill_one_mid_trial(storage, name, procs)
+        killed = kill_the_baseline_mid_trial(storage, name, procs, parking)
+        parking.release_all()
         codes = wait_all(procs, 300)
     except BaseException:
         for p in procs:
@@ -328,7 +327,7 @@ def run_four_and_kill_one(args: list[str], storage: str, name: str, tmp_path: Pa
 
 def test_four_workers_on_postgresql_and_an_mlflow_server_survive_a_sigkill(pg, mlflow_server, tmp_path):
     storage = pg.create_database("study4")
-    name, budget = "four-workers-pg", 8
+    name, budget = "four-workers-pg", 5  # the 4 first claims and the killed trial's retry
     args = [*tiny_args(budget), "--storage", storage, "--tracking-uri", mlflow_server, "--study-name", name]
     killed = run_four_and_kill_one(args, storage, name, tmp_path)
     study = check_study(storage, name, budget, killed)
@@ -342,7 +341,7 @@ def test_four_workers_on_postgresql_and_an_mlflow_server_survive_a_sigkill(pg, m
 def test_four_workers_on_the_sqlite_defaults_survive_a_sigkill(tmp_path):
     """The default stores (./dtune.db, ./mlflow.db) with 4 local workers: they work — the study lock is a file
     lock beside the database, writes wait for SQLite's lock (30 s) and retry — and neither file is damaged."""
-    name, budget = "four-workers-sqlite", 8
+    name, budget = "four-workers-sqlite", 5
     args = [*tiny_args(budget), "--study-name", name]
     storage = f"sqlite:///{tmp_path}/dtune.db"
     killed = run_four_and_kill_one(args, storage, name, tmp_path)
@@ -357,21 +356,25 @@ def test_four_workers_on_the_sqlite_defaults_survive_a_sigkill(tmp_path):
 
 
 def test_n_workers_forwards_ctrl_c_and_the_rerun_finishes(tmp_path):
-    name, budget = "n-workers", 6
+    """Ctrl-C to the `--n-workers` parent once a trial is complete and both workers are in the middle of a trial
+    (parked where their evaluation starts): it exits 130, both trials are re-queued (none left RUNNING), and the
+    rerun finishes the budget keeping the finished trials as they were."""
+    name, budget = "n-workers", 4
     args = [sys.executable, "-m", "tuner", "run", *tiny_args(budget), "--study-name", name, "--n-workers", "2"]
-    parent = subprocess.Popen(args, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    parking = Parking(tmp_path)
+    parent = subprocess.Popen(args, cwd=tmp_path, env=parking.env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     storage = f"sqlite:///{tmp_path}/dtune.db"
-
-    def one_complete() -> bool:
-        try:
-            return bool(load(storage, name).get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        except Exception:
-            return False
-
-    assert wait_until(one_complete, 240, poll_s=0.5)
-    parent.send_signal(signal.SIGINT)
-    out, err = parent.communicate(timeout=120)
+    try:
+        first = parking.wait(lambda parked: len(parked) == 2, [parent])
+        parking.release(first[0])  # that one trial completes; its worker parks in its next trial
+        parking.wait(lambda parked: len(parked) == 2 and first[0].path not in {m.path for m in parked}, [parent])
+        assert len(load(storage, name).get_trials(states=(TrialState.COMPLETE,))) == 1
+        parent.send_signal(signal.SIGINT)
+        out, err = parent.communicate(timeout=120)
+    except BaseException:
+        parent.kill()
+        raise
     assert parent.returncode == 130, err[-3000:]
     study = load(storage, name)
     assert not study.get_trials(states=(TrialState.RUNNING,))  # the workers stopped their trials cleanly
@@ -398,22 +401,19 @@ def test_workers_stop_when_the_n_workers_parent_is_killed(tmp_path):
     """A parent SIGKILLed (OOM killer, scheduler) can't forward anything: its workers get SIGTERM from the kernel
     (PR_SET_PDEATHSIG), re-queue their running trials and exit instead of running on unseen."""
     name = "orphans"
-    # A budget the workers can't spend before the deadline below: only the parent's death can stop them.
-    args = [sys.executable, "-m", "tuner", "run", *tiny_args(500, validation_size=64), "--study-name", name,
-            "--n-workers", "2"]
-    parent = subprocess.Popen(args, cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL,
+    args = [sys.executable, "-m", "tuner", "run", *tiny_args(6), "--study-name", name, "--n-workers", "2"]
+    # Both workers park in their first trial: only the parent's death can end them (the budget can't be spent).
+    parking = Parking(tmp_path)
+    parent = subprocess.Popen(args, cwd=tmp_path, env=parking.env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     storage = f"sqlite:///{tmp_path}/dtune.db"
-
-    def worker_pids() -> set[int]:
-        try:
-            trials = load(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        except Exception:
-            return set()
-        return {int(m.group(1)) for t in trials if (m := re.search(r":(\d+)\)", t.user_attrs.get("worker", "")))}
-
-    assert wait_until(lambda: len(worker_pids()) == 2, 240, poll_s=0.3)
-    pids = worker_pids()
+    try:
+        pids = {m.pid for m in parking.wait(lambda parked: len({m.pid for m in parked}) == 2, [parent])}
+    except BaseException:
+        parent.kill()
+        raise
+    running = load(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert {worker_pid(t) for t in running} == pids
     parent.kill()
     parent.wait()
     try:
@@ -426,34 +426,39 @@ def test_workers_stop_when_the_n_workers_parent_is_killed(tmp_path):
     assert not study.get_trials(states=(TrialState.RUNNING,))  # both trials were re-queued, not left running
 
 
-def test_a_postgresql_outage_mid_run_is_waited_out(pg, tmp_path):
+def test_a_postgresql_outage_mid_run_is_waited_out(pg_own, tmp_path):
+    """PostgreSQL stopped for longer than the heartbeat grace period once a trial is complete and the next one is
+    evaluating (parked at its start, released as the outage begins): the worker waits it out and ends the study."""
+    pg = pg_own
     storage = pg.create_database("outage")
-    name, budget = "outage", 5
+    name, budget = "outage", 3  # one before the outage, one across it, one after
     args = [sys.executable, "-m", "tuner", "run", *tiny_args(budget), "--storage", storage, "--study-name", name,
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
-    worker = subprocess.Popen(args, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    parking = Parking(tmp_path)
+    worker = subprocess.Popen(args, cwd=tmp_path, env=parking.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
-
-    def mid_trial() -> bool:  # a trial finished, and the next one is evaluating
-        try:
-            trials = load(storage, name).get_trials(deepcopy=False)
-        except Exception:
-            return False
-        return any(t.state == TrialState.COMPLETE for t in trials) and any(
-            t.state == TrialState.RUNNING and "config_key" in t.user_attrs for t in trials)
-
-    assert wait_until(mid_trial, 240, poll_s=0.2)
-    pg.halt("fast")  # drops every connection: heartbeats and the trial's writes fail until it is back
-    time.sleep(8)  # longer than the heartbeat grace period (6 s)
-    pg.resume()
-    out, err = worker.communicate(timeout=300)
+    try:
+        first = parking.wait(lambda parked: len(parked) == 1, [worker])[0]
+        parking.release(first)  # that trial completes; the worker parks in the next one
+        second = parking.wait(lambda parked: len(parked) == 1 and parked[0].trial != first.trial, [worker])[0]
+        trials = load(storage, name).get_trials(deepcopy=False)
+        assert trials[first.trial].state == TrialState.COMPLETE
+        assert trials[second.trial].state == TrialState.RUNNING and "config_key" in trials[second.trial].user_attrs
+        pg.halt("fast")  # drops every connection: heartbeats and the trial's writes fail until it is back
+        parking.release_all()  # the trial evaluates on and writes into the outage
+        time.sleep(8)  # longer than the heartbeat grace period (6 s)
+        pg.resume()
+        out, err = worker.communicate(timeout=300)
+    except BaseException:
+        worker.kill()
+        raise
     assert worker.returncode == 0, err[-3000:]
     assert "unreachable" in err and "is back" in err
     study = load(storage, name)
     assert len(study.get_trials(states=FINISHED)) == budget
 
 
-def test_a_lasting_outage_is_waited_out_for_outage_s_and_no_longer(pg):
+def test_a_lasting_outage_is_waited_out_for_outage_s_and_no_longer(pg_own):
     """One retry layer: Optuna's storage calls call each other (a trial's creation reads trials), and retries nested
     in them once waited a lasting outage out several times over (with outage_s = 2, get_all_trials gave up after
     5.3 s and create_new_trial after 21.7 s). A call now gives up at its first failure after outage_s; trial creation
@@ -461,6 +466,7 @@ def test_a_lasting_outage_is_waited_out_for_outage_s_and_no_longer(pg):
     from tuner.storage.optuna_internals import study_id
     from tuner.storage.resilience import is_transient
 
+    pg = pg_own
     url = pg.create_database("lasting")
     storage = open_storage(url, outage_s=2.0)
     sid = study_id(optuna.create_study(storage=storage, study_name="lasting", directions=["maximize", "maximize"]))
@@ -497,24 +503,21 @@ def test_an_mlflow_server_prints_no_view_run_lines_per_trial(mlflow_server, capf
     assert tracker.run_url(parent) == f"{mlflow_server}/#/experiments/{tracker.experiment_id}/runs/{parent}"
 
 
-def _running_evaluations(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        running = load(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    except Exception:  # the study may not exist yet, or the database is down
-        return []
-    return [t for t in running if "config_key" in t.user_attrs and worker_pid(t) is not None]
-
-
-def test_four_workers_two_sigkills_a_40_s_postgresql_stop_and_a_replacement(pg, mlflow_server, tmp_path):
+def test_four_workers_two_sigkills_a_40_s_postgresql_stop_and_a_replacement(pg_own, mlflow_server, tmp_path):
     """Issue 18's run: `--n-workers 4` on PostgreSQL and an MLflow server; two workers SIGKILLed mid-trial, a
     replacement worker started by hand, PostgreSQL stopped for 40 s mid-run. The study ends with exactly its
     budget, every kill retried and no live trial failed, every surviving process exits 0 without a traceback,
     MLflow holds one nested run per finished trial under a FINISHED parent, and no configuration is evaluated
-    twice. The timeline is printed (pytest -s shows it)."""
+    twice. The timeline is printed (pytest -s shows it).
+
+    The faults land by events, not by the machine's speed (tuner.workers.parking): every worker parks where its
+    trial's evaluation starts; two of the parent's parked workers are killed there, the replacement is started and
+    parks in its own trial, and PostgreSQL is stopped while the three live workers are parked mid-trial; they are
+    released as the outage begins, so they evaluate on and write into it."""
+    pg = pg_own
     storage = pg.create_database("chaos")
-    # Enough trials that the run goes on well after the replacement is up (it starts slowly beside 3 busy
-    # workers on 2 cores) and a 40 s outage fits in the middle.
-    name, budget = "chaos", 20
+    # Finished: the 2 live first claims, the replacement's trial and the 2 retries (5), and more after the outage.
+    name, budget = "chaos", 8
     args = [*tiny_args(budget, validation_size=16), "--storage", storage, "--tracking-uri", mlflow_server,
             "--study-name", name]
     timeline: list[tuple[dt.datetime, str]] = []
@@ -522,39 +525,37 @@ def test_four_workers_two_sigkills_a_40_s_postgresql_stop_and_a_replacement(pg, 
     def note(what: str, when: dt.datetime | None = None) -> None:
         timeline.append((when or dt.datetime.now(), what))
 
+    parking = Parking(tmp_path)
     out = open(tmp_path / "parent.out", "w")  # noqa: SIM115 - closed below
     parent = subprocess.Popen([sys.executable, "-m", "tuner", "run", *args, "--n-workers", "4"], cwd=tmp_path,
-                              env=child_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+                              env=parking.env(), stdout=out, stderr=subprocess.STDOUT, text=True)
     procs = [parent]
     killed: dict[int, str] = {}  # trial number -> its worker's label
-    spared: set[int | None] = set()  # the replacement (not the parent's child) and the workers killed already
-
-    def victims() -> list[optuna.trial.FrozenTrial]:
-        return [t for t in _running_evaluations(storage, name) if worker_pid(t) not in spared]
-
     try:
-        for round_ in range(2):
-            assert wait_until(lambda: bool(victims()), 240, poll_s=0.2)
-            victim = victims()[0]
-            spared.add(worker_pid(victim))
-            os.kill(worker_pid(victim), signal.SIGKILL)
-            killed[victim.number] = victim.user_attrs["worker"]
-            note(f"SIGKILL {victim.user_attrs['worker']} in trial {victim.number} "
-                 f"({victim.user_attrs.get('reference') or 'sampled'})")
-            if round_ == 0:
+        # The references are distinct configurations (none waits for another's result), so at least 3 park.
+        parked = parking.wait(lambda parked: len(parked) >= 3, procs)
+        for victim in parked[:2]:
+            trials = load(storage, name).get_trials(deepcopy=False)
+            assert trials[victim.trial].state == TrialState.RUNNING and "config_key" in trials[victim.trial].user_attrs
+            parking.kill(victim)
+            killed[victim.trial] = trials[victim.trial].user_attrs["worker"]
+            note(f"SIGKILL {killed[victim.trial]} in trial {victim.trial} "
+                 f"({trials[victim.trial].user_attrs.get('reference') or 'sampled'})")
+            if len(killed) == 1:
                 replacement = subprocess.Popen([sys.executable, "-m", "tuner", "run", *args], cwd=tmp_path,
-                                               env=child_env(), stdout=open(tmp_path / "replacement.out", "w"),  # noqa: SIM115
+                                               env=parking.env(), stdout=open(tmp_path / "replacement.out", "w"),  # noqa: SIM115
                                                stderr=subprocess.STDOUT, text=True)
                 procs.append(replacement)
-                spared.add(replacement.pid)
                 note(f"replacement worker started (pid {replacement.pid})")
         # The outage comes once the replacement is up (a worker refuses to start on an unreachable database) and
-        # while trials are evaluating.
-        assert wait_until(lambda: f"study {name} ·" in (tmp_path / "replacement.out").read_text(), 180, poll_s=0.5)
-        assert wait_until(lambda: bool(_running_evaluations(storage, name)), 120, poll_s=0.2)
+        # in the middle of a trial of its own, beside the parent's two live workers in theirs.
+        live = parking.wait(lambda parked: replacement.pid in {m.pid for m in parked}, procs)
+        assert len(live) == 3, live
         finished_before = len(load(storage, name).get_trials(states=FINISHED))
         pg.halt("fast")
-        note(f"PostgreSQL stopped ({finished_before}/{budget} finished)")
+        note(f"PostgreSQL stopped ({finished_before}/{budget} finished; trials {sorted(m.trial for m in live)} "
+             "evaluating)")
+        parking.release_all()
         time.sleep(40)
         pg.resume()
         note("PostgreSQL started again")

@@ -24,7 +24,8 @@ def _bwrap_works() -> bool:
 BWRAP = _bwrap_works()
 LEVELS = [
     pytest.param(
-        "bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubblewrap missing or not working here")
+        "bwrap",
+        marks=pytest.mark.skipif(not BWRAP, reason="needs bubblewrap: apt-get install bubblewrap (user namespaces on)"),
     ),
     "subprocess",
 ]
@@ -160,72 +161,104 @@ def test_process_limit_counts_threads_and_zombies_of_the_shared_uid():
     assert total >= tasks[os.getpid()] + tasks[pid]  # both existed throughout
 
 
-# A parent of our uid that forks a child which exits at once, prints the child's pid, reaps it after argv[1] seconds
-# (never if < 0) and lives until its stdin closes: the child is a zombie someone else must reap, like a killed run's
-# orphans waiting for init.
-_LATE_REAPER = """
-import os, sys, time
-child = os.fork()
-if child == 0:
-    os._exit(0)
-print(child, flush=True)
-delay = float(sys.argv[1])
-if delay >= 0:
-    time.sleep(delay)
-    os.waitpid(child, 0)
-sys.stdin.read()
-"""
+class _LateReaper:
+    """A parent that forks a child which exits at once, and reaps it only when the test says so (`reap`), never by
+    itself: the child is a zombie someone else must reap, like a killed run's orphans waiting for init. As root both
+    run as a throw-away uid, so the zombies of other processes on the machine (other test workers, other jobs of
+    root) can't enter the count; otherwise as our own uid."""
+
+    def __init__(self) -> None:
+        import os
+        import random
+
+        self.uid = random.randrange(1_500_000_000, 1_501_000_000) if os.geteuid() == 0 else os.getuid()
+        cmd_r, self._cmd = os.pipe()
+        out_r, out_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the parent-to-be of the zombie
+            try:
+                os.close(self._cmd)
+                os.close(out_r)
+                if self.uid != os.getuid():
+                    os.setgroups([])
+                    os.setgid(self.uid)
+                    os.setuid(self.uid)
+                child = os.fork()
+                if child == 0:
+                    os._exit(0)
+                os.write(out_w, f"{child}\n".encode())
+                if os.read(cmd_r, 1) == b"r":
+                    os.waitpid(child, 0)
+                    os.read(cmd_r, 1)  # until the test closes the pipe
+            finally:
+                os._exit(0)
+        os.close(cmd_r)
+        os.close(out_w)
+        with os.fdopen(out_r) as out:
+            self.child = int(out.readline())
+
+    def reap(self) -> None:
+        import os
+
+        os.write(self._cmd, b"r")
+
+    def close(self) -> None:
+        import os
+
+        os.close(self._cmd)
+        os.waitpid(self.pid, 0)
 
 
-def _zombie_of_a_late_reaper(delay: float):
-    import subprocess
-    import sys
-
-    parent = subprocess.Popen([sys.executable, "-c", _LATE_REAPER, str(delay)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    child = int(parent.stdout.readline())
-    return parent, child
-
-
-
-
-def test_the_process_limit_waits_for_zombies_that_another_parent_will_reap():
+def test_the_process_limit_waits_for_zombies_that_another_parent_will_reap(monkeypatch):
     """Zombies charged to our uid at a run's start but reaped during it would hand the program their slots on top of
     its allowance (the hostile fork-count test once forked 40 with an allowance of 16): so the limit is sized only
-    after the zombies another process will reap are gone."""
+    after the zombies another process will reap are gone. The zombie's parent reaps it once the wait has begun (at
+    the wait's first poll), not after a delay the test must beat."""
     import os
     import time
 
+    import tuner.sandbox.procs as procs
     from tuner.sandbox.procs import wait_for_reaping
 
-    parent, child = _zombie_of_a_late_reaper(0.5)
+    reaper = _LateReaper()
     try:
-        assert _wait_until_zombie(child, timeout_s=2.0)
-        assert wait_for_reaping(os.getuid(), tolerate=10**6, wait_s=5.0) >= 1 and _is_zombie(child)  # tolerated
+        assert _wait_until_zombie(reaper.child, timeout_s=60.0)
+        assert wait_for_reaping(reaper.uid, tolerate=10**6, wait_s=5.0) >= 1 and _is_zombie(reaper.child)  # tolerated
+        polls = []
+        sleep = time.sleep
+
+        def poll(seconds: float) -> None:
+            if not polls:
+                reaper.reap()  # the wait is under way, the zombie still there
+            polls.append(seconds)
+            sleep(seconds)
+
+        monkeypatch.setattr(procs.time, "sleep", poll)
         start = time.monotonic()
-        wait_for_reaping(os.getuid(), wait_s=5.0)
+        left = wait_for_reaping(reaper.uid, wait_s=5.0)
         waited = time.monotonic() - start
-        assert not os.path.exists(f"/proc/{child}")  # reaped before the wait returned, not given up on
+        monkeypatch.undo()
+        assert polls  # it did wait for the zombie
+        assert left == 0 and not os.path.exists(f"/proc/{reaper.child}")  # reaped before the wait returned
         assert waited < 4.0
     finally:
-        parent.communicate("")
+        reaper.close()
 
 
 def test_a_zombie_nobody_reaps_costs_one_wait_not_one_per_run():
-    import os
     import time
 
     from tuner.sandbox.procs import wait_for_reaping
 
-    parent, child = _zombie_of_a_late_reaper(-1)
+    reaper = _LateReaper()
     try:
-        _wait_until_zombie(child, timeout_s=2.0)
+        assert _wait_until_zombie(reaper.child, timeout_s=60.0)
         start = time.monotonic()
-        left = wait_for_reaping(os.getuid(), wait_s=0.5)
+        left = wait_for_reaping(reaper.uid, wait_s=0.5)
         first = time.monotonic() - start
         assert left >= 1 and first >= 0.5
         start = time.monotonic()
-        assert wait_for_reaping(os.getuid(), wait_s=0.5) >= 1  # still there, and known
+        assert wait_for_reaping(reaper.uid, wait_s=0.5) >= 1  # still there, and known
         assert time.monotonic() - start < first / 2
     finally:
-        parent.communicate("")
+        reaper.close()

@@ -47,7 +47,8 @@ def _bwrap_works() -> bool:
 BWRAP = _bwrap_works()
 LEVELS = [
     pytest.param(
-        "bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubblewrap missing or not working here")
+        "bwrap",
+        marks=pytest.mark.skipif(not BWRAP, reason="needs bubblewrap: apt-get install bubblewrap (user namespaces on)"),
     ),
     "subprocess",
 ]
@@ -160,7 +161,7 @@ def test_fork_count_is_limited(level):
     assert res.passed, res
 
 
-@pytest.mark.skipif(not ROOT, reason="per-run uids (and so per-run process limits) need root")
+@pytest.mark.skipif(not ROOT, reason="needs root (as CI runs it): per-run uids and so per-run process limits")
 @pytest.mark.parametrize("level", LEVELS)
 def test_fork_bomb_does_not_starve_parallel_neighbours(level):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"

@@ -40,7 +40,7 @@ UID_BASE, UID_SPAN = 1_400_000_000, 1_000_000
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="switching to a throw-away uid needs root"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (as CI runs it): switching to a throw-away uid"),
 ]
 
 

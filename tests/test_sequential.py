@@ -260,3 +260,11 @@ def test_stages_carry_per_item_evidence_and_resume_it():
     again = confirm_in_stages(design, total, constraint, pick=lambda s, e: ev(cand, s, e),
                               baseline=lambda n: ev(base, 0, n), store=store)
     assert again.resumed == 400 and [d.to_dict() for d in again.decisions] == [d.to_dict() for d in plain.decisions]
+
+
+def test_expected_items_with_a_margin_of_the_whole_scale():
+    """max_drop=100 (as the worker-fault tests set it: no accuracy bar) makes the margin 1.0 and Tango's score
+    infinite; the plan printed before a study's first trial must still have a number (it divided by zero)."""
+    design = Design()
+    items = design.expected_items(16, 0.5, 1.0, 1.0)
+    assert math.isfinite(items) and 0 < items <= 16

@@ -17,7 +17,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 pytestmark = [
     pytest.mark.shared_data,
-    pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} not present"),
+    pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"needs the data folder ../shared/data beside the checkout (gsm8k, math, humaneval, mbpp as docs/tasks.md lays them out); {SHARED_DATA} is missing"),
     pytest.mark.usefixtures("scoring_sandbox"),
 ]
 

@@ -33,7 +33,7 @@ def _sympy_latex_available() -> bool:
 
 
 needs_sympy = pytest.mark.skipif(
-    not _sympy_latex_available(), reason="sympy + antlr4-python3-runtime 4.11 needed"
+    not _sympy_latex_available(), reason="needs sympy's LaTeX parser: pip install sympy antlr4-python3-runtime==4.11.*"
 )
 
 

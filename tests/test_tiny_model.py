@@ -45,6 +45,7 @@ def test_loads_through_the_real_checkpoint_path(loaded):
     assert get_task("arith").default_model == "dtune/tiny-arith"
 
 
+@pytest.mark.slow
 def test_reaches_its_stated_accuracy_on_a_fixed_sample(loaded):
     model, tok = loaded
     sample = RESULTS["test_sample"]

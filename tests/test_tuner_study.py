@@ -14,13 +14,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
-from helpers import MODEL, load, small_args, spec_for
+from helpers import MODEL, Parking, child_env, load, small_args, spec_for
 
 from decoder import load_profile, read_profile
 from tuner.cli import main
@@ -318,18 +317,20 @@ def test_eval_json_reports_accuracy_speed_and_nfe(capsys):
 
 
 def test_ctrl_c_keeps_finished_trials_and_the_rerun_resumes(tmp_path):
+    """Ctrl-C once a trial has finished and the next is evaluating (parked at its start, tuner.workers.parking,
+    whatever the machine's speed): exit 130, the finished trial kept as it was, and the rerun fills the budget."""
     args = [sys.executable, "-m", "tuner", "run", *small_args(tmp_path, 4), "--no-progress", "--accept-low-power"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parking = Parking(tmp_path)
+    proc = subprocess.Popen(args, cwd=tmp_path, env=parking.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     spec = spec_for(tmp_path, 4)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # wait until one trial has finished, then interrupt mid-study
-        time.sleep(1)
-        try:
-            study = optuna.load_study(study_name=default_study_name(spec), storage=f"sqlite:///{tmp_path}/study.db")
-            if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-                break
-        except Exception:
-            continue
+    try:
+        first = parking.wait(lambda parked: len(parked) == 1, [proc])[0]
+        parking.release(first)  # that trial finishes; the run parks in the next one
+        parking.wait(lambda parked: len(parked) == 1 and parked[0].trial != first.trial, [proc])
+    except BaseException:
+        proc.kill()
+        raise
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -337,7 +338,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_rerun_resumes(tmp_path):
     study = optuna.load_study(study_name=default_study_name(spec), storage=f"sqlite:///{tmp_path}/study.db")
     kept = {t.number: t.values for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
     assert kept
-    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(args, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name=default_study_name(spec), storage=f"sqlite:///{tmp_path}/study.db")
     after = {t.number: t.values for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}

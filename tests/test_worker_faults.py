@@ -77,10 +77,11 @@ def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- 2: outage grace
-def test_the_study_lock_marks_the_storage_recovered_after_an_outage(pg):
+def test_the_study_lock_marks_the_storage_recovered_after_an_outage(pg_own):
     """A worker waiting on the study lock through an outage must start the post-outage grace period like every
     other path that waits on the database: right after it, every heartbeat looks old, and a live trial must not be
     judged stale."""
+    pg = pg_own  # this test stops PostgreSQL: a cluster of its own
     url = pg.create_database("lock_outage")
     storage = open_storage(url, heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="live", directions=["maximize", "maximize"])
@@ -100,10 +101,11 @@ def test_the_study_lock_marks_the_storage_recovered_after_an_outage(pg):
     lock.close()
 
 
-def test_reading_trials_through_optunas_cache_waits_out_an_outage(pg):
+def test_reading_trials_through_optunas_cache_waits_out_an_outage(pg_own):
     """`study.get_trials()` goes through Optuna's cache to private storage methods (`_get_trials`); those wait
     through an outage like every other call (they once ended the worker: "lost the study storage …
     PendingRollbackError"), and mark the storage recovered."""
+    pg = pg_own  # this test stops PostgreSQL: a cluster of its own
     url = pg.create_database("cache_outage")
     storage = open_storage(url, heartbeat_interval=1)
     study = optuna.create_study(storage=storage, study_name="cached", directions=["maximize", "maximize"])

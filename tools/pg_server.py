@@ -65,8 +65,8 @@ class PostgresServer:
     def start(cls) -> PostgresServer:
         bin_dir = find_bin_dir()
         if bin_dir is None:
-            raise PostgresUnavailable("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin; "
-                                      "apt-get install postgresql (as .ci/run does)")
+            raise PostgresUnavailable("no server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin or "
+                                      "$DTUNE_PG_BIN")
         owner = None
         if os.geteuid() == 0:
             for name in ("postgres", "nobody"):

@@ -282,7 +282,9 @@ class Design:
         big = 10**6  # expected counts on a large n: V0 as a rate
         b, c = big * (discordance + drop) / 2, big * max(discordance - drop, 0.0) / 2
         z = tango_score(b, c, big, margin)  # type: ignore[arg-type]
-        v0 = ((b - c - big * margin) / z) ** 2 / big if z else max(discordance, 1e-9)
+        # A margin of the whole scale (max_drop 100 points) makes the score infinite and V0 zero: fall back as for z = 0.
+        v0 = ((b - c - big * margin) / z) ** 2 / big if z and math.isfinite(z) else 0.0
+        v0 = v0 if v0 > 0 else max(discordance, 1e-9)
         theta = (margin - drop) * math.sqrt(total / v0)
         stop = stopping_probabilities(fractions, crit, theta)
         going = 1.0 - sum(stop[:-1])

@@ -45,6 +45,7 @@ from ..study.plan import format_plan
 from ..tracking import Backlog, Tracker
 from ..tracking.store import run_link
 from .interrupts import interrupts
+from .parking import park
 from .planning import Progress, study_plan
 from .study_tracking import StudyTracking, study_params
 
@@ -330,6 +331,7 @@ class Worker:
         knobs = ", ".join(f"{k}={v}" for k, v in config.normalized().to_dict().items() if k in SHOWN_KNOBS)
         if self.progress is not None:
             self.progress.reset(self.items_bar, total=self.n_items, info=f"trial {number}: {knobs}")
+        park(number, self.label)  # tests only (tuner.workers.parking): a no-op unless DTUNE_TEST_PARK is set
 
     def _on_progress(self, seen: int, total: int, correct: int) -> None:
         interrupts.check()
