@@ -48,7 +48,7 @@ from ..storage.record import (
 )
 from .space import config_key
 from .spec import StudySpec
-from .views import TrialsView
+from .views import TrialsView, WrappingSampler
 
 __all__ = ["REPEATS_KEY", "AvoidsRepeats", "KeyOf", "PendingView", "repeats_avoided", "spec_key_of"]
 
@@ -93,7 +93,7 @@ class PendingView(TrialsView):
         return [*trials, *self._pending]
 
 
-class AvoidsRepeats(BaseSampler):
+class AvoidsRepeats(WrappingSampler):
     """Wraps `inner` so that no proposal repeats a configuration already in the study (module docstring).
 
     `dists` are the distributions the objective suggests (all of them: the relative search space this wrapper
@@ -101,7 +101,8 @@ class AvoidsRepeats(BaseSampler):
 
     def __init__(self, inner: BaseSampler, dists: Mapping[str, BaseDistribution], key_of: KeyOf, *,
                  seed: int | None = None, tries: int = 2, random_draws: int = 200) -> None:
-        self.inner, self.dists, self.key_of = inner, dict(dists), key_of
+        super().__init__(inner)
+        self.dists, self.key_of = dict(dists), key_of
         self.tries, self.random_draws = tries, random_draws
         self._random = RandomSampler(seed=None if seed is None else seed + 7919)
         self._rng = random.Random(None if seed is None else seed + 7919)
@@ -217,15 +218,8 @@ class AvoidsRepeats(BaseSampler):
                            param_distribution: BaseDistribution) -> Any:
         return self.inner.sample_independent(study, trial, param_name, param_distribution)
 
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.inner.before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self.inner.after_trial(study, trial, state, values)
-
     def reseed_rng(self) -> None:
-        self.inner.reseed_rng()
+        super().reseed_rng()
         self._random.reseed_rng()
 
 

@@ -11,7 +11,6 @@ constraint, through a read-only view of the study; the stored trials stay PRUNED
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -20,7 +19,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from ..storage.record import TrialRecord
-from .views import TrialsView
+from .views import TrialsView, WrappingSampler
 
 if TYPE_CHECKING:  # pragma: no cover
     from .spec import StudySpec
@@ -72,11 +71,8 @@ class StudyView(TrialsView):
         return [as_complete(t) for t in trials]
 
 
-class SeesStoppedTrials(BaseSampler):
+class SeesStoppedTrials(WrappingSampler):
     """Wraps a sampler so that its model of the space includes the trials stopped early (see module docstring)."""
-
-    def __init__(self, inner: BaseSampler) -> None:
-        self.inner = inner
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self.inner.infer_relative_search_space(StudyView(study), trial)  # type: ignore[arg-type]
@@ -90,12 +86,3 @@ class SeesStoppedTrials(BaseSampler):
         return self.inner.sample_independent(StudyView(study), trial, param_name,  # type: ignore[arg-type]
                                              param_distribution)
 
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.inner.before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self.inner.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.inner.reseed_rng()

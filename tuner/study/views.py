@@ -1,10 +1,13 @@
-"""A study as a wrapped sampler reads it: the same study with its trial list rewritten (read-only)."""
+"""What a wrapping sampler builds on: a study with its trial list rewritten (read-only), and a sampler that hands
+the trial's life cycle to the sampler it wraps."""
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from typing import Any
 
+import optuna
+from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 
@@ -34,3 +37,20 @@ class TrialsView:
     @property
     def trials(self) -> list[FrozenTrial]:
         return self.get_trials()
+
+
+class WrappingSampler(BaseSampler):
+    """A sampler around `inner`: before_trial, after_trial and reseed_rng go to it; subclasses say how they sample."""
+
+    def __init__(self, inner: BaseSampler) -> None:
+        self.inner = inner
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
