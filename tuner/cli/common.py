@@ -99,6 +99,11 @@ class Columns:
     def of(cls, constraint: Constraint, labelled: bool) -> Columns:
         return cls("accuracy" if labelled else "agreement", constraint.quantity)
 
+    @property
+    def bound_header(self) -> str:
+        """The bound's column header, its brackets escaped (rich would read "[upper]" as markup and drop it)."""
+        return escape(f"{self.bound} [upper]")
+
 
 def print_front(out: Console, name: str, front: list[TrialPoint], baseline: BaselineSummary | None,
                 columns: Columns = Columns()) -> None:
@@ -106,8 +111,7 @@ def print_front(out: Console, name: str, front: list[TrialPoint], baseline: Base
     it is judged against."""
     table = Table(title=f"Pareto front of {name} ({columns.quality} vs tokens/s; feasible = the {columns.bound}'s "
                         "upper bound within the margin)")
-    for col in ("trial", "ref", "items", columns.quality, "interval", escape(f"{columns.bound} [upper]"), "tokens/s", "NFE",
-                "params"):
+    for col in ("trial", "ref", "items", columns.quality, "interval", columns.bound_header, "tokens/s", "NFE", "params"):
         table.add_column(col)
     for p in front:
         ci = "" if p.ci_low is None else f"{p.ci_low:.1%}–{p.ci_high:.1%}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.markup import escape
 from rich.table import Table
 
 from ..base.errors import EXIT_OK
@@ -43,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     out = stdout_console()
     table = Table(title=f"{study.study_name}: {len(points)} finished trials")
-    for col in ("trial", "state", "ref", "items", columns.quality, escape(f"{columns.bound} [upper]"), "tokens/s", "NFE",
+    for col in ("trial", "state", "ref", "items", columns.quality, columns.bound_header, "tokens/s", "NFE",
                 "feasible", "params"):
         table.add_column(col)
     for p in sorted(points, key=lambda p: p.number):
