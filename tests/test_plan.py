@@ -8,6 +8,7 @@ import pytest
 from tuner.study.plan import (
     CostPlan,
     Eta,
+    Overheads,
     Probe,
     expected_items_per_trial,
     format_duration,
@@ -47,6 +48,26 @@ def test_the_plan_counts_what_the_study_still_has_to_decode():
     assert "29 to run × ~375 items" in lines[2] and lines[-1] == "  total ≈ 49m (the study ≈ 24m, export ≈ 26m)"
 
 
+def test_warm_ups_and_speed_passes_are_counted_beside_the_raced_items():
+    spec = load_spec("arith")  # batch 16
+    cpu = Overheads.for_study(spec, "cpu")  # R T R over a batch-sized probe, after a warm-up batch
+    assert (cpu.warmup, cpu.probe, cpu.trial_passes, cpu.reference_passes, cpu.per_trial) == (16, 16, 1, 2, 64)
+    assert Overheads.for_study(spec, "wall").per_trial == 16 + 16 * 5  # R T R T R
+    probe = Probe("vanilla", 1.0, "paper", 0.1, 8, "cpu")
+    plan = make_plan(spec, pool=1200, test_items=1500, probe=probe, overheads=cpu)
+    sec = plan.seconds()
+    assert plan.baseline_growths == 4 and plan.baseline_trial_left  # one warm-up per rung the ledger grows to
+    assert sec.baseline == pytest.approx((1200 + 4 * 16) * 1.0 + 16 * (1 * 1.0 + 2 * 0.1))
+    assert sec.trials == pytest.approx(29 * (375 + 64) * 0.1)
+    assert sec.test == pytest.approx((1500 + 16) * 0.1 + (1500 + 16) * 1.0)
+    lines = format_plan(plan, spec)
+    assert "CPU-s/item" in lines[0] and "29 to run × (~375 raced + 64 warm-up and timing) items" in lines[2]
+    stored = make_plan(spec, pool=1200, test_items=1500, baseline_stored=1200, trials_done=5,
+                       test_baseline_stored=1500, probe=probe, overheads=cpu)
+    assert not stored.baseline_trial_left and stored.baseline_growths == 0
+    assert stored.seconds().baseline == 0 and stored.seconds().test == pytest.approx((1500 + 16) * 0.1)
+
+
 @pytest.mark.slow
 def test_the_probe_times_the_baseline_and_a_streaming_configuration_on_this_device():
     from decoder import load_model
@@ -59,6 +80,7 @@ def test_the_probe_times_the_baseline_and_a_streaming_configuration_on_this_devi
     evaluator = Evaluator(*load_model(spec.model, device="cpu"), task, batch_size=2)
     timed = probe(spec, evaluator, task.load("validation"), n=2)
     assert (timed.baseline, timed.trial, timed.items) == ("vanilla", "paper", 2)
+    assert timed.clock == "cpu"  # one CPU thread decodes here (the suite's conftest): the CPU clock, as trials
     assert timed.baseline_s > 2 * timed.trial_s > 0  # vanilla decodes every step; the streaming reference exits early
     line = format_plan(make_plan(spec, pool=4, test_items=1, probe=timed), spec)[0]
     assert "timed on 2 validation items here: vanilla" in line

@@ -14,9 +14,16 @@ Three parts, each in decoded items and in seconds on this device:
   stored. With a staged design (`tuner.verdict.sequential`) the expected items for a pick that loses half the
   margin (the power check's assumption) with the spec's discordant share; without one, the whole split.
 
+Beside the items it races over, a study decodes overheads, counted from the code that decodes them (`Overheads`):
+a warm-up batch before each evaluation (`tuner.study.evaluate`: each trial, each growth of the baseline, each test
+decode) and each trial's speed passes over the timing probe (`tuner.study.timing`: R T R on the CPU clock, R T R T R
+on the wall clock; more passes only while the spread is high, within a tenth of the trial's first-rung time).
+
 Seconds per item come from a short timed probe (`probe`): a few validation items decoded with the baseline and
-with the timing reference (`tuner.study.timing.timing_reference`, a typical streaming configuration), warm-up
-excluded. A smaller batch than the study's can only overstate the per-item time.
+with the timing reference (`tuner.study.timing.timing_reference`, a typical streaming configuration), each after an
+untimed warm-up pass, on the clock trials are timed on (`tuner.study.timing.decode_clock`): one CPU thread's CPU
+seconds, which other processes' load does not move (a sandbox's scoring, in other processes, is not counted there),
+or wall seconds. A smaller batch than the study's can only overstate the per-item time.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 from ..verdict import racing
 from .spec import StudySpec
 
-__all__ = ["CostPlan", "Eta", "Probe", "expected_items_per_trial", "format_duration", "format_plan", "make_plan",
+__all__ = ["CostPlan", "Eta", "Overheads", "Probe", "expected_items_per_trial", "format_duration", "format_plan", "make_plan",
            "probe"]
 
 MEASURED_AFTER = 3  # finished streaming trials after which their own mean replaces the prior
@@ -46,24 +53,57 @@ class Probe:
     trial: str
     trial_s: float
     items: int
+    clock: str = "wall"  # "cpu": the decoding thread's CPU seconds (tuner.study.timing.decode_clock)
 
     def describe(self) -> str:
-        return (f"timed on {self.items} validation items here: {self.baseline} {self.baseline_s:.3g} s/item, "
-                f"{self.trial} {self.trial_s:.3g} s/item")
+        unit = "CPU-s" if self.clock == "cpu" else "s"
+        return (f"timed on {self.items} validation items here: {self.baseline} {self.baseline_s:.3g} {unit}/item, "
+                f"{self.trial} {self.trial_s:.3g} {unit}/item")
 
 
 def probe(spec: StudySpec, evaluator: Any, items: Sequence[Any], n: int = 8) -> Probe:
-    """Decode the first `n` items (one batch at most) with the baseline reference and the timing reference."""
-    from .timing import timing_reference
+    """Decode the first `n` items (one batch at most) with the baseline reference and the timing reference, each
+    timed after an untimed warm-up pass, on the clock the study's trials are timed on."""
+    from .timing import decode_clock, timing_reference
 
     batch = list(items[: max(1, min(n, len(items), getattr(evaluator, "batch_size", n) or n))])
     names = (spec.constraint.baseline, timing_reference(spec))
+    clock = decode_clock(evaluator.model) if getattr(evaluator, "model", None) is not None else "wall"
     per_item = []
     for name in names:
         config = spec.reference_config(spec.reference(name))
-        result = evaluator.evaluate(batch, config, warmup=True)
-        per_item.append((result.counters.wall_time_s + result.scoring_time_s) / max(1, result.n))
-    return Probe(names[0], per_item[0], names[1], per_item[1], len(batch))
+        evaluator.evaluate(batch, config, warmup=False)  # warm-up: allocator growth and the batch's kernels
+        cpu0 = time.thread_time()
+        result = evaluator.evaluate(batch, config, warmup=False)
+        cpu = time.thread_time() - cpu0
+        seconds = cpu if clock == "cpu" else result.counters.wall_time_s + result.scoring_time_s
+        per_item.append(seconds / max(1, result.n))
+    return Probe(names[0], per_item[0], names[1], per_item[1], len(batch), clock)
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """Items a study decodes beside those it races over: a warm-up batch before each evaluation and each trial's
+    speed passes over the timing probe (passes at their minimum: the rule adds more only while the spread is high,
+    within a tenth of the first rung's time)."""
+
+    warmup: int  # items per warm-up (the study's batch)
+    probe: int  # items per speed pass
+    trial_passes: int
+    reference_passes: int  # the timing reference's passes around them
+
+    @classmethod
+    def for_study(cls, spec: StudySpec, clock: str = "wall") -> Overheads:
+        from .timing import TimingRule
+
+        rule = TimingRule().for_clock(clock)
+        return cls(warmup=spec.batch_size, probe=max(rule.probe_items, spec.batch_size),
+                   trial_passes=rule.min_passes, reference_passes=rule.min_passes + 1)
+
+    @property
+    def per_trial(self) -> int:
+        """A streaming trial's overhead, all decoded at (about) the timing reference's cost."""
+        return self.warmup + self.probe * (self.trial_passes + self.reference_passes)
 
 
 def expected_items_per_trial(rungs: Sequence[int], finished: Sequence[int] = ()) -> float:
@@ -111,6 +151,8 @@ class CostPlan:
     test_baseline_items: float
     test_staged: str | None  # the design in words, None for the fixed test
     probe: Probe | None
+    overheads: Overheads | None = None  # None: racing items only
+    baseline_trial_left: bool = False  # the baseline reference's trial (timed, no racing items) is still to run
 
     @property
     def baseline_items(self) -> int:
@@ -120,13 +162,23 @@ class CostPlan:
     def trial_items(self) -> float:
         return self.trials_left * self.items_per_trial
 
+    @property
+    def baseline_growths(self) -> int:
+        """Evaluations growing the baseline's ledger (one per racing rung above what it holds), each warmed up."""
+        return sum(1 for n in self.rungs if n > self.baseline_stored)
+
     def seconds(self) -> PlanSeconds | None:
-        """Seconds of each part on the probe's device; None without a probe."""
+        """Seconds of each part on the probe's device, overheads included; None without a probe."""
         if self.probe is None:
             return None
-        p = self.probe
-        return PlanSeconds(baseline=self.baseline_items * p.baseline_s, trials=self.trial_items * p.trial_s,
-                           test=self.test_pick_items * p.trial_s + self.test_baseline_items * p.baseline_s)
+        p, o = self.probe, self.overheads or Overheads(warmup=0, probe=0, trial_passes=0, reference_passes=0)
+        baseline = (self.baseline_items + self.baseline_growths * o.warmup) * p.baseline_s
+        if self.baseline_trial_left:  # its speed passes: the baseline on the probe, between reference passes
+            baseline += o.probe * (o.trial_passes * p.baseline_s + o.reference_passes * p.trial_s)
+        trials = self.trials_left * (self.items_per_trial + o.per_trial) * p.trial_s
+        test = ((self.test_pick_items + o.warmup) * p.trial_s
+                + (self.test_baseline_items + (o.warmup if self.test_baseline_items else 0)) * p.baseline_s)
+        return PlanSeconds(baseline=baseline, trials=trials, test=test)
 
     def to_dict(self) -> dict[str, Any]:
         return {"trials_left": self.trials_left, "baseline_items": self.baseline_items,
@@ -135,19 +187,20 @@ class CostPlan:
                 "test_pick_items": self.test_pick_items, "test_baseline_items": self.test_baseline_items,
                 "test_total": self.test_total, "test_staged": self.test_staged,
                 "seconds": None if self.probe is None else dataclasses.asdict(self.seconds()),
-                "probe": None if self.probe is None else self.probe.__dict__}
+                "probe": None if self.probe is None else dataclasses.asdict(self.probe),
+                "overheads": None if self.overheads is None else dataclasses.asdict(self.overheads)}
 
 
 def make_plan(spec: StudySpec, *, pool: int, test_items: int, baseline_stored: int = 0, trials_done: int = 0,
               finished_items: Sequence[int] = (), test_baseline_stored: int = 0, design: Any = None,
-              probe: Probe | None = None) -> CostPlan:
+              probe: Probe | None = None, overheads: Overheads | None = None) -> CostPlan:
     """The plan of a study over a `pool`-item validation pool and a `test_items`-item test split.
 
     `baseline_stored`: items the baseline ledger holds (`StudyRecord(study).ledger.n`); `trials_done`: finished
     trials of the budget (the baseline's own included); `finished_items`: items each finished streaming trial
     raced over (copies of an earlier trial left out); `test_baseline_stored`: the baseline's stored test items
     (a full split when export stored it); `design`: a `tuner.verdict.sequential.Design`, or None for the fixed
-    test."""
+    test; `overheads`: warm-ups and speed passes (`Overheads.for_study`), None to count racing items only."""
     rungs = tuple(racing.rungs(pool, spec.race))
     baseline_trial_left = 1 if trials_done == 0 else 0  # the baseline reference's trial decodes no extra items
     trials_left = max(0, spec.trials - trials_done - baseline_trial_left)
@@ -163,7 +216,8 @@ def make_plan(spec: StudySpec, *, pool: int, test_items: int, baseline_stored: i
     return CostPlan(trials_left=trials_left, pool=pool, rungs=rungs, baseline_stored=min(baseline_stored, pool),
                     items_per_trial=per_trial, items_per_trial_measured=len(finished_items) >= MEASURED_AFTER,
                     test_total=test_items, test_pick_items=pick_items, test_baseline_items=base_test,
-                    test_staged=staged, probe=probe)
+                    test_staged=staged, probe=probe, overheads=overheads,
+                    baseline_trial_left=bool(baseline_trial_left))
 
 
 def format_duration(seconds: float | None) -> str:
@@ -187,13 +241,16 @@ def format_plan(plan: CostPlan, spec: StudySpec) -> list[str]:
     rungs = "/".join(str(n) for n in plan.rungs)
     how = ("the mean of the finished trials" if plan.items_per_trial_measured
            else f"racing rungs {rungs}, half the trials earning each next rung")
+    extra = plan.overheads.per_trial if plan.overheads else 0
+    per_trial = f"(~{plan.items_per_trial:.0f} raced + {extra} warm-up and timing)" if extra else \
+        f"~{plan.items_per_trial:.0f}"
     lines = [
         f"plan: {spec.trials} trials on {plan.pool} validation items, test split {plan.test_total}"
         + (f"; {plan.probe.describe()}" if plan.probe else " (no timed probe: items only)"),
         f"  baseline ({spec.constraint.baseline}) on validation: up to {plan.baseline_items:,} items to decode"
         f" ({plan.baseline_stored:,} stored){when('baseline')}",
-        f"  trials: {plan.trials_left} to run × ~{plan.items_per_trial:.0f} items ({how}) = "
-        f"~{plan.trial_items:,.0f} items{when('trials')}",
+        f"  trials: {plan.trials_left} to run × {per_trial} items ({how}) = "
+        f"~{plan.trials_left * (plan.items_per_trial + extra):,.0f} items{when('trials')}",
         f"  test confirmation (export): the pick on ~{plan.test_pick_items:,.0f} of {plan.test_total:,} items + the "
         f"baseline on ~{plan.test_baseline_items:,.0f}"
         + (f", {plan.test_staged}" if plan.test_staged else "") + when("test"),
@@ -221,8 +278,9 @@ class Eta:
             return None
         base_left = max(0, self.plan.baseline_items - baseline_items)
         trials_left = max(0, self.plan.trials_left - trials_finished)
-        planned_left = base_left * p.baseline_s + trials_left * self.plan.items_per_trial * p.trial_s
-        done = baseline_items * p.baseline_s + trial_items * p.trial_s
+        extra = self.plan.overheads.per_trial if self.plan.overheads else 0
+        planned_left = base_left * p.baseline_s + trials_left * (self.plan.items_per_trial + extra) * p.trial_s
+        done = baseline_items * p.baseline_s + (trial_items + trials_finished * extra) * p.trial_s
         elapsed = (time.monotonic() if now is None else now) - self.started
         pace = min(4.0, max(0.25, elapsed / done)) if done >= 60 and elapsed > 0 else 1.0
         return planned_left * pace

@@ -387,6 +387,16 @@ def timing_reference(spec: StudySpec) -> str:
     return best[0].name
 
 
+def decode_clock(model: Any) -> str:
+    """The clock a decode is timed on: "cpu", the decoding thread's CPU time, when one CPU thread decodes (other
+    processes taking turns on the cores, the wall clock's main noise there, don't add to it); "wall" on a GPU or
+    with several threads (whose spin-waits count as CPU time)."""
+    import torch
+
+    device = next(iter(model.parameters())).device if hasattr(model, "parameters") else None
+    return "cpu" if (device is None or device.type == "cpu") and torch.get_num_threads() == 1 else "wall"
+
+
 def timer_for(spec: StudySpec, evaluator: Any, items: Sequence[Any], rule: TimingRule = TimingRule()) -> Timer:
     """A ProbeTimer for an evaluator that decodes (it holds a model); a WallTimer for one that replays results."""
     if getattr(evaluator, "model", None) is None or not items:
@@ -397,13 +407,8 @@ def timer_for(spec: StudySpec, evaluator: Any, items: Sequence[Any], rule: Timin
     # At least one full batch of the study's batch size: a probe of 2 prompts at --batch-size 32 would time batch 2,
     # another cost regime on a GPU than the one the study serves at.
     probe = list(items[: max(1, rule.probe_items, getattr(evaluator, "batch_size", 1))])
-    import torch
-
     device = next(iter(evaluator.model.parameters())).device if hasattr(evaluator.model, "parameters") else None
     machine = f"{hardware.summary(hardware.describe(device))} · torch {hardware.describe(device)['torch']} · {spec.model}"
-    # One CPU thread decoding: a pass's own CPU time is what it costs, and other processes taking turns on the cores
-    # (the wall clock's main noise there) don't add to it. On a GPU, or with several threads (whose spin-waits
-    # count as CPU time), the wall clock.
-    clock = "cpu" if (device is None or device.type == "cpu") and torch.get_num_threads() == 1 else "wall"
+    clock = decode_clock(evaluator.model)
     return ProbeTimer(evaluator, probe, spec.reference_config(spec.reference(name)), name,
                       replace(rule, probe_items=len(probe)).for_clock(clock), machine, clock)
