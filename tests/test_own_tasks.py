@@ -47,6 +47,7 @@ def test_an_unlabelled_prompts_file_is_tuned_by_agreement_with_the_baseline(prom
     # the quality of a trial is its agreement with the baseline: 1 − its disagreement estimate
     assert all(t["accuracy"] == pytest.approx(1 - t["drop"]) for t in others)
     assert export.returncode in (0, 3), export.stderr[-3000:]
+    assert " test items" in export.stderr and "accuracy so far" not in export.stderr  # progress claims no accuracy
 
 
 def test_the_exported_profile_records_the_agreement_promise(prompts_study):

@@ -146,10 +146,11 @@ def format_params(params: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def item_progress(console: Console, label: str, *, every: float = 0.1) -> Iterator[Callable[[int, int, int], None]]:
+def item_progress(console: Console, label: str, *, every: float = 0.1,
+                  labelled: bool = True) -> Iterator[Callable[[int, int, int], None]]:
     """An `on_progress(seen, total, correct)` callback: a live bar on a terminal; on a log file (nohup, CI, a
     scheduler) one plain line each time another `every` of the items is done, since a bar only renders at its end
-    there."""
+    there (with the accuracy so far when the task is `labelled`: an unlabelled task has no correct answers)."""
     if console.is_terminal:
         from rich.progress import Progress
 
@@ -167,7 +168,7 @@ def item_progress(console: Console, label: str, *, every: float = 0.1) -> Iterat
         step = min(int(seen * steps / max(total, 1)), steps)
         if step > state["step"]:
             state["step"] = step
-            console.print(f"  {seen}/{total} {label} · accuracy so far {correct / max(seen, 1):.1%}",
-                          highlight=False, markup=False, soft_wrap=True)
+            accuracy = f" · accuracy so far {correct / max(seen, 1):.1%}" if labelled else ""
+            console.print(f"  {seen}/{total} {label}{accuracy}", highlight=False, markup=False, soft_wrap=True)
 
     yield line

@@ -22,7 +22,7 @@ def main(args: argparse.Namespace) -> int:
     from ..export.pipeline import export
 
     err = Console(stderr=True)
-    with item_progress(err, "test items") as on_progress:
+    with item_progress(err, "test items", labelled=ctx.task.labelled) as on_progress:
         report = export(ctx, rule=args.pick, force=args.force, on_progress=on_progress,
                         on_stage=lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True), **inputs)
     t = report.test.figures
