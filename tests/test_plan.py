@@ -69,21 +69,34 @@ def test_warm_ups_and_speed_passes_are_counted_beside_the_raced_items():
 
 
 @pytest.mark.slow
-def test_the_probe_times_the_baseline_and_a_streaming_configuration_on_this_device():
+def test_the_probe_times_the_baseline_and_a_streaming_configuration_on_this_device(tmp_path, monkeypatch):
     from decoder import load_model
     from tuner.app.context import load_task
     from tuner.study.evaluate import Evaluator
     from tuner.study.plan import probe
 
+    monkeypatch.setenv("DTUNE_SPEED_CACHE", str(tmp_path / "speed.json"))
     spec = load_spec("arith", ["task_options.validation_size=4", "task_options.test_size=1"])
     task = load_task(spec, None)
     evaluator = Evaluator(*load_model(spec.model, device="cpu"), task, batch_size=2)
+    decoded = []
+    real = evaluator.evaluate
+    monkeypatch.setattr(evaluator, "evaluate", lambda items, config, **kw: decoded.append(len(items)) or real(
+        items, config, **kw))
     timed = probe(spec, evaluator, task.load("validation"), n=2)
     assert (timed.baseline, timed.trial, timed.items) == ("vanilla", "paper", 2)
     assert timed.clock == "cpu"  # one CPU thread decodes here (the suite's conftest): the CPU clock, as trials
     assert timed.baseline_s > 2 * timed.trial_s > 0  # vanilla decodes every step; the streaming reference exits early
+    assert decoded == [2, 2, 2, 2]  # each configuration: a warm-up pass, then the timed one
     line = format_plan(make_plan(spec, pool=4, test_items=1, probe=timed), spec)[0]
     assert "timed on 2 validation items here: vanilla" in line
+    # Timed once per machine: another worker (or `run --plan`) reads the record and decodes nothing.
+    again = probe(spec, evaluator, task.load("validation"), n=2)
+    assert decoded == [2, 2, 2, 2] and (again.baseline_s, again.trial_s) == (timed.baseline_s, timed.trial_s)
+    assert "this machine's record of 20" in again.describe()
+    # Other prompts (or batch, configurations, weights, clock) are another record: timed afresh.
+    probe(spec, evaluator, task.load("validation")[2:], n=2)
+    assert decoded == [2] * 8
 
 
 def test_the_eta_follows_the_pace_of_the_work_done():

@@ -29,6 +29,8 @@ or wall seconds. A smaller batch than the study's can only overstate the per-ite
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -54,30 +56,49 @@ class Probe:
     trial_s: float
     items: int
     clock: str = "wall"  # "cpu": the decoding thread's CPU seconds (tuner.study.timing.decode_clock)
+    recorded: str = ""  # when the figures come from this machine's record: when they were timed
 
     def describe(self) -> str:
         unit = "CPU-s" if self.clock == "cpu" else "s"
-        return (f"timed on {self.items} validation items here: {self.baseline} {self.baseline_s:.3g} {unit}/item, "
+        when = f"this machine's record of {self.recorded}" if self.recorded else "here"
+        return (f"timed on {self.items} validation items {when}: {self.baseline} {self.baseline_s:.3g} {unit}/item, "
                 f"{self.trial} {self.trial_s:.3g} {unit}/item")
 
 
 def probe(spec: StudySpec, evaluator: Any, items: Sequence[Any], n: int = 8) -> Probe:
     """Decode the first `n` items (one batch at most) with the baseline reference and the timing reference, each
-    timed after an untimed warm-up pass, on the clock the study's trials are timed on."""
-    from .timing import decode_clock, timing_reference
+    timed after an untimed warm-up pass, on the clock the study's trials are timed on. Timed once per machine:
+    the figures are kept in its speed record (`tuner.study.timing.cache_path`, the faster kept), keyed by the
+    hardware, torch, the model's weights, both configurations, the prompts, the batch and the clock, so every
+    worker of a study and every later `run --plan` on this machine reads them instead of decoding again."""
+    from .timing import decode_clock, machine_label, machine_record, record_machine, timing_reference
 
     batch = list(items[: max(1, min(n, len(items), getattr(evaluator, "batch_size", n) or n))])
     names = (spec.constraint.baseline, timing_reference(spec))
-    clock = decode_clock(evaluator.model) if getattr(evaluator, "model", None) is not None else "wall"
+    configs = [spec.reference_config(spec.reference(name)) for name in names]
+    model = getattr(evaluator, "model", None)
+    clock = decode_clock(model) if model is not None else "wall"
+    what = {"probe": "plan", "machine": machine_label(spec, model) if model is not None else "",
+            "weights": (getattr(model, "source", None) or {}).get("fingerprint", ""),
+            "configs": [json.dumps(c.to_dict(), sort_keys=True, default=str) for c in configs],
+            "batch_size": getattr(evaluator, "batch_size", None), "clock": clock,
+            "fused": bool(getattr(model, "is_fused", False))}
+    prompts = [evaluator.prompt_ids(item) for item in batch] if hasattr(evaluator, "prompt_ids") else []
+    key = "plan-" + hashlib.sha256(json.dumps({**what, "prompts": prompts}, sort_keys=True).encode()).hexdigest()[:16]
+    known = machine_record(key)
+    if model is not None and known.get("baseline_s") and known.get("trial_s"):
+        return Probe(names[0], float(known["baseline_s"]), names[1], float(known["trial_s"]), len(batch), clock,
+                     recorded=str(known.get("updated", "")))
     per_item = []
-    for name in names:
-        config = spec.reference_config(spec.reference(name))
+    for config in configs:
         evaluator.evaluate(batch, config, warmup=False)  # warm-up: allocator growth and the batch's kernels
         cpu0 = time.thread_time()
         result = evaluator.evaluate(batch, config, warmup=False)
         cpu = time.thread_time() - cpu0
         seconds = cpu if clock == "cpu" else result.counters.wall_time_s + result.scoring_time_s
         per_item.append(seconds / max(1, result.n))
+    if model is not None:
+        record_machine(key, {"baseline_s": per_item[0], "trial_s": per_item[1]}, what, faster="baseline_s")
     return Probe(names[0], per_item[0], names[1], per_item[1], len(batch), clock)
 
 

@@ -76,27 +76,30 @@ _log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------- the per-machine record
 def cache_path() -> Path | None:
-    """Where this machine's fastest reference passes are kept (`$DTUNE_SPEED_CACHE`; set empty to keep none)."""
+    """Where this machine's fastest reference passes and plan probes are kept (`$DTUNE_SPEED_CACHE`; set empty to
+    keep none)."""
     env = os.environ.get("DTUNE_SPEED_CACHE")
     if env is not None:
         return Path(env) if env.strip() else None
     return Path.home() / ".cache" / "dtune" / "speed-anchors.json"
 
 
-def machine_anchor(key: str) -> float | None:
+def machine_record(key: str) -> dict[str, Any]:
+    """This machine's record under `key` ({} when there is none or the file can't be read)."""
     path = cache_path()
     try:
-        value = json.loads(path.read_text()).get(key, {}).get("time_s") if path else None
-        return float(value) if value else None
+        entry = json.loads(path.read_text()).get(key) if path else None
+        return entry if isinstance(entry, dict) else {}
     except (OSError, ValueError, AttributeError):
-        return None
+        return {}
 
 
-def record_machine_anchor(key: str, time_s: float, what: dict[str, Any]) -> None:
-    """Keep the faster of the stored and this pass (written atomically; a failure costs the record, not the trial;
-    two writers at once may lose one update, never the file)."""
+def record_machine(key: str, figures: dict[str, float], what: dict[str, Any], faster: str) -> None:
+    """Keep `figures` under `key` unless the stored record's `faster` figure is already at most this one's (the
+    quiet machine's figure wins; written atomically; a failure costs the record, not the caller; two writers at
+    once may lose one update, never the file)."""
     path = cache_path()
-    if path is None or not time_s > 0:
+    if path is None or not figures[faster] > 0:
         return
     try:
         try:
@@ -104,16 +107,30 @@ def record_machine_anchor(key: str, time_s: float, what: dict[str, Any]) -> None
             doc = doc if isinstance(doc, dict) else {}
         except (OSError, ValueError):
             doc = {}
-        old = doc.get(key, {}).get("time_s")
-        if old is not None and float(old) <= time_s:
+        old = doc.get(key, {}).get(faster) if isinstance(doc.get(key), dict) else None
+        if old is not None and float(old) <= figures[faster]:
             return
-        doc[key] = {**what, "time_s": time_s, "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        doc[key] = {**what, **figures, "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
         tmp.replace(path)
     except OSError as exc:
-        _log.debug("speed anchor record %s not written: %s", path, exc)
+        _log.debug("speed record %s not written: %s", path, exc)
+
+
+def machine_anchor(key: str) -> float | None:
+    """The fastest reference pass this machine has shown for the anchor `key` (ProbeTimer.machine_key)."""
+    try:
+        value = machine_record(key).get("time_s")
+        return float(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def record_machine_anchor(key: str, time_s: float, what: dict[str, Any]) -> None:
+    """Keep the faster of the stored and this reference pass."""
+    record_machine(key, {"time_s": time_s}, what, faster="time_s")
 
 
 @dataclass(frozen=True)
@@ -397,18 +414,24 @@ def decode_clock(model: Any) -> str:
     return "cpu" if (device is None or device.type == "cpu") and torch.get_num_threads() == 1 else "wall"
 
 
+def machine_label(spec: StudySpec, model: Any) -> str:
+    """What a per-machine record is kept for: the hardware, torch and the model."""
+    from ..base import hardware
+
+    device = next(iter(model.parameters())).device if hasattr(model, "parameters") else None
+    hw = hardware.describe(device)
+    return f"{hardware.summary(hw)} · torch {hw['torch']} · {spec.model}"
+
+
 def timer_for(spec: StudySpec, evaluator: Any, items: Sequence[Any], rule: TimingRule = TimingRule()) -> Timer:
     """A ProbeTimer for an evaluator that decodes (it holds a model); a WallTimer for one that replays results."""
     if getattr(evaluator, "model", None) is None or not items:
         return WallTimer()
-    from ..base import hardware
-
     name = timing_reference(spec)
     # At least one full batch of the study's batch size: a probe of 2 prompts at --batch-size 32 would time batch 2,
     # another cost regime on a GPU than the one the study serves at.
     probe = list(items[: max(1, rule.probe_items, getattr(evaluator, "batch_size", 1))])
-    device = next(iter(evaluator.model.parameters())).device if hasattr(evaluator.model, "parameters") else None
-    machine = f"{hardware.summary(hardware.describe(device))} · torch {hardware.describe(device)['torch']} · {spec.model}"
     clock = decode_clock(evaluator.model)
     return ProbeTimer(evaluator, probe, spec.reference_config(spec.reference(name)), name,
-                      replace(rule, probe_items=len(probe)).for_clock(clock), machine, clock)
+                      replace(rule, probe_items=len(probe)).for_clock(clock), machine_label(spec, evaluator.model),
+                      clock)
