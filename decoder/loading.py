@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -309,10 +311,26 @@ def build_random_model(
     return model
 
 
+@contextlib.contextmanager
+def _initialisers_skipped() -> Iterator[None]:
+    """torch.nn.init's in-place initialisers as no-ops while a model whose weights come next is built: on the meta
+    device they would run torch's Python reference kernels, whose first call imports the compiler stack
+    (torch._dynamo, ~2 CPU-s of every command that loads a model) to initialise nothing."""
+    names = ("uniform_", "normal_", "kaiming_uniform_", "trunc_normal_", "zeros_", "ones_")
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def _materialise(args: ModelArgs, device: torch.device, dtype: torch.dtype) -> DiffusionLM:
     """An uninitialised model on `device`: built on the meta device and cast there, so its parameters are
     allocated once, in `dtype` (an 8B model in bf16 peaks at its 16 GB, not at 32 GB of float32 first)."""
-    with torch.device("meta"):
+    with torch.device("meta"), _initialisers_skipped():
         model = DiffusionLM(args)
     model = model.to(dtype).to_empty(device=device)
     model.rope_cos, model.rope_sin = _rope_for(model, device)  # float32 tables, whatever the model's dtype

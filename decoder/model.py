@@ -300,7 +300,11 @@ class DiffusionLM(nn.Module):
         if args.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         # RoPE tables cover the first 8k positions and grow on demand (Dream allows 131k: 128 MB of tables).
-        cos, sin = rope_tables(args.head_dim, args.rope_theta, min(args.max_seq_len, 8192))
+        n = min(args.max_seq_len, 8192)
+        if torch.empty(0).device.type == "meta":  # built to be materialised (decoder.loading): shapes only
+            cos = sin = torch.empty(n, args.head_dim)
+        else:
+            cos, sin = rope_tables(args.head_dim, args.rope_theta, n)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.rope_fused: torch.Tensor | None = None  # fused_rope_table, once `fuse` is called

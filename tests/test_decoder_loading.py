@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -139,3 +142,13 @@ def test_parameters_are_allocated_in_the_target_dtype(source, tmp_path):
     on_device = [(shape, dtype) for shape, dtype in allocations.made if shape in shapes]
     assert on_device, "no parameter allocation was seen"
     assert {dtype for _, dtype in on_device} == {torch.bfloat16}, sorted({str(d) for _, d in on_device})
+
+
+def test_loading_a_checkpoint_does_not_import_the_compiler_stack():
+    """A model about to receive its weights is built with no initialisers and no RoPE tables on the meta device:
+    torch's reference kernels there import torch._dynamo, ~2 CPU-s of every command that loads a model."""
+    code = ("import sys; from decoder import load_model; load_model('dtune/tiny-arith', device='cpu'); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
