@@ -332,7 +332,10 @@ def _materialise(args: ModelArgs, device: torch.device, dtype: torch.dtype) -> D
     allocated once, in `dtype` (an 8B model in bf16 peaks at its 16 GB, not at 32 GB of float32 first)."""
     with torch.device("meta"), _initialisers_skipped():
         model = DiffusionLM(args)
-    model = model.to(dtype).to_empty(device=device)
+    # Module.to_empty's own step with torch.empty for torch.empty_like, whose meta-device reference kernel imports
+    # torch.fx's symbolic shapes (~1 CPU-s) to allocate nothing.
+    model = model._apply(lambda t: torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype,
+                                               device=device))
     model.rope_cos, model.rope_sin = _rope_for(model, device)  # float32 tables, whatever the model's dtype
     return model
 
