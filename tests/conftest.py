@@ -27,38 +27,56 @@ from tools.pg_server import PostgresServer, PostgresUnavailable, wait_until
 
 
 @functools.lru_cache
-def _has_module_fixtures(path: Path) -> bool:
+def _module_text(path: Path) -> str:
     try:
-        return 'scope="module"' in path.read_text()
+        return path.read_text()
     except OSError:
-        return False
+        return ""
+
+
+def _runs_sandboxed_programs(path: Path) -> bool:
+    """The sandbox's modules and the code tasks' scoring: their after-test checks look machine-wide (no process of
+    the sandbox's uid pool, no run folder left), so no two of them may run at once."""
+    text = _module_text(path)
+    return path.name.startswith("test_sandbox") or "tuner.sandbox" in text or "scoring_sandbox" in text
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist (`-n 2`, pyproject's addopts) sends each test to whichever worker is free, except that the tests
+    """pytest-xdist (`-n auto`, pyproject's addopts) sends each test to whichever worker is free, except that the tests
     of a module with module-scoped fixtures (a study run by the CLI, a loaded model, a server) go to one worker
-    together, so those are made once. (xdist's own `--dist loadgroup` can't do it with pytest 9.2: the group it
+    together, so those are made once, and all the modules that run sandboxed programs go to one worker, one after
+    another (`_runs_sandboxed_programs`). (xdist's own `--dist loadgroup` can't do it with pytest 9.2: the group it
     appends to a test's id no longer reaches the scheduler.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class Scheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return module if _has_module_fixtures(config.rootpath / module) else nodeid
+            path = config.rootpath / module
+            if _runs_sandboxed_programs(path):
+                return "sandboxed programs"
+            return module if 'scope="module"' in _module_text(path) else nodeid
 
     return Scheduling(config, log)
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): one worker more than the cores, at most 4. A third of a test's time is spent
+    waiting (on the processes it starts, on PostgreSQL and MLflow, on an outage it stages), which the extra worker
+    fills; with one core taken by another job it also keeps the suite's share of the machine."""
+    return min(4, (os.cpu_count() or 1) + 1)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first (a stable sort), so that with two workers none of them is left to run alone at the end."""
+    """The slow tests first (a stable sort), so that none of them is left to run alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Each test process decodes on one thread, and so does every process a test starts (helpers.child_env sets it
-    too; this covers those started without it): two xdist workers share 2 cores, and a core taken by another job
+    too; this covers those started without it): the xdist workers share the cores, and a core taken by another job
     stalls every parallel region of a 2-thread decode (a `tuner run` took 4 minutes to its first trial). A user's own
     OMP_NUM_THREADS wins."""
     if "OMP_NUM_THREADS" not in os.environ:
@@ -71,10 +89,13 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session", autouse=True)
 def _speed_record(tmp_path_factory):
-    """Studies run by the tests keep their machine record of reference passes (tuner.study.timing) in a temporary folder,
-    not in the user's ~/.cache (child processes inherit it)."""
+    """Studies run by the tests keep their machine record of reference passes and plan probes (tuner.study.timing)
+    in the test run's temporary folder, shared by its xdist workers (written atomically), not in the user's
+    ~/.cache (child processes inherit it)."""
     if "DTUNE_SPEED_CACHE" not in os.environ:
-        os.environ["DTUNE_SPEED_CACHE"] = str(tmp_path_factory.mktemp("speed") / "speed-anchors.json")
+        root = tmp_path_factory.getbasetemp()
+        root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+        os.environ["DTUNE_SPEED_CACHE"] = str(root / "speed-record.json")
     yield
 
 

@@ -43,6 +43,7 @@ def tiny_args(trials: int, validation_size: int = 16) -> list[str]:
     """helpers.small_args, smaller still (4 workers share 2 cores), and no accuracy bar: the tiny model's
     accuracy is noise at this size, and without pruning every finished trial is COMPLETE, which the checks count."""
     sets = ["decode.gen_length=64", "batch_size=16", "chunk_size=8", f"validation_size={validation_size}",
+            f"task_options.validation_size={validation_size}", "task_options.test_size=16",
             "references=[{name: vanilla, mode: vanilla, steps: 32}, "
             "{name: fast-dllm, mode: streaming, window: null, threshold: 0.9, alpha: 0.0, early_exit: false}, "
             "{name: paper, mode: streaming, window: 32, threshold: 0.9, alpha: 0.3, early_exit: true}]",
