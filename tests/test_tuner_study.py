@@ -393,8 +393,8 @@ def test_gsm8k_path_runs_end_to_end_on_local_files(tmp_path):
     args = ["--task", "gsm8k", "--model", str(local), "--data-dir", str(FIXTURES), "--storage",
             f"sqlite:///{tmp_path}/study.db", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
     for o in ["chat_template=false", "few_shot=0", "task_options={metric: strict, validation_size: 8}",
-              "decode.gen_length=64", "batch_size=8", "trials=3", "test_size=8",
-              "references=[{name: vanilla, mode: vanilla, steps: 16}, {name: fast-dllm, mode: streaming, "
+              "decode.gen_length=64", "batch_size=8", "trials=3", "test_size=4",
+              "references=[{name: vanilla, mode: vanilla, steps: 8}, {name: fast-dllm, mode: streaming, "
               "window: null, threshold: 0.9, alpha: 0.0, early_exit: false}, {name: paper, mode: streaming, "
               "window: 32, threshold: 0.9, alpha: 0.3, early_exit: true}]"]:
         args += ["--set", o]

@@ -71,7 +71,15 @@ def probe(spec: StudySpec, evaluator: Any, items: Sequence[Any], n: int = 8) -> 
     the figures are kept in its speed record (`tuner.study.timing.cache_path`, the faster kept), keyed by the
     hardware, torch, the model's weights, both configurations, the prompts, the batch and the clock, so every
     worker of a study and every later `run --plan` on this machine reads them instead of decoding again."""
-    from .timing import decode_clock, machine_label, machine_record, record_machine, timing_reference
+    from ..base.file_lock import held_lock
+    from .timing import (
+        cache_path,
+        decode_clock,
+        machine_label,
+        machine_record,
+        record_machine,
+        timing_reference,
+    )
 
     batch = list(items[: max(1, min(n, len(items), getattr(evaluator, "batch_size", n) or n))])
     names = (spec.constraint.baseline, timing_reference(spec))
@@ -85,10 +93,21 @@ def probe(spec: StudySpec, evaluator: Any, items: Sequence[Any], n: int = 8) -> 
             "fused": bool(getattr(model, "is_fused", False))}
     prompts = [evaluator.prompt_ids(item) for item in batch] if hasattr(evaluator, "prompt_ids") else []
     key = "plan-" + hashlib.sha256(json.dumps({**what, "prompts": prompts}, sort_keys=True).encode()).hexdigest()[:16]
-    known = machine_record(key)
-    if model is not None and known.get("baseline_s") and known.get("trial_s"):
-        return Probe(names[0], float(known["baseline_s"]), names[1], float(known["trial_s"]), len(batch), clock,
-                     recorded=str(known.get("updated", "")))
+    record = cache_path()
+    # Workers started together on this machine time it once: the others wait for the first one's record.
+    with held_lock(record.with_name(record.name + ".lock") if record and model is not None else None, 600):
+        known = machine_record(key)
+        if model is not None and known.get("baseline_s") and known.get("trial_s"):
+            return Probe(names[0], float(known["baseline_s"]), names[1], float(known["trial_s"]), len(batch), clock,
+                         recorded=str(known.get("updated", "")))
+        per_item = _timed(evaluator, batch, configs, clock)
+        if model is not None:
+            record_machine(key, {"baseline_s": per_item[0], "trial_s": per_item[1]}, what, faster="baseline_s")
+    return Probe(names[0], per_item[0], names[1], per_item[1], len(batch), clock)
+
+
+def _timed(evaluator: Any, batch: list[Any], configs: Sequence[Any], clock: str) -> list[float]:
+    """Seconds per item of each configuration on `batch`, each after an untimed warm-up pass."""
     per_item = []
     for config in configs:
         evaluator.evaluate(batch, config, warmup=False)  # warm-up: allocator growth and the batch's kernels
@@ -97,9 +116,7 @@ def probe(spec: StudySpec, evaluator: Any, items: Sequence[Any], n: int = 8) -> 
         cpu = time.thread_time() - cpu0
         seconds = cpu if clock == "cpu" else result.counters.wall_time_s + result.scoring_time_s
         per_item.append(seconds / max(1, result.n))
-    if model is not None:
-        record_machine(key, {"baseline_s": per_item[0], "trial_s": per_item[1]}, what, faster="baseline_s")
-    return Probe(names[0], per_item[0], names[1], per_item[1], len(batch), clock)
+    return per_item
 
 
 @dataclass(frozen=True)
