@@ -62,10 +62,10 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (pyproject's addopts): one worker more than the cores, at most 4. A third of a test's time is spent
-    waiting (on the processes it starts, on PostgreSQL and MLflow, on an outage it stages), which the extra worker
-    fills; with one core taken by another job it also keeps the suite's share of the machine."""
-    return min(4, (os.cpu_count() or 1) + 1)
+    """`-n auto` (pyproject's addopts): two workers more than the cores, at most 4. Much of a test's time is spent
+    waiting (on the processes it starts, on PostgreSQL and MLflow, on an outage it stages), which the extra workers
+    fill; with a core taken by another job they also keep the suite's share of the machine."""
+    return min(4, (os.cpu_count() or 1) + 2)
 
 
 def pytest_collection_modifyitems(config, items):
