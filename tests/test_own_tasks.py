@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import MODEL, REPO, child_env
+from helpers import MODEL, REPO, child_env, tracking_store
 
 from decoder import read_profile
 
@@ -26,7 +26,7 @@ def tuner(args: list[str], cwd) -> subprocess.CompletedProcess:
 def prompts_study(tmp_path_factory):
     """A three-trial study of examples/prompts.jsonl (gen 32, 24 prompts a split), shown and exported."""
     tmp = tmp_path_factory.mktemp("prompts-study")
-    store = ["--storage", f"sqlite:///{tmp}/s.db", "--tracking-uri", f"sqlite:///{tmp}/m.db"]
+    store = ["--storage", f"sqlite:///{tmp}/s.db", "--tracking-uri", tracking_store(tmp)]
     task = ["--task", str(EXAMPLES / "prompts.jsonl"), "--model", MODEL]
     run = tuner(["run", *task, *SMALL, *store, "--accept-low-power", "--no-progress"], tmp)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -62,7 +62,7 @@ def test_the_exported_profile_records_the_agreement_promise(prompts_study):
 
 
 def test_an_lm_eval_task_file_is_tuned_with_its_labels(tmp_path):
-    store = ["--storage", f"sqlite:///{tmp_path}/s.db", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    store = ["--storage", f"sqlite:///{tmp_path}/s.db", "--tracking-uri", tracking_store(tmp_path)]
     task = ["--task", str(EXAMPLES / "arith.yaml"), "--model", MODEL]
     run = tuner(["run", *task, "--trials", "1", *SMALL[2:], *store, "--accept-low-power", "--no-progress"], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
