@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import MODEL, Parked, Parking, child_env, spec_for
+from helpers import MODEL, Parked, Parking, child_env, spec_for, tracking_store
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from optuna.trial import TrialState
@@ -349,6 +349,7 @@ def test_n_workers_forwards_ctrl_c_and_the_rerun_finishes(tmp_path):
     rerun finishes the budget keeping the finished trials as they were."""
     name, budget = "n-workers", 4
     args = [sys.executable, "-m", "tuner", "run", *tiny_args(budget), "--study-name", name, "--n-workers", "2"]
+    tracking_store(tmp_path)  # ./mlflow.db, the default store, begun migrated (helpers.tracking_store)
     parking = Parking(tmp_path)
     parent = subprocess.Popen(args, cwd=tmp_path, env=parking.env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -390,6 +391,7 @@ def test_workers_stop_when_the_n_workers_parent_is_killed(tmp_path):
     (PR_SET_PDEATHSIG), re-queue their running trials and exit instead of running on unseen."""
     name = "orphans"
     args = [sys.executable, "-m", "tuner", "run", *tiny_args(6), "--study-name", name, "--n-workers", "2"]
+    tracking_store(tmp_path)  # ./mlflow.db, the default store, begun migrated
     # Both workers park in their first trial: only the parent's death can end them (the budget can't be spent).
     parking = Parking(tmp_path)
     parent = subprocess.Popen(args, cwd=tmp_path, env=parking.env(), stdout=subprocess.DEVNULL,
@@ -421,7 +423,7 @@ def test_a_postgresql_outage_mid_run_is_waited_out(pg_own, tmp_path):
     storage = pg.create_database("outage")
     name, budget = "outage", 3  # one before the outage, one across it, one after
     args = [sys.executable, "-m", "tuner", "run", *tiny_args(budget), "--storage", storage, "--study-name", name,
-            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+            "--tracking-uri", tracking_store(tmp_path)]
     parking = Parking(tmp_path)
     worker = subprocess.Popen(args, cwd=tmp_path, env=parking.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
