@@ -40,8 +40,8 @@ from typing import Any
 from ..verdict import racing
 from .spec import StudySpec
 
-__all__ = ["CostPlan", "Eta", "Overheads", "Probe", "expected_items_per_trial", "format_duration", "format_plan", "make_plan",
-           "probe"]
+__all__ = ["CostPlan", "Eta", "Overheads", "Probe", "expected_items_per_trial", "format_duration", "format_plan",
+           "make_plan", "probe"]
 
 MEASURED_AFTER = 3  # finished streaming trials after which their own mean replaces the prior
 
