@@ -7,13 +7,12 @@ The export that registers a profile of a real study is in test_tuner_study.py; h
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import child_env
+from helpers import child_env, tracking_store
 from mlflow import MlflowClient
 
 from decoder import DecodeConfig, ProfileError, load_profile, read_profile, save_profile
@@ -42,19 +41,11 @@ def meta(confirmed: bool = True, accuracy: float = 0.9) -> dict:
                      "speedup_tokens_per_s": 23.456}}
 
 
-@pytest.fixture(scope="module")
-def sqlite_template(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("registry-template")
-    Tracker.open(f"sqlite:///{folder / 'mlflow.db'}", "warm-up", artifact_location=str(folder / "artifacts"))
-    return folder / "mlflow.db"
-
-
 @pytest.fixture
-def sqlite_uri(tmp_path, sqlite_template, monkeypatch) -> str:
+def sqlite_uri(tmp_path, monkeypatch) -> str:
     monkeypatch.chdir(tmp_path)  # stray ./mlflow.db or ./mlruns land here, and are not the store under test
     (tmp_path / "store").mkdir()
-    shutil.copy(sqlite_template, tmp_path / "store" / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    return tracking_store(tmp_path / "store")
 
 
 def register_promote_load(uri: str, tmp: Path, artifact_location: str | None = None) -> None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import tracking_store
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
@@ -24,21 +25,12 @@ from tuner.verdict.pareto import TrialPoint
 EXP = "dtune-test"
 
 
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("template")
-    db = folder / "mlflow.db"
-    Tracker.open(f"sqlite:///{db}", "warm-up", artifact_location=str(folder / "artifacts"))
-    return db
-
-
 @pytest.fixture
-def store(tmp_path, template_db, monkeypatch) -> tuple[str, Path]:
+def store(tmp_path, monkeypatch) -> tuple[str, Path]:
     """(tracking URI, artifact root) of a private, already-migrated store; CWD moved so stray ./mlruns land here."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "store").mkdir()
-    shutil.copy(template_db, tmp_path / "store" / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", tmp_path / "artifacts"
+    return tracking_store(tmp_path / "store"), tmp_path / "artifacts"
 
 
 def open_tracker(store, **kw) -> Tracker:
