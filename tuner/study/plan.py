@@ -201,6 +201,11 @@ class CostPlan:
         return self.trials_left * self.items_per_trial
 
     @property
+    def trial_overhead(self) -> int:
+        """Items a streaming trial decodes beside its raced ones (0 when overheads are not counted)."""
+        return self.overheads.per_trial if self.overheads else 0
+
+    @property
     def baseline_growths(self) -> int:
         """Evaluations growing the baseline's ledger (one per racing rung above what it holds), each warmed up."""
         return sum(1 for n in self.rungs if n > self.baseline_stored)
@@ -213,7 +218,7 @@ class CostPlan:
         baseline = (self.baseline_items + self.baseline_growths * o.warmup) * p.baseline_s
         if self.baseline_trial_left:  # its speed passes: the baseline on the probe, between reference passes
             baseline += o.probe * (o.trial_passes * p.baseline_s + o.reference_passes * p.trial_s)
-        trials = self.trials_left * (self.items_per_trial + o.per_trial) * p.trial_s
+        trials = self.trials_left * (self.items_per_trial + self.trial_overhead) * p.trial_s
         test = ((self.test_pick_items + o.warmup) * p.trial_s
                 + (self.test_baseline_items + (o.warmup if self.test_baseline_items else 0)) * p.baseline_s)
         return PlanSeconds(baseline=baseline, trials=trials, test=test)
@@ -279,7 +284,7 @@ def format_plan(plan: CostPlan, spec: StudySpec) -> list[str]:
     rungs = "/".join(str(n) for n in plan.rungs)
     how = ("the mean of the finished trials" if plan.items_per_trial_measured
            else f"racing rungs {rungs}, half the trials earning each next rung")
-    extra = plan.overheads.per_trial if plan.overheads else 0
+    extra = plan.trial_overhead
     per_trial = f"(~{plan.items_per_trial:.0f} raced + {extra} warm-up and timing)" if extra else \
         f"~{plan.items_per_trial:.0f}"
     lines = [
@@ -316,7 +321,7 @@ class Eta:
             return None
         base_left = max(0, self.plan.baseline_items - baseline_items)
         trials_left = max(0, self.plan.trials_left - trials_finished)
-        extra = self.plan.overheads.per_trial if self.plan.overheads else 0
+        extra = self.plan.trial_overhead
         planned_left = base_left * p.baseline_s + trials_left * (self.plan.items_per_trial + extra) * p.trial_s
         done = baseline_items * p.baseline_s + (trial_items + trials_finished * extra) * p.trial_s
         elapsed = (time.monotonic() if now is None else now) - self.started

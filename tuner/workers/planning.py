@@ -13,7 +13,6 @@ from ..storage.record import TrialRecord, read_trials
 from ..storage.shared_ledger import SharedLedger
 from ..study.lifecycle import FINISHED
 from ..study.plan import CostPlan, Eta, Overheads, make_plan, probe
-from ..study.timing import decode_clock
 from ..verdict.sequential import Design
 
 
@@ -31,12 +30,11 @@ def study_plan(ctx: Context, storage: optuna.storages.BaseStorage | None, study:
         trials = read_trials(study, states=FINISHED)
         done = len(trials)
         items = [t.evidence.n for t in trials if t.duplicate_of is None and t.reference is None and t.evidence.n]
-    model = getattr(ctx.evaluator, "model", None)
-    overheads = Overheads.for_study(spec, decode_clock(model) if model is not None else "wall")
+    timed = probe(spec, ctx.evaluator, validation)
     return make_plan(spec, pool=len(validation), test_items=len(test), baseline_stored=stored, trials_done=done,
                      finished_items=items, test_baseline_stored=test_stored,
-                     design=Design.for_constraint(spec.constraint), probe=probe(spec, ctx.evaluator, validation),
-                     overheads=overheads)
+                     design=Design.for_constraint(spec.constraint), probe=timed,
+                     overheads=Overheads.for_study(spec, timed.clock))  # passes as the clock trials are timed on
 
 
 class Progress:
