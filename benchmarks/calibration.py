@@ -54,7 +54,7 @@ from pathlib import Path
 import optuna
 
 from benchmarks.common import Report, command_line, machine_line, md_table, threads_warning
-from decoder import Counters, DecodeConfig, load_model
+from decoder import Counters, DecodeConfig, load_model, read_profile
 from tuner.storage.record import TrialRecord, TrialWriter, answer_digest, reference_of
 from tuner.storage.shared_ledger import study_ledger
 from tuner.study.evaluate import EvalResult, Evaluator
@@ -120,7 +120,8 @@ def measure(args: argparse.Namespace) -> None:
             r = evaluator.evaluate(items[start : min(stop, start + args.chunk)], cfg, warmup=start == first + done)
             with f.open("a") as fh:
                 fh.write(json.dumps({"n": r.n, "start": start, "outcomes": "".join("1" if o else "0" for o in r.outcomes),
-                                     "counted_tokens": r.counted_tokens, "counters": r.counters.to_dict()}) + "\n")
+                                     "counted_tokens": r.counted_tokens, "counters": r.counters.to_dict(),
+                                     "answer_digests": r.answers}) + "\n")
             print(f"{idx} {file_key(cfg)} {start + r.n}/{stop} acc={r.accuracy:.3f}", flush=True)
 
 
@@ -207,7 +208,8 @@ def load_grid(folder: str, pool: int | None = None) -> Grid:
             if c["start"] != len(joined):
                 break
             joined += c["outcomes"]
-            said += [answer_digest(NO_ANSWER if a is None else str(a)) for a in c.get("answers") or []]
+            said += c.get("answer_digests") or [answer_digest(NO_ANSWER if a is None else str(a))
+                                                for a in c.get("answers") or []]
         outcomes[key] = joined
         if len(said) == len(joined):  # a grid measured with the extracted answers (agreement replays)
             answers[key] = said
@@ -235,7 +237,9 @@ def time_grid(args: argparse.Namespace) -> None:
     """Speed of every grid configuration on one probe batch, each pass timed right after a pass of the yardstick
     (Fast-dLLM) so that both see the same load; speed = tokens / (median time ratio × the yardstick's fastest
     pass). Vanilla gets fewer rounds (its pass is ~25x longer). Passes are timed by this thread's CPU time, as
-    `tuner.study.timing` does with one decoding thread: other processes taking turns on the cores don't add to it."""
+    `tuner.study.timing` does with one decoding thread: other processes taking turns on the cores don't add to it.
+    `--profile` adds exported profiles' configurations to the pass (a real study's pick against the grid's oracle).
+    """
     task = ArithTask(seed=POOL_SEED, validation_size=args.probe, test_size=1)
     probe = task.load("validation")
     model, tok = load_model("dtune/tiny-arith", device="cpu")
@@ -245,6 +249,7 @@ def time_grid(args: argparse.Namespace) -> None:
     if args.only:  # the yardstick is timed with every pass anyway; keep vanilla and the yardstick in the table
         only = {0, 1} | {int(i) for i in args.only.split(",")}
         configs = [c for i, c in enumerate(configs) if i in only]
+    configs += [read_profile(path).decode for path in args.profile or []]
     ratios: dict[str, list[float]] = {config_key(c): [] for c in configs}
     tokens: dict[str, int] = {}
     yard_times: list[float] = []
@@ -659,6 +664,7 @@ def main() -> None:
     t.add_argument("--probe", type=int, default=16)
     t.add_argument("--rounds", type=int, default=5)
     t.add_argument("--only", help="comma list of grid indices to time (vanilla and Fast-dLLM always are)")
+    t.add_argument("--profile", action="append", help="an exported profile whose configuration is timed too")
     sy = sub.add_parser("synth")
     sy.add_argument("--grid", required=True)
     sy.add_argument("--pool", type=int, default=POOL_SIZE)

@@ -14,6 +14,7 @@ from tuner.study.plan import (
     format_duration,
     format_plan,
     make_plan,
+    typical_configs,
 )
 from tuner.study.spec import load_spec
 from tuner.verdict.racing import rungs
@@ -68,6 +69,26 @@ def test_warm_ups_and_speed_passes_are_counted_beside_the_raced_items():
     assert stored.seconds().baseline == 0 and stored.seconds().test == pytest.approx((1500 + 16) * 0.1)
 
 
+def test_sampled_trials_are_priced_at_points_spread_over_the_search_space():
+    spec = load_spec("arith")  # window 4 choices, threshold 0.5-0.99, alpha 0-0.7, early exit 2 choices
+    points = typical_configs(spec)
+    assert points == typical_configs(spec) and len(points) == 4  # the same points for a given spec
+    assert sorted(str(p.window) for p in points) == ["16", "32", "64", "None"]  # each window once
+    assert sorted(p.threshold for p in points) == pytest.approx([0.5 + 0.49 * (i + 0.5) / 4 for i in range(4)])
+    assert sorted(p.alpha for p in points) == pytest.approx([0.7 * (i + 0.5) / 4 for i in range(4)])
+    assert sorted(p.early_exit for p in points) == [False, False, True, True] and {p.mode for p in points} == {
+        "streaming"}
+    cpu = Overheads.for_study(spec, "cpu")  # per trial: a warm-up batch and a pass of its own (32 items), R R (32)
+    probe = Probe("vanilla", 1.0, "paper", 0.1, 8, "cpu", typical_s=0.3, typical_points=4)
+    plan = make_plan(spec, pool=1200, test_items=1500, probe=probe, overheads=cpu)
+    assert plan.seconds().trials == pytest.approx(29 * ((375 + 32) * 0.3 + 32 * 0.1))
+    assert plan.seconds().test == pytest.approx((1500 + 16) * 0.1 + (1500 + 16) * 1.0)  # the pick: the reference
+    assert "the search space 0.3 CPU-s/item (mean of 4 points)" in format_plan(plan, spec)[0]
+    eta = Eta(plan, started=0.0)
+    assert eta.remaining_s(baseline_items=0, trials_finished=0, trial_items=0, now=0.0) == pytest.approx(
+        plan.seconds().study)
+
+
 @pytest.mark.slow
 def test_the_probe_times_the_baseline_and_a_streaming_configuration_on_this_device(tmp_path, monkeypatch):
     from decoder import load_model
@@ -87,16 +108,18 @@ def test_the_probe_times_the_baseline_and_a_streaming_configuration_on_this_devi
     assert (timed.baseline, timed.trial, timed.items) == ("vanilla", "paper", 2)
     assert timed.clock == "cpu"  # one CPU thread decodes here (the suite's conftest): the CPU clock, as trials
     assert timed.baseline_s > 2 * timed.trial_s > 0  # vanilla decodes every step; the streaming reference exits early
-    assert decoded == [2, 2, 2, 2]  # each configuration: a warm-up pass, then the timed one
+    assert decoded == [2] * 12  # the baseline, the reference, 4 points of the space: a warm-up pass, a timed one
+    assert timed.typical_points == 4 and timed.typical_s > timed.trial_s > 0  # the space is slower than the paper
     line = format_plan(make_plan(spec, pool=4, test_items=1, probe=timed), spec)[0]
     assert "timed on 2 validation items here: vanilla" in line
     # Timed once per machine: another worker (or `run --plan`) reads the record and decodes nothing.
     again = probe(spec, evaluator, task.load("validation"), n=2)
-    assert decoded == [2, 2, 2, 2] and (again.baseline_s, again.trial_s) == (timed.baseline_s, timed.trial_s)
+    assert decoded == [2] * 12 and (again.baseline_s, again.trial_s, again.typical_s) == (
+        timed.baseline_s, timed.trial_s, timed.typical_s)
     assert "this machine's record of 20" in again.describe()
     # Other prompts (or batch, configurations, weights, clock) are another record: timed afresh.
     probe(spec, evaluator, task.load("validation")[2:], n=2)
-    assert decoded == [2] * 8
+    assert decoded == [2] * 24
 
 
 def test_the_eta_follows_the_pace_of_the_work_done():

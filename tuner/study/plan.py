@@ -19,11 +19,13 @@ a warm-up batch before each evaluation (`tuner.study.evaluate`: each trial, each
 decode) and each trial's speed passes over the timing probe (`tuner.study.timing`: R T R on the CPU clock, R T R T R
 on the wall clock; more passes only while the spread is high, within a tenth of the trial's first-rung time).
 
-Seconds per item come from a short timed probe (`probe`): a few validation items decoded with the baseline and
-with the timing reference (`tuner.study.timing.timing_reference`, a typical streaming configuration), each after an
-untimed warm-up pass, on the clock trials are timed on (`tuner.study.timing.decode_clock`): one CPU thread's CPU
-seconds, which other processes' load does not move (a sandbox's scoring, in other processes, is not counted there),
-or wall seconds. A smaller batch than the study's can only overstate the per-item time.
+Seconds per item come from a short timed probe (`probe`): a few validation items decoded with the baseline, with
+the timing reference (`tuner.study.timing.timing_reference`, the cheapest-looking streaming reference, whose passes
+time every trial and which prices the pick's test decode) and with a few points spread over the search space
+(`typical_configs`, the sampled trials' price: they run anywhere in the space, most slower than the reference),
+each after an untimed warm-up pass, on the clock trials are timed on (`tuner.study.timing.decode_clock`): one CPU
+thread's CPU seconds, which other processes' load does not move (a sandbox's scoring, in other processes, is not
+counted there), or wall seconds. A smaller batch than the study's can only overstate the per-item time.
 """
 
 from __future__ import annotations
@@ -41,36 +43,69 @@ from ..verdict import racing
 from .spec import StudySpec
 
 __all__ = ["CostPlan", "Eta", "Overheads", "Probe", "expected_items_per_trial", "format_duration", "format_plan",
-           "make_plan", "probe"]
+           "make_plan", "probe", "typical_configs"]
 
 MEASURED_AFTER = 3  # finished streaming trials after which their own mean replaces the prior
+TYPICAL_POINTS = 4  # search-space points the probe times to price a sampled trial
 
 
 @dataclass(frozen=True)
 class Probe:
-    """Seconds per item on this device, warm-up excluded: the baseline's and a typical streaming configuration's."""
+    """Seconds per item on this device, warm-up excluded: the baseline's, the timing reference's and (the trials'
+    price) the mean of a few points spread over the search space."""
 
     baseline: str
     baseline_s: float
-    trial: str
+    trial: str  # the timing reference
     trial_s: float
     items: int
     clock: str = "wall"  # "cpu": the decoding thread's CPU seconds (tuner.study.timing.decode_clock)
     recorded: str = ""  # when the figures come from this machine's record: when they were timed
+    typical_s: float | None = None  # mean over `typical_configs`; None: trials priced at the timing reference
+    typical_points: int = 0
+
+    @property
+    def sampled_s(self) -> float:
+        """What an item of a sampled trial costs."""
+        return self.trial_s if self.typical_s is None else self.typical_s
 
     def describe(self) -> str:
         unit = "CPU-s" if self.clock == "cpu" else "s"
         when = f"this machine's record of {self.recorded}" if self.recorded else "here"
+        space = (f", the search space {self.typical_s:.3g} {unit}/item (mean of {self.typical_points} points)"
+                 if self.typical_s is not None else "")
         return (f"timed on {self.items} validation items {when}: {self.baseline} {self.baseline_s:.3g} {unit}/item, "
-                f"{self.trial} {self.trial_s:.3g} {unit}/item")
+                f"{self.trial} {self.trial_s:.3g} {unit}/item{space}")
+
+
+def typical_configs(spec: StudySpec, k: int = TYPICAL_POINTS) -> list[Any]:
+    """`k` points spread over the search space, the same for a given spec: a Latin hypercube seeded by the spec's
+    seed (each range cut into `k` strata, each stratum's midpoint taken once; each list of choices cycled), so
+    their mean cost is the price of a trial the sampler may propose anywhere in the space."""
+    import random
+
+    rng = random.Random(spec.seed)
+    columns: dict[str, list[Any]] = {}
+    for dim in spec.search_space:
+        if dim.is_categorical:
+            column = [dim.choices[i % len(dim.choices)] for i in range(k)]
+        else:
+            lo, hi = (math.log(dim.low), math.log(dim.high)) if dim.log else (dim.low, dim.high)
+            column = [lo + (hi - lo) * (i + 0.5) / k for i in range(k)]
+            column = [math.exp(v) if dim.log else v for v in column]
+            if dim.step:
+                column = [min(dim.high, dim.low + round((v - dim.low) / dim.step) * dim.step) for v in column]
+        rng.shuffle(column)
+        columns[dim.name] = column
+    return [spec.config_for({name: column[i] for name, column in columns.items()}) for i in range(k)]
 
 
 def probe(spec: StudySpec, evaluator: Any, items: Sequence[Any], n: int = 8) -> Probe:
-    """Decode the first `n` items (one batch at most) with the baseline reference and the timing reference, each
-    timed after an untimed warm-up pass, on the clock the study's trials are timed on. Timed once per machine:
-    the figures are kept in its speed record (`tuner.study.timing.cache_path`, the faster kept), keyed by the
-    hardware, torch, the model's weights, both configurations, the prompts, the batch and the clock, so every
-    worker of a study and every later `run --plan` on this machine reads them instead of decoding again."""
+    """Decode the first `n` items (one batch at most) with the baseline reference, the timing reference and the
+    `typical_configs` of the space, each timed after an untimed warm-up pass, on the clock the study's trials are
+    timed on. Timed once per machine: the figures are kept in its speed record (`tuner.study.timing.cache_path`,
+    the faster kept), keyed by the hardware, torch, the model's weights, the configurations, the prompts, the batch
+    and the clock, so every worker of a study and every later `run --plan` on this machine reads them instead of decoding again."""
     from ..base.file_lock import held_lock
     from .timing import (
         cache_path,
@@ -83,7 +118,7 @@ def probe(spec: StudySpec, evaluator: Any, items: Sequence[Any], n: int = 8) -> 
 
     batch = list(items[: max(1, min(n, len(items), getattr(evaluator, "batch_size", n) or n))])
     names = (spec.constraint.baseline, timing_reference(spec))
-    configs = [spec.reference_config(spec.reference(name)) for name in names]
+    configs = [spec.reference_config(spec.reference(name)) for name in names] + typical_configs(spec)
     model = getattr(evaluator, "model", None)
     clock = decode_clock(model) if model is not None else "wall"
     what = {"probe": "plan", "machine": machine_label(spec, model) if model is not None else "",
@@ -97,13 +132,17 @@ def probe(spec: StudySpec, evaluator: Any, items: Sequence[Any], n: int = 8) -> 
     # Workers started together on this machine time it once: the others wait for the first one's record.
     with held_lock(record.with_name(record.name + ".lock") if record and model is not None else None, 600):
         known = machine_record(key)
-        if model is not None and known.get("baseline_s") and known.get("trial_s"):
+        if model is not None and known.get("baseline_s") and known.get("trial_s") and known.get("typical_s"):
             return Probe(names[0], float(known["baseline_s"]), names[1], float(known["trial_s"]), len(batch), clock,
-                         recorded=str(known.get("updated", "")))
+                         recorded=str(known.get("updated", "")), typical_s=float(known["typical_s"]),
+                         typical_points=len(configs) - 2)
         per_item = _timed(evaluator, batch, configs, clock)
+        typical_s = sum(per_item[2:]) / len(per_item[2:])
         if model is not None:
-            record_machine(key, {"baseline_s": per_item[0], "trial_s": per_item[1]}, what, faster="baseline_s")
-    return Probe(names[0], per_item[0], names[1], per_item[1], len(batch), clock)
+            record_machine(key, {"baseline_s": per_item[0], "trial_s": per_item[1], "typical_s": typical_s}, what,
+                           faster="baseline_s")
+    return Probe(names[0], per_item[0], names[1], per_item[1], len(batch), clock, typical_s=typical_s,
+                 typical_points=len(configs) - 2)
 
 
 def _timed(evaluator: Any, batch: list[Any], configs: Sequence[Any], clock: str) -> list[float]:
@@ -140,8 +179,13 @@ class Overheads:
 
     @property
     def per_trial(self) -> int:
-        """A streaming trial's overhead, all decoded at (about) the timing reference's cost."""
-        return self.warmup + self.probe * (self.trial_passes + self.reference_passes)
+        """Items a streaming trial decodes beside its raced ones."""
+        return self.own + self.probe * self.reference_passes
+
+    @property
+    def own(self) -> int:
+        """Of those, the items decoded with the trial's own configuration (its warm-up and speed passes)."""
+        return self.warmup + self.probe * self.trial_passes
 
 
 def expected_items_per_trial(rungs: Sequence[int], finished: Sequence[int] = ()) -> float:
@@ -210,6 +254,14 @@ class CostPlan:
         """Evaluations growing the baseline's ledger (one per racing rung above what it holds), each warmed up."""
         return sum(1 for n in self.rungs if n > self.baseline_stored)
 
+    def trial_seconds(self, raced_items: float) -> float:
+        """Seconds of one streaming trial that races over `raced_items`, its warm-up and speed passes included:
+        its own configuration at the space's typical cost, the timing reference's passes at the reference's."""
+        p, o = self.probe, self.overheads or Overheads(warmup=0, probe=0, trial_passes=0, reference_passes=0)
+        if p is None:
+            return 0.0
+        return (raced_items + o.own) * p.sampled_s + o.probe * o.reference_passes * p.trial_s
+
     def seconds(self) -> PlanSeconds | None:
         """Seconds of each part on the probe's device, overheads included; None without a probe."""
         if self.probe is None:
@@ -218,7 +270,7 @@ class CostPlan:
         baseline = (self.baseline_items + self.baseline_growths * o.warmup) * p.baseline_s
         if self.baseline_trial_left:  # its speed passes: the baseline on the probe, between reference passes
             baseline += o.probe * (o.trial_passes * p.baseline_s + o.reference_passes * p.trial_s)
-        trials = self.trials_left * (self.items_per_trial + self.trial_overhead) * p.trial_s
+        trials = self.trials_left * self.trial_seconds(self.items_per_trial)
         test = ((self.test_pick_items + o.warmup) * p.trial_s
                 + (self.test_baseline_items + (o.warmup if self.test_baseline_items else 0)) * p.baseline_s)
         return PlanSeconds(baseline=baseline, trials=trials, test=test)
@@ -319,11 +371,9 @@ class Eta:
         p = self.plan.probe
         if p is None:
             return None
-        base_left = max(0, self.plan.baseline_items - baseline_items)
-        trials_left = max(0, self.plan.trials_left - trials_finished)
-        extra = self.plan.trial_overhead
-        planned_left = base_left * p.baseline_s + trials_left * (self.plan.items_per_trial + extra) * p.trial_s
-        done = baseline_items * p.baseline_s + (trial_items + trials_finished * extra) * p.trial_s
+        done = (baseline_items * p.baseline_s + trials_finished * self.plan.trial_seconds(0)
+                + trial_items * p.sampled_s)
+        planned_left = max(0.0, self.plan.seconds().study - done)
         elapsed = (time.monotonic() if now is None else now) - self.started
         pace = min(4.0, max(0.25, elapsed / done)) if done >= 60 and elapsed > 0 else 1.0
         return planned_left * pace
