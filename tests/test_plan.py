@@ -132,6 +132,9 @@ def test_the_eta_follows_the_pace_of_the_work_done():
     assert eta.remaining_s(baseline_items=500, trials_finished=2, trial_items=400, now=540.0) == pytest.approx(660)
     # the same work in twice the time: twice the time left
     assert eta.remaining_s(baseline_items=500, trials_finished=2, trial_items=400, now=1080.0) == pytest.approx(1320)
+    # four trials raced over 500 items each, not the plan's 200: the six left are priced at 500
+    assert eta.remaining_s(baseline_items=500, trials_finished=4, trial_items=2000, now=700.0) == pytest.approx(
+        500 + 6 * 500 * 0.1)
     assert eta.line(baseline_items=1000, trials_finished=10, trial_items=2000, now=3000.0) == " · ETA 0s"
     assert [format_duration(s) for s in (5, 95, 700, 3900, 90000, None)] == ["5s", "1m 35s", "12m", "1h 05m",
                                                                              "1d 1h", "?"]

@@ -359,7 +359,9 @@ def format_plan(plan: CostPlan, spec: StudySpec) -> list[str]:
 class Eta:
     """The time `run` has left, for its progress lines: the plan's remaining work in probe-seconds, scaled by the
     pace observed so far (elapsed / the probe-seconds of the work done; kept within 1/4..4 of the probe's, and the
-    probe's own until a minute of work is done)."""
+    probe's own until a minute of work is done). Trials still to run are priced at the items the finished ones
+    raced over once MEASURED_AFTER have finished (races run longer than the prior when few trials are decided
+    early), else at the plan's."""
 
     def __init__(self, plan: CostPlan, started: float | None = None) -> None:
         self.plan, self.started = plan, time.monotonic() if started is None else started
@@ -373,7 +375,11 @@ class Eta:
             return None
         done = (baseline_items * p.baseline_s + trials_finished * self.plan.trial_seconds(0)
                 + trial_items * p.sampled_s)
-        planned_left = max(0.0, self.plan.seconds().study - done)
+        per_trial = (trial_items / trials_finished if trials_finished >= MEASURED_AFTER
+                     else self.plan.items_per_trial)
+        trials_left = max(0, self.plan.trials_left - trials_finished)
+        planned_left = (max(0.0, self.plan.seconds().baseline - baseline_items * p.baseline_s)
+                        + trials_left * self.plan.trial_seconds(per_trial))
         elapsed = (time.monotonic() if now is None else now) - self.started
         pace = min(4.0, max(0.25, elapsed / done)) if done >= 60 and elapsed > 0 else 1.0
         return planned_left * pace
