@@ -21,18 +21,23 @@ from tuner.verdict.racing import rungs
 from tuner.verdict.sequential import Design
 
 
-def test_a_trial_is_expected_to_race_over_successive_halvings_until_trials_have_run():
-    spec = load_spec("arith")
+def test_a_trial_is_expected_to_race_as_a_trial_about_the_margin_until_trials_have_run():
+    spec = load_spec("arith")  # margin 5 points, discordance 6%, one-sided 95%
     assert rungs(1200, spec.race) == [150, 300, 600, 1200]
-    assert expected_items_per_trial([150, 300, 600, 1200]) == 150 + 150 / 2 + 300 / 4 + 600 / 8  # 375
-    assert expected_items_per_trial([150, 300, 600, 1200], [150, 150]) == 375  # two finished: still the prior
-    assert expected_items_per_trial([150, 300, 600, 1200], [150, 300, 1200]) == 550  # three: their mean
+    # drops uniform over 2.5-7.5 points; bound half-widths 3.3/2.3/1.6/1.2 points at 150/300/600/1200 items: none
+    # is decided at 150, 7% at 300, 27% at 600, the rest at the whole pool
+    prior = expected_items_per_trial([150, 300, 600, 1200], spec.constraint)
+    assert prior == pytest.approx(0.07 * 300 + 0.27 * 600 + 0.66 * 1200, abs=15) and prior == 978
+    assert expected_items_per_trial([150, 300, 600, 1200], spec.constraint, [150, 150]) == prior  # still the prior
+    assert expected_items_per_trial([150, 300, 600, 1200], spec.constraint, [150, 300, 1200]) == 550  # their mean
+    wide = load_spec("arith", ["constraint.max_drop=20"]).constraint  # far wider than the bounds: decided early
+    assert expected_items_per_trial([150, 300, 600, 1200], wide) < 400
 
 
 def test_the_plan_counts_what_the_study_still_has_to_decode():
     spec = load_spec("arith")  # 30 trials, validation 1200, test 1500
     fresh = make_plan(spec, pool=1200, test_items=1500)
-    assert (fresh.baseline_items, fresh.trials_left, fresh.items_per_trial) == (1200, 29, 375)
+    assert (fresh.baseline_items, fresh.trials_left, fresh.items_per_trial) == (1200, 29, 978)
     assert fresh.test_pick_items == fresh.test_baseline_items == 1500 and fresh.test_staged is None
     assert fresh.seconds() is None and "no timed probe" in format_plan(fresh, spec)[0]
     resumed = make_plan(spec, pool=1200, test_items=1500, baseline_stored=600, trials_done=10,
@@ -43,10 +48,10 @@ def test_the_plan_counts_what_the_study_still_has_to_decode():
     probe = Probe("vanilla", 1.0, "paper", 0.02, 8)
     timed = make_plan(spec, pool=1200, test_items=1500, probe=probe)
     sec = timed.seconds()
-    assert (sec.baseline, sec.trials, sec.test) == pytest.approx((1200.0, 29 * 375 * 0.02, 1500 * 0.02 + 1500 * 1.0))
+    assert (sec.baseline, sec.trials, sec.test) == pytest.approx((1200.0, 29 * 978 * 0.02, 1500 * 0.02 + 1500 * 1.0))
     lines = format_plan(timed, spec)
     assert "1,200 items to decode" in lines[1] and "≈ 20m" in lines[1]
-    assert "29 to run × ~375 items" in lines[2] and lines[-1] == "  total ≈ 49m (the study ≈ 24m, export ≈ 26m)"
+    assert "29 to run × ~978 items" in lines[2] and lines[-1] == "  total ≈ 55m (the study ≈ 29m, export ≈ 26m)"
 
 
 def test_warm_ups_and_speed_passes_are_counted_beside_the_raced_items():
@@ -59,10 +64,10 @@ def test_warm_ups_and_speed_passes_are_counted_beside_the_raced_items():
     sec = plan.seconds()
     assert plan.baseline_growths == 4 and plan.baseline_trial_left  # one warm-up per rung the ledger grows to
     assert sec.baseline == pytest.approx((1200 + 4 * 16) * 1.0 + 16 * (1 * 1.0 + 2 * 0.1))
-    assert sec.trials == pytest.approx(29 * (375 + 64) * 0.1)
+    assert sec.trials == pytest.approx(29 * (978 + 64) * 0.1)
     assert sec.test == pytest.approx((1500 + 16) * 0.1 + (1500 + 16) * 1.0)
     lines = format_plan(plan, spec)
-    assert "CPU-s/item" in lines[0] and "29 to run × (~375 raced + 64 warm-up and timing) items" in lines[2]
+    assert "CPU-s/item" in lines[0] and "29 to run × (~978 raced + 64 warm-up and timing) items" in lines[2]
     stored = make_plan(spec, pool=1200, test_items=1500, baseline_stored=1200, trials_done=5,
                        test_baseline_stored=1500, probe=probe, overheads=cpu)
     assert not stored.baseline_trial_left and stored.baseline_growths == 0
@@ -81,7 +86,7 @@ def test_sampled_trials_are_priced_at_points_spread_over_the_search_space():
     cpu = Overheads.for_study(spec, "cpu")  # per trial: a warm-up batch and a pass of its own (32 items), R R (32)
     probe = Probe("vanilla", 1.0, "paper", 0.1, 8, "cpu", typical_s=0.3, typical_points=4)
     plan = make_plan(spec, pool=1200, test_items=1500, probe=probe, overheads=cpu)
-    assert plan.seconds().trials == pytest.approx(29 * ((375 + 32) * 0.3 + 32 * 0.1))
+    assert plan.seconds().trials == pytest.approx(29 * ((978 + 32) * 0.3 + 32 * 0.1))
     assert plan.seconds().test == pytest.approx((1500 + 16) * 0.1 + (1500 + 16) * 1.0)  # the pick: the reference
     assert "the search space 0.3 CPU-s/item (mean of 4 points)" in format_plan(plan, spec)[0]
     eta = Eta(plan, started=0.0)

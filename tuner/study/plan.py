@@ -6,10 +6,13 @@ Three parts, each in decoded items and in seconds on this device:
 * **the baseline on validation**: the items of the pool its ledger does not hold yet (`tuner.study.baseline`). An
   upper bound: the ledger grows as far as the furthest trial races, which is the whole pool in most studies (every
   one of the calibration's replayed arith studies, BENCHMARKS.md section 7);
-* **the trials**: trials still to run × the items a trial is expected to race over. Before any trial has run, the
-  successive-halving assumption that half the trials earn each next rung: E = Σ_k (n_k − n_{k−1}) / 2^(k−1) over
-  the rungs (`tuner.verdict.racing.rungs`): 375 items for arith's rungs 150/300/600/1200, where the calibration
-  measured 408-411. Once three streaming trials have finished, their own mean;
+* **the trials**: trials still to run × the items a trial is expected to race over. Before three streaming trials
+  have finished (then their own mean), a prior from the constraint: the sampler looks for the fastest points that
+  keep the margin, so trials gather about it; a trial's true drop is taken uniform over [m/2, 3m/2], and it is
+  decided at the first rung (`tuner.verdict.racing.rungs`) whose bound's half-width (normal approximation, the
+  spec's discordant share) is under its distance from the margin, else at the whole pool: 973 items for arith's
+  rungs 150/300/600/1200, where the README's study raced ~1,150 (a halving prior said 375, and the calibration's
+  16-point grid, with many points far from the margin, measured 408-411);
 * **the test confirmation** (export): the pick and the baseline on the test split, the baseline's items less those
   stored. With a staged design (`tuner.verdict.sequential`) the expected items for a pick that loses half the
   margin (the power check's assumption) with the spec's discordant share; without one, the whole split.
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..verdict import racing
+from ..verdict.constraint import Constraint
 from .spec import StudySpec
 
 __all__ = ["CostPlan", "Eta", "Overheads", "Probe", "expected_items_per_trial", "format_duration", "format_plan",
@@ -188,16 +192,21 @@ class Overheads:
         return self.warmup + self.probe * self.trial_passes
 
 
-def expected_items_per_trial(rungs: Sequence[int], finished: Sequence[int] = ()) -> float:
+def expected_items_per_trial(rungs: Sequence[int], constraint: Constraint, finished: Sequence[int] = ()) -> float:
     """Items a streaming trial is expected to race over: the mean of `finished` trials' once there are
-    MEASURED_AFTER of them, else the successive-halving prior over `rungs` (module docstring)."""
+    MEASURED_AFTER of them, else the prior of trials gathered about the margin (module docstring)."""
     if len(finished) >= MEASURED_AFTER:
         return sum(finished) / len(finished)
-    out, before = 0.0, 0
-    for k, n in enumerate(rungs):
-        out += (n - before) / 2**k
-        before = n
-    return out
+    from ..verdict.stats import z_one_sided
+
+    m = constraint.margin  # a fraction
+    spread = math.sqrt(m * (1 - m)) if constraint.metric == "agreement" else math.sqrt(constraint.discordance)
+    z, points = z_one_sided(constraint.confidence), 100
+    decided = []
+    for i in range(points):
+        gap = abs(m * (0.5 + (i + 0.5) / points) - m)
+        decided.append(next((n for n in rungs if z * spread / math.sqrt(n) < gap), rungs[-1]))
+    return sum(decided) / points
 
 
 @dataclass(frozen=True)
@@ -299,7 +308,7 @@ def make_plan(spec: StudySpec, *, pool: int, test_items: int, baseline_stored: i
     rungs = tuple(racing.rungs(pool, spec.race))
     baseline_trial_left = 1 if trials_done == 0 else 0  # the baseline reference's trial decodes no extra items
     trials_left = max(0, spec.trials - trials_done - baseline_trial_left)
-    per_trial = expected_items_per_trial(rungs, finished_items)
+    per_trial = expected_items_per_trial(rungs, spec.constraint, finished_items)
     if design is None or test_items == 0:
         pick_items, staged = float(test_items), None
     else:
@@ -335,7 +344,7 @@ def format_plan(plan: CostPlan, spec: StudySpec) -> list[str]:
     when = lambda part: f" ≈ {format_duration(getattr(sec, part))}" if sec else ""  # noqa: E731
     rungs = "/".join(str(n) for n in plan.rungs)
     how = ("the mean of the finished trials" if plan.items_per_trial_measured
-           else f"racing rungs {rungs}, half the trials earning each next rung")
+           else f"racing rungs {rungs}, trials about the margin")
     extra = plan.trial_overhead
     per_trial = f"(~{plan.items_per_trial:.0f} raced + {extra} warm-up and timing)" if extra else \
         f"~{plan.items_per_trial:.0f}"
