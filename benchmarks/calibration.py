@@ -238,7 +238,7 @@ def time_grid(args: argparse.Namespace) -> None:
     (Fast-dLLM) so that both see the same load; speed = tokens / (median time ratio × the yardstick's fastest
     pass). Vanilla gets fewer rounds (its pass is ~25x longer). Passes are timed by this thread's CPU time, as
     `tuner.study.timing` does with one decoding thread: other processes taking turns on the cores don't add to it.
-    `--profile` adds exported profiles' configurations to the pass (a real study's pick against the grid's oracle).
+    `--profile` and `--config` add configurations to the pass (a real study's pick against the grid's oracle).
     """
     task = ArithTask(seed=POOL_SEED, validation_size=args.probe, test_size=1)
     probe = task.load("validation")
@@ -250,6 +250,7 @@ def time_grid(args: argparse.Namespace) -> None:
         only = {0, 1} | {int(i) for i in args.only.split(",")}
         configs = [c for i, c in enumerate(configs) if i in only]
     configs += [read_profile(path).decode for path in args.profile or []]
+    configs += [DecodeConfig.from_dict(json.loads(knobs)) for knobs in args.config or []]
     ratios: dict[str, list[float]] = {config_key(c): [] for c in configs}
     tokens: dict[str, int] = {}
     yard_times: list[float] = []
@@ -665,6 +666,7 @@ def main() -> None:
     t.add_argument("--rounds", type=int, default=5)
     t.add_argument("--only", help="comma list of grid indices to time (vanilla and Fast-dLLM always are)")
     t.add_argument("--profile", action="append", help="an exported profile whose configuration is timed too")
+    t.add_argument("--config", action="append", help="a DecodeConfig as JSON (e.g. a trial's) timed too")
     sy = sub.add_parser("synth")
     sy.add_argument("--grid", required=True)
     sy.add_argument("--pool", type=int, default=POOL_SIZE)
