@@ -568,9 +568,10 @@ def replay(args: argparse.Namespace) -> None:
     report(f"command: `{command_line()}`")
     speeds = "measured by the timing pass (interleaved with a yardstick)" if (Path(args.grid) / "speeds.json").exists() \
         else "the measurement run's wall clock (no timing pass yet)"
+    bounds = "binomial bounds of the disagreement" if args.metric == "agreement" else "Tango bounds"
     report(f"spec: arith, margin {spec.constraint.max_drop:g} points, {spec.trials} trials, GP sampler; new policy: "
            f"validation pool {n_val}, rungs from {spec.race.min_items} ×{spec.race.growth:g}, one-sided "
-           f"{spec.constraint.confidence:.0%} Tango bounds; today's policy: first {args.old_validation} validation "
+           f"{spec.constraint.confidence:.0%} {bounds}; today's policy: first {args.old_validation} validation "
            f"items; both: {args.test} test items, {g.pool - n_val - args.test} fresh problems per study; "
            f"pick `{args.rule}`; speeds {speeds}")
     report("")
