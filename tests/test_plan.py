@@ -114,7 +114,7 @@ def test_the_probe_times_the_baseline_and_a_streaming_configuration_on_this_devi
     assert timed.clock == "cpu"  # one CPU thread decodes here (the suite's conftest): the CPU clock, as trials
     assert timed.baseline_s > 2 * timed.trial_s > 0  # vanilla decodes every step; the streaming reference exits early
     assert decoded == [2] * 12  # the baseline, the reference, 4 points of the space: a warm-up pass, a timed one
-    assert timed.typical_points == 4 and timed.typical_s > timed.trial_s > 0  # the space is slower than the paper
+    assert timed.typical_points == 4 and timed.typical_s > 0  # their order is the machine's, not asserted
     line = format_plan(make_plan(spec, pool=4, test_items=1, probe=timed), spec)[0]
     assert "timed on 2 validation items here: vanilla" in line
     # Timed once per machine: another worker (or `run --plan`) reads the record and decodes nothing.
