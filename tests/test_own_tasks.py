@@ -24,15 +24,19 @@ def tuner(args: list[str], cwd) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def prompts_study(tmp_path_factory):
-    """A three-trial study of examples/prompts.jsonl (gen 32, 24 prompts a split), shown and exported."""
+    """A three-trial study of examples/prompts.jsonl (gen 64, 24 prompts a split), shown and exported."""
     tmp = tmp_path_factory.mktemp("prompts-study")
     store = ["--storage", f"sqlite:///{tmp}/s.db", "--tracking-uri", tracking_store(tmp)]
-    task = ["--task", str(EXAMPLES / "prompts.jsonl"), "--model", MODEL]
-    run = tuner(["run", *task, *SMALL, *store, "--accept-low-power", "--no-progress"], tmp)
+    # As the README's example: agreement on the answer after "####" (gen 64 reaches it). 24 prompts resolve nothing
+    # but the baseline within the default margin, and the baseline is never a pick: a 60-point margin gives the
+    # export a real pick to confirm.
+    task = ["--task", str(EXAMPLES / "prompts.jsonl"), "--model", MODEL, *SMALL[4:], "--set", "decode.gen_length=64",
+            "--set", "task_options.answer_regex=#### (-?[0-9]+)", "--set", "constraint.max_drop=60"]
+    run = tuner(["run", *task, *SMALL[:4], *store, "--accept-low-power", "--no-progress"], tmp)
     assert run.returncode == 0, run.stderr[-3000:]
-    show = tuner(["show", *task, *SMALL[4:], "--json", *store], tmp)
+    show = tuner(["show", *task, "--json", *store], tmp)
     assert show.returncode == 0, show.stderr[-3000:]
-    export = tuner(["export", *task, *SMALL[4:], *store, "--force", "--out", str(tmp / "p.json")], tmp)
+    export = tuner(["export", *task, *store, "--force", "--out", str(tmp / "p.json")], tmp)
     return run, json.loads(show.stdout), export, tmp / "p.json"
 
 
@@ -57,7 +61,8 @@ def test_the_exported_profile_records_the_agreement_promise(prompts_study):
     meta = read_profile(path).meta
     assert "whatever the right answers are, accuracy can fall by at most that rate" in meta["promise"]
     rule = meta["test"]["non_inferiority"]
-    assert rule["metric"] == "agreement" and rule["n"] == 24 and "disagreement_points" in rule
+    assert rule["metric"] == "agreement" and "disagreement_points" in rule
+    assert rule["n"] == meta["test"]["sequential"]["items_decoded"] <= 24  # the looks it took, of 24 test prompts
     assert "accuracy" not in meta["test"]["pick"] and meta["test"]["paired_test"] == {}
 
 

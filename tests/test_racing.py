@@ -23,7 +23,7 @@ from tuner.study.space import config_key
 from tuner.study.spec import Constraint, Race, load_spec
 from tuner.tasks import Item
 from tuner.verdict import racing
-from tuner.verdict.pareto import TrialPoint
+from tuner.verdict.pareto import TrialPoint, pick_knee
 from tuner.verdict.racing import PowerError, power_check, rungs
 from tuner.verdict.selection import PickError, confirm, pick
 from tuner.verdict.stats import items_to_resolve
@@ -162,6 +162,21 @@ def test_the_pick_uses_the_upper_bound_not_the_point_estimate():
     assert pick(points, "knee", margin).number in (2, 3)
     with pytest.raises(PickError, match="no trial is resolved"):
         pick([replace(p, drop_upper=0.2) for p in points[1:]], "fastest", margin)
+
+
+def test_the_baseline_is_never_the_pick():
+    """The knee of a front whose other points lose most of the margin would be vanilla itself; the pick is made
+    among the rest, and a study where only the baseline is feasible has nothing to export (before any test
+    decoding)."""
+    margin = Constraint(max_drop=2.0)
+    base = TrialPoint(0, 0.95, 40.0, feasible=True, label="vanilla", n=800, drop=0.0, drop_upper=0.0)
+    # its accuracy over its own items a full margin and a half below, its paired drop within the margin
+    close = TrialPoint(1, 0.92, 60.0, feasible=True, n=800, drop=0.012, drop_upper=0.0199)
+    assert pick_knee([base, close], accuracy_scale=margin.margin).number == 0  # the geometry alone: vanilla
+    assert pick([base, close], "knee", margin).number == 1
+    assert pick([base, close], "fastest", margin).number == 1
+    with pytest.raises(PickError, match="only the baseline .vanilla, trial 0. is resolved"):
+        pick([base, replace(close, drop_upper=0.03)], "knee", margin)
 
 
 def test_the_confirmation_rule_is_a_one_sided_bound_on_the_paired_test_drop():

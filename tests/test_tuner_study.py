@@ -26,6 +26,10 @@ from tuner.cli import main
 from tuner.storage.database import open_storage
 from tuner.study.lifecycle import default_study_name
 
+# A few dozen items resolve nothing but the baseline within the spec's margin, and the baseline is never a pick
+# (tuner.verdict.selection): exports of these small studies take a 60-point margin, so they confirm a real pick.
+WIDE = ["--max-drop", "60"]
+
 
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory):
@@ -150,7 +154,7 @@ def test_show_prints_the_front(finished_study, capsys):
 def test_export_confirms_on_test_and_writes_a_profile_decoder_loads(finished_study):
     out = finished_study / "arith.profile.json"
     args = small_args(finished_study, 6)
-    rc = main(["export", *args, "--pick", "knee", "--out", str(out), "--force"])
+    rc = main(["export", *args, *WIDE, "--pick", "knee", "--out", str(out), "--force"])
     assert rc == 0
     profile = read_profile(out)
     config = load_profile(out)
@@ -178,7 +182,7 @@ def test_a_second_export_decodes_only_the_pick_and_registers_it_for_production(f
     os.chdir(finished_study)
     try:
         # The first export fills the shared baseline ledger of the test split (or finds it filled by another test).
-        assert main(["export", *args, "--out", str(finished_study / "first.json"), "--force"]) == 0
+        assert main(["export", *args, *WIDE, "--out", str(finished_study / "first.json"), "--force"]) == 0
         rows, real = [], tuner.study.evaluate.generate
 
         def counting(model, prompts, config, **kw):
@@ -187,7 +191,7 @@ def test_a_second_export_decodes_only_the_pick_and_registers_it_for_production(f
 
         monkeypatch.setattr(tuner.study.evaluate, "generate", counting)
         out = finished_study / "registered.json"
-        assert main(["export", *args, "--out", str(out), "--force", "--register", "arith-tiny"]) == 0
+        assert main(["export", *args, *WIDE, "--out", str(out), "--force", "--register", "arith-tiny"]) == 0
         monkeypatch.undo()
         captured = capsys.readouterr()
         uri = f"sqlite:///{finished_study}/mlflow.db"
@@ -402,7 +406,7 @@ def test_gsm8k_path_runs_end_to_end_on_local_files(tmp_path):
     os.chdir(tmp_path)
     try:
         assert main(["run", *args, "--no-progress", "--accept-low-power"]) == 0
-        assert main(["export", *args, "--out", str(tmp_path / "gsm8k.json"), "--force"]) == 0
+        assert main(["export", *args, *WIDE, "--out", str(tmp_path / "gsm8k.json"), "--force"]) == 0
     finally:
         os.chdir(cwd)
     meta = read_profile(tmp_path / "gsm8k.json").meta

@@ -65,10 +65,7 @@ def confirm_on_test(ctx: Context, study: optuna.Study, chosen: TrialPoint, confi
 
     stage(f"export: confirming trial {chosen.number} on up to {len(items)} test items in stages "
           f"({design.to_dict(len(items))['spending']} spending, {len(design.stages(len(items)))} looks)")
-    if stored_base >= len(items):
-        stage(f"export: baseline's test evaluation reused (the shared baseline ledger holds all {len(items)} test "
-              "items)")
-    elif stored_base:
+    if stored_base:
         stage(f"export: the shared baseline ledger holds {stored_base} of the {len(items)} test items")
     key = f"{config_key(config)}:{ctx.baseline_key('test')}:{design.key(len(items))}"
     staged = confirm_in_stages(design, len(items), constraint, pick=decode_pick,
@@ -78,6 +75,9 @@ def confirm_on_test(ctx: Context, study: optuna.Study, chosen: TrialPoint, confi
         stage(f"export: {staged.resumed} of the pick's test items were decoded by an earlier export of this pick "
               "(stored in the study)")
     n = staged.items
+    if stored_base >= n:
+        stage(f"export: baseline's test evaluation reused (the shared baseline ledger held all {n} test items this "
+              "confirmation used; none decoded again)")
     base = ledger.state().head(n)
     pick_evidence = StudyRecord(study).export_stages(key).head(n)
     verdict = staged.confirmation(constraint)

@@ -66,11 +66,18 @@ def confirmation_probability(p: TrialPoint, constraint: Constraint, test_items: 
 def pick(points: Sequence[TrialPoint], rule: str, constraint: Constraint, *, test_items: int | None = None,
          min_confirmation: float = 0.0) -> TrialPoint:
     """The trial a rule picks among the resolved-feasible ones: `fastest` (highest tokens/s) or `knee` (the knee
-    of their front, accuracy weighed in units of the margin). With `min_confirmation`, only candidates whose
-    `confirmation_probability` on `test_items` reaches it are considered."""
+    of their front, accuracy weighed in units of the margin). The baseline itself is never picked: it is what
+    serving without a profile already does, and confirming it would decode it against itself on the test split.
+    With `min_confirmation`, only candidates whose `confirmation_probability` on `test_items` reaches it are
+    considered."""
     if rule not in PICKS:
         raise PickError(f"unknown pick rule {rule!r}; use one of {', '.join(PICKS)}")
-    ok = candidates(points, constraint)
+    feasible = candidates(points, constraint)
+    ok = [p for p in feasible if p.label != constraint.baseline]
+    if feasible and not ok:
+        raise PickError(f"only the baseline ({constraint.baseline}, trial {feasible[0].number}) is resolved within "
+                        f"{constraint.max_drop:g} points of itself: nothing faster to export; run more trials, or "
+                        "allow more")
     if min_confirmation > 0 and test_items:
         ok = [p for p in ok if confirmation_probability(p, constraint, test_items) >= min_confirmation]
     front = pareto_front(ok)
