@@ -687,7 +687,8 @@ def main() -> None:
     r.add_argument("--min-items", type=int, default=None, help="default: the arith spec's race.min_items")
     r.add_argument("--rule", choices=["knee", "fastest"], default="knee")
     r.add_argument("--min-confirmation", type=float, default=0.0,
-                   help="pick only candidates this likely to pass the test (export --min-confirmation)")
+                   help="pick only candidates this likely to pass the test (tuner.verdict.selection.pick's "
+                        "min_confirmation; export itself picks without it)")
     r.add_argument("--windows", help="comma list restricting the window choices (e.g. 16,32,null)")
     r.add_argument("--thresholds", help="comma list restricting the tau0 choices (e.g. 0.9,0.97)")
     r.add_argument("--alphas", help="comma list restricting the alpha choices (e.g. 0,0.35)")
