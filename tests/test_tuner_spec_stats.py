@@ -82,6 +82,16 @@ def test_overrides_reach_any_field_and_reject_unknown_ones(tmp_path):
         load_spec("nosuchtask")
 
 
+def test_an_override_yaml_would_read_as_a_comment_keeps_its_text():
+    """`--set 'task_options.answer_regex=#### (-?[0-9]+)'` (the README's example): YAML reads it as a comment (null),
+    which silently left agreement comparing whole completions; it is the text. Quoted or '#'-free values are YAML's."""
+    over = apply_overrides({}, [f"task_options.{v}" for v in ["answer_regex=#### (-?[0-9]+)", "a=x #y", "b='#### z'",
+                                                                "c=[1, 2]", "d=null", "e="]])["task_options"]
+    assert over["answer_regex"] == "#### (-?[0-9]+)"
+    assert over["a"] == "x #y" and over["b"] == "#### z" and over["c"] == [1, 2]
+    assert over["d"] is None and over["e"] is None
+
+
 def test_fingerprint_changes_with_results_relevant_fields_only():
     a = load_spec("arith")
     assert load_spec("arith", ["trials=99"]).fingerprint() == a.fingerprint()

@@ -213,6 +213,21 @@ def load_spec(task_or_path: str | Path, overrides: list[str] | None = None) -> S
         raise SpecError(f"{path.name}: {exc}") from None
 
 
+def override_value(text: str, item: str | None = None) -> Any:
+    """The value of a `--set key=TEXT` override, read as YAML, except where YAML would read part of it as a comment
+    (`answer_regex=#### (-?[0-9]+)` is null to YAML, `x=a #b` is "a"): then the text itself, as a string, since a
+    comment on a command line is never what was meant."""
+    if not text.strip():
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise SpecError(f"override {item or text!r}: value is not valid YAML") from None
+    if "#" in text and (value is None or (isinstance(value, str) and "#" not in value)):
+        return text.strip()
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`key=value` / `a.b=value` assignments (values in YAML syntax) applied to a copy of the spec dict."""
     out = copy.deepcopy(data)
@@ -220,10 +235,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise SpecError(f"override {item!r} must look like field=value (e.g. trials=40, constraint.max_drop=2)")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise SpecError(f"override {item!r}: value is not valid YAML") from None
+        value = override_value(text, item)
         parts = key.strip().split(".")
         if parts[0] not in _FIELDS:
             raise SpecError(f"override {item!r}: unknown field {parts[0]!r}; fields: {', '.join(sorted(_FIELDS))}")
