@@ -10,7 +10,7 @@ from tuner.storage.record import LedgerState, StudyRecord, TrialMetrics, TrialWr
 from tuner.study.points import trial_points
 from tuner.verdict import racing
 from tuner.verdict.constraint import TOLERANCE, Constraint, Evidence, Interval, Verdict
-from tuner.verdict.selection import confirm, pick
+from tuner.verdict.selection import PickError, confirm, pick
 from tuner.verdict.stats import disagreement, paired_drop_counts
 
 N, ONLY_BASELINE, ONLY_CANDIDATE, BOTH = 400, 14, 4, 340
@@ -70,7 +70,11 @@ def test_racing_sampler_front_pick_and_confirmation_agree_at_the_boundary(beyond
     study = a_study(cand, base, constraint)
     points = {p.number: p for p in trial_points(study, constraint)}
     assert points[1].feasible is feasible and points[0].feasible
-    assert (pick(list(points.values()), "fastest", constraint).number == 1) is feasible
+    if feasible:
+        assert pick(list(points.values()), "fastest", constraint).number == 1
+    else:  # the baseline is never the pick: nothing to export
+        with pytest.raises(PickError, match="only the baseline"):
+            pick(list(points.values()), "fastest", constraint)
     # export's confirmation
     assert confirm(cand, base, constraint).confirmed is feasible
 
