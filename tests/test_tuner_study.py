@@ -224,6 +224,22 @@ def test_a_second_export_decodes_only_the_pick_and_registers_it_for_production(f
     assert version.tags["test_accuracy"] == f"{100 * pick['accuracy']:.1f}"
 
 
+def test_export_finds_a_study_run_with_another_batch_size_and_decodes_with_it(finished_study, capsys):
+    """`run --batch-size 16` then `export` (which has no such flag; the README's own-workload examples): export
+    finds the study, says so, and decodes with the study's batch size, so the test ledger is the one the run's plan
+    counted (its key has the batch size in it)."""
+    from tuner.app.context import Context, Options
+
+    run_spec = spec_for(finished_study, 5)
+    spec = spec_for(finished_study, 5, ["batch_size=5"])
+    ctx = Context(spec, Options(storage=f"sqlite:///{finished_study}/study.db"))
+    assert ctx.study_name != default_study_name(run_spec)  # the derived name misses
+    study = ctx.load_study()
+    assert study.study_name == default_study_name(run_spec)
+    assert "run with --batch-size 12 (batch_size 12 used here too)" in capsys.readouterr().err
+    assert ctx.spec.batch_size == 12 and ctx.evaluator.batch_size == 12
+
+
 def test_export_refuses_a_pick_that_fails_on_the_test_split(finished_study, capsys):
     """A trial that looked perfect on validation (an overfit point) but decodes everything in one step."""
     study = load(finished_study, 6)

@@ -218,11 +218,14 @@ class Context:
         matches = [s for s in summaries if _comparable(stored_spec(s.user_attrs) or {}) == mine]
         if len(matches) == 1:
             found = matches[0]
-            differs = _run_options(stored_spec(found.user_attrs) or {}, self.spec.to_dict())
+            recorded = stored_spec(found.user_attrs) or {}
+            differs = _run_options(recorded, self.spec.to_dict())
             import sys
 
-            print(f"study {found.study_name!r}: the study of this spec {differs}", file=sys.stderr)
             self._found_name = found.study_name
+            adopted = self._adopt(recorded)
+            also = f" ({', '.join(f'{k} {v}' for k, v in adopted.items())} used here too)" if adopted else ""
+            print(f"study {found.study_name!r}: the study of this spec {differs}{also}", file=sys.stderr)
             return optuna.load_study(study_name=found.study_name, storage=storage)
         if matches:
             listed = "; ".join(f"{s.study_name} ({_run_options(stored_spec(s.user_attrs) or {}, self.spec.to_dict())})"
@@ -236,6 +239,19 @@ class Context:
                            f"model, from other specs: {others}; pick one with --study-name, or pass the same --set "
                            "options as its run)") from None
 
+    def _adopt(self, recorded: dict[str, Any]) -> dict[str, Any]:
+        """Take the found study's batch size and validation pool (run options `export` has no flag for): the test
+        split is then decoded as the study's validation was, so the baseline's test ledger is the one the run's plan
+        counted, and finishing races over the study's own pool. Before any decoding is wired (the evaluator)."""
+        import dataclasses
+
+        if "evaluator" in self.__dict__:
+            return {}
+        fields = {k: recorded[k] for k in _DECODE_RUN_FIELDS if k in recorded and recorded[k] != getattr(self.spec, k)}
+        if fields:
+            self.spec = dataclasses.replace(self.spec, **fields)
+        return fields
+
     def _no_study(self) -> NoStudyError:
         return NoStudyError(f"no study {self.study_name!r} in {redact_url(self.options.storage)}; run `python -m "
                             f"tuner run --task {self.spec.task}` first (or pass --study-name and --storage)")
@@ -244,6 +260,7 @@ class Context:
 # The spec fields `run` has shortcut options for (`--trials`, `--validation-size`, ...) that `show` and `export`
 # lack, plus what the study name ignores anyway.
 _RUN_FIELDS = ("trials", "validation_size", "batch_size", "sampler", "seed", "test_size", "description")
+_DECODE_RUN_FIELDS = ("batch_size", "validation_size")  # of those, what changes what a command decodes
 
 
 def _comparable(spec: dict[str, Any]) -> dict[str, Any] | None:
