@@ -9,14 +9,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..app.context import Context, Options
 from ..storage.record import BaselineSummary
-from ..study.spec import SpecError, StudySpec, load_spec
+from ..study.spec import SpecError, StudySpec, load_spec, override_value
 from ..tasks.registry import task_source
 from ..verdict.constraint import Constraint
 from ..verdict.pareto import TrialPoint
@@ -59,12 +58,12 @@ def _check_conflicts(shortcuts: list[str], overrides: list[str]) -> None:
         if not sep or key not in flags:
             continue
         try:
-            same = yaml.safe_load(value) == yaml.safe_load(flags[key])
-        except yaml.YAMLError:
+            same = override_value(value) == override_value(flags[key])
+        except SpecError:
             same = False  # the override's own check names the bad value
         if not same:
             flag = "--" + key.replace("_", "-")
-            raise SpecError(f"{flag} {yaml.safe_load(flags[key])} and --set {item} give {key} two values; give one")
+            raise SpecError(f"{flag} {override_value(flags[key])} and --set {item} give {key} two values; give one")
 
 
 def context_from_args(args: argparse.Namespace, spec: StudySpec) -> Context:
